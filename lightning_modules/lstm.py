@@ -1,0 +1,159 @@
+"""An LSTM that reads a window of past values and forecasts the next ``horizon`` values.
+
+    x: (B, W, F) scaled past values  ->  LSTM  ->  h_W: (B, hidden)  ->  Linear  ->  (B, H) scaled forecast
+
+The model works in the scaled units the datamodule produces (standardised with the training part's mean and
+std). Errors are reported in ORIGINAL units: the datamodule's ``dims`` supply ``target_mean``/``target_std``
+and the model unscales with ``y = z * target_std + target_mean`` before measuring them.
+
+Metrics (all exact under DDP: torchmetrics sums squared/absolute errors and counts over processes, then
+divides once, instead of averaging per-process averages):
+
+- ``train/loss``, ``val/loss``: MSE in scaled units (what is optimised).
+- ``val/rmse``, ``test/rmse``, ``test/mae``: in original units.
+- ``test/rmse_persistence``: the naive forecast "the next H values equal the last observed one", on the
+  same test windows and in original units. A model that cannot beat it has learnt nothing useful.
+
+``predict(x)`` returns the SCALED forecast (B, H); the datamodule's ``format_outputs`` unscales it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanAbsoluteError, MeanSquaredError
+
+
+class LSTMForecaster(pl.LightningModule):
+    monitor = "val/loss"
+    monitor_mode = "min"
+    headline_metric = "test/rmse"
+
+    def __init__(
+        self,
+        horizon: int = 1,
+        n_features: int = 1,
+        hidden_size: int = 64,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        target_mean: float = 0.0,
+        target_std: float = 1.0,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+    ) -> None:
+        super().__init__()
+        # The optimizer partial is configuration of training, not of the model; keeping it out of hparams
+        # keeps checkpoints loadable without the optimizer's import path.
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.optimizer = optimizer
+        # nn.LSTM only applies dropout between stacked layers; asking for it with one layer is a warning
+        self.lstm = nn.LSTM(n_features, hidden_size, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0)
+        self.head = nn.Linear(hidden_size, horizon)
+
+        self.val_mse = MeanSquaredError()
+        self.val_rmse = MeanSquaredError(squared=False)
+        self.test_rmse = MeanSquaredError(squared=False)
+        self.test_mae = MeanAbsoluteError()
+        self.test_rmse_persistence = MeanSquaredError(squared=False)
+        self._test_rows: list[torch.Tensor] = []  # (B, 3, H): truth, forecast, persistence, original units
+        self._report_rows: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, W, F) scaled -> (B, H) scaled forecast of the values after the window."""
+        out, _ = self.lstm(x)  # (B, W, hidden): the hidden state after every step
+        return self.head(out[:, -1])  # the state after the last step has seen the whole window
+
+    def unscale(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.hparams.target_std + self.hparams.target_mean
+
+    def persistence(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, W, F) -> (B, H): the last observed value of the target (feature 0), repeated."""
+        return x[:, -1, :1].expand(-1, self.hparams.horizon)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = F.mse_loss(self(x), y)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, sync_dist=True, prog_bar=True, batch_size=len(x))
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        z = self(x)
+        self.val_mse(z, y)
+        self.val_rmse(self.unscale(z), self.unscale(y))
+        # Logging the metric objects makes Lightning call compute() (a cross-process sum) at epoch end.
+        self.log("val/loss", self.val_mse, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("val/rmse", self.val_rmse, on_step=False, on_epoch=True)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        y_true, y_pred, y_pers = self.unscale(y), self.unscale(self(x)), self.unscale(self.persistence(x))
+        self.test_rmse(y_pred, y_true)
+        self.test_mae(y_pred, y_true)
+        self.test_rmse_persistence(y_pers, y_true)
+        self.log("test/rmse", self.test_rmse, on_step=False, on_epoch=True)
+        self.log("test/mae", self.test_mae, on_step=False, on_epoch=True)
+        self.log("test/rmse_persistence", self.test_rmse_persistence, on_step=False, on_epoch=True)
+        self._test_rows.append(torch.stack([y_true, y_pred, y_pers], dim=1).detach().cpu())
+
+    def on_test_epoch_start(self) -> None:
+        self._test_rows = []
+
+    def on_test_epoch_end(self) -> None:
+        rows = torch.cat(self._test_rows) if self._test_rows else torch.zeros(0, 3, self.hparams.horizon)
+        if self.trainer.world_size > 1:
+            rows = self._gather_uneven(rows)
+        self._report_rows = rows
+
+    def _gather_uneven(self, rows: torch.Tensor) -> torch.Tensor:
+        """Concatenate every rank's (n_r, 3, H) rows in rank order (n_r may differ by one).
+
+        The series datamodules give each rank a contiguous slice of the test windows, so rank order is time
+        order. all_gather needs equal shapes, hence pad to the longest slice and trim afterwards.
+        """
+        n = torch.tensor([len(rows)], device=self.device)
+        counts = self.all_gather(n).reshape(-1).tolist()
+        padded = torch.zeros(max(counts), *rows.shape[1:], device=self.device)
+        padded[: len(rows)] = rows.to(self.device)
+        gathered = self.all_gather(padded)  # (world, max_n, 3, H)
+        return torch.cat([gathered[r, :c] for r, c in enumerate(counts)]).cpu()
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, W, F) scaled (as from the datamodule's ``parse_inputs``) -> (B, H) scaled forecast."""
+        self.eval()
+        return self(x.to(self.device)).cpu()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        make = self.optimizer or functools.partial(torch.optim.Adam, lr=1e-3)
+        return make(self.parameters())
+
+    def report(self) -> dict[str, Any]:
+        """``forecast``: a figure of truth vs forecast vs persistence over the test windows (first forecast
+        step), and arrays y_true, y_pred, y_persistence, each (N, H) in original units."""
+        if self._report_rows is None:
+            return {}
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        arrays = {k: self._report_rows[:, i].numpy() for i, k in enumerate(["y_true", "y_pred", "y_persistence"])}
+        rmse = {k: float(np.sqrt(np.mean((arrays[k] - arrays["y_true"]) ** 2))) for k in ["y_pred", "y_persistence"]}
+        fig, ax = plt.subplots(figsize=(9, 4))
+        t = np.arange(len(arrays["y_true"]))
+        ax.plot(t, arrays["y_true"][:, 0], "k.-", label="truth")
+        ax.plot(t, arrays["y_pred"][:, 0], "C0-", label=f"LSTM (RMSE {rmse['y_pred']:.3g})")
+        ax.plot(t, arrays["y_persistence"][:, 0], "C1--", alpha=0.7, label=f"persistence (RMSE {rmse['y_persistence']:.3g})")
+        ax.set_xlabel("test window (time order)")
+        ax.set_ylabel("value, one step ahead")
+        ax.set_title("Forecast vs truth on the test part")
+        ax.legend()
+        fig.tight_layout()
+        return {"forecast": fig, "forecast_arrays": arrays}
