@@ -49,8 +49,8 @@ class _ContiguousShardSampler(DistributedSampler):
     Being a DistributedSampler subclass, Lightning leaves it in place.
     """
 
-    def __init__(self, dataset: TensorDataset) -> None:
-        super().__init__(dataset, shuffle=False)  # reads rank / world size from the process group
+    def __init__(self, dataset: TensorDataset, num_replicas: int | None = None, rank: int | None = None) -> None:
+        super().__init__(dataset, num_replicas, rank, shuffle=False)  # None: read from the process group
         n = len(dataset)
         self.start = self.rank * n // self.num_replicas
         self.stop = (self.rank + 1) * n // self.num_replicas
