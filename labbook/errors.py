@@ -1,0 +1,94 @@
+"""User-facing errors: one line naming the key, the value and what is allowed.
+
+Everything the user can get wrong (a config value, a file, a CLI argument) is raised as a
+:class:`UserError`. The CLI prints ``labbook: error: <message>`` and exits non-zero; the traceback
+only appears when ``HYDRA_FULL_ERROR=1`` is set.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+
+class UserError(Exception):
+    """A mistake the user can fix; its message is the whole story, so no traceback is shown."""
+
+
+class ConfigValueError(UserError, ValueError):
+    """A config key holds a value outside what is allowed."""
+
+    def __init__(self, key: str, value: Any, allowed: str) -> None:
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+
+
+def check_choice(key: str, value: Any, choices: Iterable[Any]) -> None:
+    choices = list(choices)
+    if value not in choices:
+        raise ConfigValueError(key, value, "expected one of " + ", ".join(repr(c) for c in choices))
+
+
+def check_range(key: str, value: Any, *, low: float | None = None, high: float | None = None,
+                low_inclusive: bool = True, high_inclusive: bool = True, integer: bool = False) -> None:
+    """Raise a :class:`ConfigValueError` unless ``low <=/< value <=/< high``."""
+    if integer and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigValueError(key, value, "expected an integer")
+    ok = True
+    if low is not None:
+        ok &= value >= low if low_inclusive else value > low
+    if high is not None:
+        ok &= value <= high if high_inclusive else value < high
+    if not ok:
+        left = "" if low is None else f"{'≥' if low_inclusive else '>'} {low}"
+        right = "" if high is None else f"{'≤' if high_inclusive else '<'} {high}"
+        kind = "an integer" if integer else "a number"
+        raise ConfigValueError(key, value, f"expected {kind} {' and '.join(p for p in (left, right) if p)}")
+
+
+def one_line(exc: BaseException) -> str:
+    """Reduce an exception from Hydra/OmegaConf/our code to the one line a user needs."""
+    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+    # Hydra wraps the real cause (an OmegaConf error, or ours) in composition errors: find the root.
+    chain, seen = [], set()
+    node: BaseException | None = exc
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        chain.append(node)
+        node = node.__cause__ or node.__context__
+    for err in chain:
+        if isinstance(err, UserError):
+            return str(err)
+    for err in chain:
+        if isinstance(err, OmegaConfBaseException) and getattr(err, "full_key", None):
+            msg = (getattr(err, "msg", None) or str(err)).splitlines()[0]
+            key, obj = err.full_key, getattr(err, "object_type_str", None)
+            if isinstance(err, ConfigKeyError) or "not in" in msg:
+                allowed = _allowed_keys(getattr(err, "object_type", None))
+                hint = f" (allowed keys: {allowed})" if allowed else ""
+                return f"{key}: unknown config key{hint}"
+            if isinstance(err, ValidationError):
+                value = getattr(err, "value", None)
+                return f"{key}={value!r} is not allowed: {msg}" if value is not None else f"{key}: {msg}"
+            return f"{key}: {msg}" + (f" (in {obj})" if obj and obj != "None" else "")
+    first = chain[0]
+    text = str(first).strip().splitlines()
+    # Hydra's own messages (missing config group option, bad override syntax) are already readable:
+    # keep their first line and the list of options when Hydra gives one.
+    if text and "Available options" in str(first):
+        start = next(i for i, t in enumerate(text) if "Available options" in t) + 1
+        options = []
+        for t in text[start:]:
+            if not t.strip() or "search path" in t:
+                break
+            options.append(t.strip())
+        return f"{text[0]} Available options: {', '.join(options)}"
+    return text[0] if text else type(first).__name__
+
+
+def _allowed_keys(object_type: Any) -> str:
+    import dataclasses
+
+    if object_type is not None and dataclasses.is_dataclass(object_type):
+        return ", ".join(f.name for f in dataclasses.fields(object_type) if not f.name.startswith("_"))
+    return ""

@@ -1,0 +1,240 @@
+"""Typed schemas for every config group, registered in Hydra's ConfigStore.
+
+Each YAML option in ``conf/<group>/`` starts its defaults list with ``/schema/<group>/<name>@_here_``
+so Hydra merges it into one of these dataclasses: a misspelled key or a wrong type fails at compose
+time. Ranges and choices are checked by ``__post_init__`` when :func:`validate` turns the composed
+config into objects, still before anything is built or any run is opened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+from labbook.errors import ConfigValueError, check_choice, check_range
+
+PRECISIONS = ("64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64", "32", "16", "bf16")
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
+
+
+# --------------------------------------------------------------------------------------------- trainer
+@dataclass
+class TrainerConfig:
+    _target_: str = "pytorch_lightning.Trainer"
+    accelerator: str = "cpu"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: Any = "auto"
+    precision: str = "32-true"
+    max_epochs: int = 10
+    min_epochs: Optional[int] = None
+    max_steps: int = -1
+    max_time: Optional[str] = None
+    gradient_clip_val: Optional[float] = None
+    accumulate_grad_batches: int = 1
+    check_val_every_n_epoch: int = 1
+    val_check_interval: Optional[float] = None
+    log_every_n_steps: int = 50
+    limit_train_batches: Optional[float] = None
+    limit_val_batches: Optional[float] = None
+    limit_test_batches: Optional[float] = None
+    num_sanity_val_steps: int = 0
+    deterministic: Any = False
+    benchmark: Optional[bool] = None
+    enable_progress_bar: bool = True
+    enable_model_summary: bool = False
+    use_distributed_sampler: bool = True
+    sync_batchnorm: bool = False
+
+    def __post_init__(self) -> None:
+        check_choice("trainer.accelerator", self.accelerator, ACCELERATORS)
+        check_choice("trainer.precision", str(self.precision), PRECISIONS)
+        check_range("trainer.max_epochs", self.max_epochs, low=1, integer=True)
+        check_range("trainer.num_nodes", self.num_nodes, low=1, integer=True)
+        check_range("trainer.accumulate_grad_batches", self.accumulate_grad_batches, low=1, integer=True)
+        check_range("trainer.log_every_n_steps", self.log_every_n_steps, low=1, integer=True)
+        check_range("trainer.check_val_every_n_epoch", self.check_val_every_n_epoch, low=1, integer=True)
+        if self.max_steps != -1:
+            check_range("trainer.max_steps", self.max_steps, low=1, integer=True)
+        if self.gradient_clip_val is not None:
+            check_range("trainer.gradient_clip_val", self.gradient_clip_val, low=0)
+        if not (self.devices == "auto" or isinstance(self.devices, (list, tuple))
+                or (isinstance(self.devices, int) and not isinstance(self.devices, bool) and self.devices >= 1)):
+            raise ConfigValueError("trainer.devices", self.devices, "expected an integer ≥ 1, a list of device ids, or 'auto'")
+        for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
+            value = getattr(self, key)
+            if value is not None:
+                check_range(f"trainer.{key}", value, low=0)
+
+
+# --------------------------------------------------------------------------------------------- models
+OPTIMIZER_DOC = "a `_partial_: true` torch optimizer config, or null for the model's default"
+
+
+@dataclass
+class GMMConfig:
+    _target_: str = "lightning_modules.gmm.GaussianMixtureEM"
+    n_components: int = 3
+    covariance_type: str = "full"
+    tol: float = 1e-3
+    reg_covar: float = 1e-6
+    init: str = "kmeans++"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_range("model.n_components", self.n_components, low=1, integer=True)
+        check_choice("model.covariance_type", self.covariance_type, ("full", "diag", "spherical", "tied"))
+        check_range("model.tol", self.tol, low=0)
+        check_range("model.reg_covar", self.reg_covar, low=0)
+        check_choice("model.init", self.init, ("kmeans++", "random"))
+
+
+# ---------------------------------------------------------------------------------------- datamodules
+@dataclass
+class _TabularConfig:
+    batch_size: int = 4096
+    num_workers: int = 0
+    seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    standardize: bool = False
+
+    def __post_init__(self) -> None:
+        check_range("datamodule.batch_size", self.batch_size, low=1, integer=True)
+        check_range("datamodule.num_workers", self.num_workers, low=0, integer=True)
+        check_range("datamodule.val_fraction", self.val_fraction, low=0, high=1, high_inclusive=False)
+        check_range("datamodule.test_fraction", self.test_fraction, low=0, high=1, high_inclusive=False)
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ConfigValueError("datamodule.val_fraction+test_fraction", self.val_fraction + self.test_fraction,
+                                   "expected a sum below 1 so that a training split remains")
+
+
+@dataclass
+class BlobsConfig(_TabularConfig):
+    _target_: str = "datamodules.tabular.BlobsDataModule"
+    n_samples: int = 30000
+    n_features: int = 2
+    n_centers: int = 4
+    cluster_std: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("datamodule.n_samples", self.n_samples, low=10, integer=True)
+        check_range("datamodule.n_features", self.n_features, low=1, integer=True)
+        check_range("datamodule.n_centers", self.n_centers, low=1, integer=True)
+        check_range("datamodule.cluster_std", self.cluster_std, low=0, low_inclusive=False)
+
+
+@dataclass
+class IrisConfig(_TabularConfig):
+    _target_: str = "datamodules.tabular.IrisDataModule"
+
+
+@dataclass
+class CSVConfig(_TabularConfig):
+    _target_: str = "datamodules.tabular.CSVDataModule"
+    path: str = "???"
+    label_column: Optional[str] = None
+    columns: Optional[list[str]] = None
+
+
+# --------------------------------------------------------------------------------------------- logger
+@dataclass
+class MLflowConfig:
+    tracking_uri: Optional[str] = None  # null: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
+    experiment_name: Optional[str] = None  # null: the experiment preset's name, else <model>-<datamodule>
+    run_name: Optional[str] = None
+    tags: dict[str, str] = field(default_factory=dict)
+    log_checkpoints: bool = True
+    flush_every_s: float = 5.0  # metrics are batched into one SQLite commit per interval, not one per step
+
+    def __post_init__(self) -> None:
+        check_range("logger.flush_every_s", self.flush_every_s, low=0)
+
+
+# ------------------------------------------------------------------------------------------ callbacks
+@dataclass
+class CheckpointConfig:
+    enabled: bool = True
+    monitor: Optional[str] = None  # null: the model's own `monitor` attribute
+    mode: Optional[str] = None  # null: the model's own `monitor_mode`
+    save_last: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode is not None:
+            check_choice("callbacks.checkpoint.mode", self.mode, ("min", "max"))
+
+
+@dataclass
+class EarlyStoppingConfig:
+    enabled: bool = False
+    monitor: Optional[str] = None
+    mode: Optional[str] = None
+    patience: int = 5
+    min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_range("callbacks.early_stopping.patience", self.patience, low=1, integer=True)
+        if self.mode is not None:
+            check_choice("callbacks.early_stopping.mode", self.mode, ("min", "max"))
+
+
+@dataclass
+class CallbacksConfig:
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    learning_rate_monitor: bool = False
+
+
+# ---------------------------------------------------------------------------------------------- paths
+@dataclass
+class PathsConfig:
+    root_dir: str = "${hydra:runtime.cwd}"
+    output_dir: str = "${hydra:runtime.output_dir}"
+    log_dir: str = "${paths.root_dir}/logs"
+    checkpoint_dir: str = "${paths.output_dir}/checkpoints"
+
+
+# ----------------------------------------------------------------------------------------------- root
+@dataclass
+class TrainConfig:
+    datamodule: Any = None
+    model: Any = None
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: MLflowConfig = field(default_factory=MLflowConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    seed: int = 0
+    test: bool = True  # evaluate the best checkpoint on the test split after fitting
+    ckpt_path: Optional[str] = None  # a checkpoint to start fitting from
+
+
+GROUP_SCHEMAS: dict[str, dict[str, type]] = {
+    "trainer": {"default": TrainerConfig},
+    "model": {"gmm": GMMConfig},
+    "datamodule": {"blobs": BlobsConfig, "iris": IrisConfig, "tabular": CSVConfig},
+    "logger": {"mlflow": MLflowConfig},
+    "callbacks": {"default": CallbacksConfig},
+    "paths": {"default": PathsConfig},
+}
+
+
+def register(extra: dict[str, dict[str, type]] | None = None) -> None:
+    """Put every schema into Hydra's ConfigStore under ``schema/<group>/<name>``."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    for group, options in {**GROUP_SCHEMAS, **(extra or {})}.items():
+        for name, node in options.items():
+            cs.store(group=f"schema/{group}", name=name, node=node)
+
+
+def validate(cfg: Any) -> None:
+    """Run every group's range and choice checks (``__post_init__``) on the composed config."""
+    from omegaconf import OmegaConf
+
+    for group in ("trainer", "model", "datamodule", "logger", "callbacks"):
+        node = cfg.get(group)
+        if node is not None and OmegaConf.get_type(node) not in (dict, None):
+            OmegaConf.to_object(node)

@@ -1,0 +1,315 @@
+"""The one place a run talks to MLflow: open, record, close with a truthful status.
+
+Only rank 0 ever holds a :class:`TrackedRun`; other ranks learn its id through the environment and never
+touch the store. Sweeps (parent runs), ``resume`` and status handling change this file, not the models.
+"""
+
+from __future__ import annotations
+
+import getpass
+import io
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from pytorch_lightning.loggers.logger import Logger
+from pytorch_lightning.utilities import rank_zero_only
+
+from labbook.store import artifact_root
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+MAX_PARAM_LENGTH = 6000  # MLflow's limit for a param value
+MAX_TAG_LENGTH = 5000
+_BATCH = 100  # MLflow accepts at most 100 params/tags and 1000 metrics per log_batch
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Raised from our SIGTERM/SIGINT handler so that Lightning shuts down as for Ctrl-C."""
+
+
+class RunKilled(SystemExit):
+    """The run was stopped by a signal and marked KILLED; exits with 128 + the signal number."""
+
+    def __init__(self, code: int, run_id: str, signal_name: str) -> None:
+        super().__init__(code)
+        self.run_id, self.signal_name = run_id, signal_name
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"n": 3}}`` → ``{"model.n": 3}``; lists stay whole (their text is the value)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _param_text(value: Any) -> str:
+    text = "null" if value is None else str(value)
+    if len(text) > MAX_PARAM_LENGTH:
+        marker = " …[truncated; full value in config/config.yaml]"
+        text = text[: MAX_PARAM_LENGTH - len(marker)] + marker
+    return text
+
+
+def git_state(repo: Path) -> dict[str, str]:
+    """Commit, dirty flag and diff of the repository the code was run from ('' when not a git repo)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=20).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    if not commit:
+        return {"commit": "", "dirty": "", "diff": ""}
+    status = git("status", "--porcelain", "--untracked-files=no").strip()
+    return {"commit": commit, "dirty": "true" if status else "false", "diff": git("diff", "HEAD") if status else ""}
+
+
+def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
+    """The id of experiment ``name``, created (tagged as model development) when missing."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        root = artifact_root(uri)
+        location = f"{root}/{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}" if root else None
+        try:
+            exp_id = client.create_experiment(name, artifact_location=location,
+                                              tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            return exp_id
+        except MlflowException:  # a parallel sweep job created it a moment ago
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
+
+
+class MLflowMetricsLogger(Logger):
+    """A Lightning logger that writes metrics of one existing MLflow run, batched.
+
+    Lightning's own ``MLFlowLogger`` commits to the store once per ``log_metrics`` call (one SQLite
+    transaction per step) and creates runs itself; here the run belongs to :class:`TrackedRun`, and
+    metrics are buffered and written with one ``log_batch`` every ``flush_every_s`` seconds and at the end.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str, flush_every_s: float = 5.0) -> None:
+        super().__init__()
+        self._client, self._run_id, self._flush_every_s = client, run_id, flush_every_s
+        self._buffer: list[Metric] = []
+        self._last_flush = time.monotonic()
+
+    @property
+    def name(self) -> str:
+        return "mlflow"
+
+    @property
+    def version(self) -> str:
+        return self._run_id
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """The resolved config is recorded by :class:`TrackedRun`; model hparams are part of it."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        now = int(time.time() * 1000)
+        for key, value in metrics.items():
+            value = float(value.item() if hasattr(value, "item") else value)
+            self._buffer.append(Metric(key, value, now, step or 0))
+        if time.monotonic() - self._last_flush >= self._flush_every_s:
+            self.flush()
+
+    @rank_zero_only
+    def flush(self) -> None:
+        buffer, self._buffer = self._buffer, []
+        for i in range(0, len(buffer), 1000):
+            self._client.log_batch(self._run_id, metrics=buffer[i : i + 1000], synchronous=True)
+        self._last_flush = time.monotonic()
+
+    @rank_zero_only
+    def save(self) -> None:
+        self.flush()
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        # The run's status is TrackedRun's business; Lightning would mark Ctrl-C as FAILED.
+        self.flush()
+
+
+class TrackedRun:
+    """An open MLflow run and everything recorded into it; closing it sets the status that happened.
+
+    Use as a context manager: ``FINISHED`` on a normal exit, ``KILLED`` when SIGINT/SIGTERM arrived,
+    ``FAILED`` (with the error in the ``error`` tag) on any other exception.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str, uri: str) -> None:
+        self.client, self.run_id, self.uri = client, run_id, uri
+        self.signal_received: int | None = None
+        self._previous_handlers: dict[int, Any] = {}
+        self.logger: MLflowMetricsLogger | None = None
+
+    # ------------------------------------------------------------------------------ open and close
+    @classmethod
+    def start(cls, uri: str, experiment_name: str, run_name: str | None = None,
+              tags: Mapping[str, str] | None = None, parent_run_id: str | None = None) -> "TrackedRun":
+        client = MlflowClient(tracking_uri=uri)
+        exp_id = ensure_experiment(client, experiment_name, uri)
+        all_tags = {
+            "mlflow.user": _user(),
+            "mlflow.source.name": "labbook train",
+            "mlflow.source.type": "LOCAL",
+            "host": socket.gethostname(),
+            "command": shlex.join(["labbook", "train", *sys.argv[1:]]),
+            **(tags or {}),
+        }
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
+        return cls(client, run.info.run_id, uri)
+
+    @property
+    def experiment_id(self) -> str:
+        return self.client.get_run(self.run_id).info.experiment_id
+
+    def __enter__(self) -> "TrackedRun":
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+            except ValueError:  # not the main thread: the caller owns signal handling
+                pass
+        return self
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.signal_received is None:
+            self.signal_received = signum
+            raise RunInterrupted(f"received {signal.Signals(signum).name}")
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> bool:
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        if self.logger is not None:
+            try:
+                self.logger.flush()
+            except Exception:  # noqa: BLE001 - the status below matters more than late metrics
+                pass
+        if self.signal_received is not None:
+            name = signal.Signals(self.signal_received).name
+            self.end("KILLED", f"interrupted by {name}")
+            # The shell convention for death by signal, whatever Lightning turned the signal into.
+            raise RunKilled(128 + self.signal_received, self.run_id, name) from None
+        if exc is None or (isinstance(exc, SystemExit) and exc.code in (0, None)):
+            self.end("FINISHED")
+        else:
+            self.end("FAILED", f"{type(exc).__name__}: {exc}")
+            try:
+                exc.labbook_run_id = self.run_id  # type: ignore[union-attr]  # named in the CLI's error line
+            except AttributeError:
+                pass
+        return False
+
+    def end(self, status: str, error: str | None = None) -> None:
+        if error:
+            self.client.set_tag(self.run_id, "error", error[:MAX_TAG_LENGTH])
+        self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.from_string(status)))
+
+    # ------------------------------------------------------------------------------------- record
+    def lightning_logger(self, flush_every_s: float) -> MLflowMetricsLogger:
+        self.logger = MLflowMetricsLogger(self.client, self.run_id, flush_every_s)
+        return self.logger
+
+    def log_config(self, resolved: Mapping[str, Any], overrides: Iterable[str]) -> None:
+        """Flattened config as params; the config and the overrides as YAML artifacts."""
+        import yaml
+
+        params = [Param(k[:250], _param_text(v)) for k, v in flatten(resolved).items()]
+        for i in range(0, len(params), _BATCH):
+            self.client.log_batch(self.run_id, params=params[i : i + _BATCH], synchronous=True)
+        self.log_text(yaml.safe_dump(dict(resolved), sort_keys=False), "config/config.yaml")
+        self.log_text(yaml.safe_dump(list(overrides)), "config/overrides.yaml")
+
+    def log_git(self, repo: Path) -> None:
+        state = git_state(repo)
+        tags = {"git.commit": state["commit"] or "unknown", "git.dirty": state["dirty"] or "unknown"}
+        if state["commit"]:
+            tags["mlflow.source.git.commit"] = state["commit"]
+        self.set_tags(tags)
+        if state["diff"]:
+            self.log_text(state["diff"], "git/diff.patch")
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        items = [RunTag(k, str(v)[:MAX_TAG_LENGTH]) for k, v in tags.items()]
+        for i in range(0, len(items), _BATCH):
+            self.client.log_batch(self.run_id, tags=items[i : i + _BATCH], synchronous=True)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_file(self, path: str | os.PathLike, artifact_file: str) -> None:
+        """Store ``path`` under ``artifact_file`` (a name of our choosing, not the file's own)."""
+        artifact_dir, _, name = artifact_file.rpartition("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            link = Path(tmp) / name
+            link.symlink_to(Path(path).resolve())
+            self.client.log_artifact(self.run_id, str(link), artifact_dir or None)
+
+    def log_report(self, report: Mapping[str, Any]) -> list[str]:
+        """Figures become ``plots/<name>.png``; dicts of arrays become ``<name>.npz``."""
+        stored = []
+        for name, item in report.items():
+            if hasattr(item, "savefig"):
+                buf = io.BytesIO()
+                item.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+                self._log_bytes(buf.getvalue(), f"plots/{name}.png")
+                import matplotlib.pyplot as plt
+
+                plt.close(item)
+                stored.append(f"plots/{name}.png")
+            elif isinstance(item, Mapping):
+                buf = io.BytesIO()
+                np.savez(buf, **{k: np.asarray(v) for k, v in item.items()})
+                self._log_bytes(buf.getvalue(), f"{name}.npz")
+                stored.append(f"{name}.npz")
+            elif isinstance(item, str):
+                self.log_text(item, f"{name}.txt")
+                stored.append(f"{name}.txt")
+        return stored
+
+    def _log_bytes(self, data: bytes, artifact_file: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(artifact_file).name
+            path.write_bytes(data)
+            artifact_dir = str(Path(artifact_file).parent)
+            self.client.log_artifact(self.run_id, str(path), None if artifact_dir == "." else artifact_dir)
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - containers without a passwd entry
+        return "unknown"

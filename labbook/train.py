@@ -1,0 +1,188 @@
+"""``labbook train``: build datamodule → model → callbacks → trainer from the config, fit, test, record.
+
+The shape of lightning-hydra-template's ``train.py``: everything comes from the config through
+``hydra.utils.instantiate``; what the model must know about the data travels explicitly from the
+datamodule's ``dims`` to the model's constructor.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from labbook.errors import ConfigValueError, UserError
+from labbook.schemas import validate
+from labbook.store import resolve_tracking_uri, ui_command
+from labbook.tracking import TrackedRun
+from labbook.workers import ENV_RUN_ID, hand_off, is_rank_zero
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def check_hardware(trainer_cfg: Mapping[str, Any]) -> None:
+    """Asking for a device this machine lacks is a config error, not a crash deep inside Lightning."""
+    accelerator = trainer_cfg.get("accelerator")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigValueError("trainer.accelerator", accelerator,
+                               "no CUDA GPU is visible here (torch.cuda.is_available() is False); "
+                               "use trainer=cpu, or trainer=ddp_cpu for 2 CPU processes")
+    if accelerator == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigValueError("trainer.accelerator", accelerator, "MPS is not available on this machine")
+    devices = trainer_cfg.get("devices")
+    if accelerator in ("gpu", "cuda") and isinstance(devices, int) and devices > torch.cuda.device_count():
+        raise ConfigValueError("trainer.devices", devices, f"this machine has {torch.cuda.device_count()} GPU(s)")
+
+
+def accepted_kwargs(target: Any, offered: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``offered`` that ``target``'s constructor takes by name."""
+    params = inspect.signature(target).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return dict(offered)
+    return {k: v for k, v in offered.items() if k in params}
+
+
+def build_data_and_model(cfg: DictConfig) -> tuple[Any, Any]:
+    """Instantiate and set up the datamodule, then the model with the datamodule's ``dims``."""
+    try:
+        datamodule = instantiate(cfg.datamodule)
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+    except Exception as exc:  # noqa: BLE001 - bad user data gets one line, not a traceback
+        raise UserError(f"datamodule ({cfg.datamodule._target_}): {_root_message(exc)}") from exc
+    dims = dict(getattr(datamodule, "dims", {}) or {})
+    from hydra.utils import get_class
+
+    model_cls = get_class(cfg.model._target_)
+    try:
+        model = instantiate(cfg.model, **accepted_kwargs(model_cls, dims))
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"model ({cfg.model._target_}): {_root_message(exc)}") from exc
+    return datamodule, model
+
+
+def build_callbacks(cfg: DictConfig, model: Any) -> list[Any]:
+    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+
+    callbacks: list[Any] = []
+    monitor = getattr(model, "monitor", None)
+    mode = getattr(model, "monitor_mode", "min")
+    ck = cfg.callbacks.checkpoint
+    if ck.enabled:
+        callbacks.append(ModelCheckpoint(
+            dirpath=cfg.paths.checkpoint_dir, filename="best", monitor=ck.monitor or monitor,
+            mode=ck.mode or mode, save_last=ck.save_last, save_top_k=1, auto_insert_metric_name=False))
+    es = cfg.callbacks.early_stopping
+    if es.enabled:
+        if not (es.monitor or monitor):
+            raise ConfigValueError("callbacks.early_stopping.monitor", None, "the model names no metric to monitor; set one")
+        callbacks.append(EarlyStopping(monitor=es.monitor or monitor, mode=es.mode or mode,
+                                       patience=es.patience, min_delta=es.min_delta))
+    if cfg.callbacks.learning_rate_monitor:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    return callbacks
+
+
+def experiment_name(cfg: DictConfig, choices: Mapping[str, Any] | None) -> str:
+    if cfg.logger.experiment_name:
+        return str(cfg.logger.experiment_name)
+    choices = choices or {}
+    if choices.get("experiment"):
+        return str(choices["experiment"])
+    return f"{choices.get('model', 'model')}-{choices.get('datamodule', 'data')}"
+
+
+def run(cfg: DictConfig, overrides: list[str] | None = None, choices: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Train and test one configured job; returns ``{"run_id", "metrics", "headline"}`` on rank 0.
+
+    Validation and everything that can be built before training happen before a run is opened: a bad
+    config or a bad file never leaves a run behind.
+    """
+    validate(cfg)
+    check_hardware(cfg.trainer)
+    rank_zero = is_rank_zero()
+    if rank_zero and cfg.logger.get("experiment_name") is None:
+        cfg.logger.experiment_name = experiment_name(cfg, choices)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    cfg = OmegaConf.create(resolved)  # from here on, no interpolation can change under us
+
+    import pytorch_lightning as pl
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule, model = build_data_and_model(cfg)
+    callbacks = build_callbacks(cfg, model)
+
+    tracked: TrackedRun | None = None
+    if rank_zero:
+        uri = resolve_tracking_uri(cfg.logger.tracking_uri)
+        tracked = TrackedRun.start(uri, cfg.logger.experiment_name, cfg.logger.run_name, dict(cfg.logger.tags or {}))
+    if tracked is None:  # a worker rank: no logger, no store; the same fit and test as rank 0
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        if cfg.test:
+            trainer.test(model, datamodule=datamodule, ckpt_path=_test_ckpt(trainer), verbose=False)
+        return {"run_id": os.environ.get(ENV_RUN_ID), "metrics": {}, "headline": None}
+
+    with tracked:
+        tracked.log_config(resolved, overrides or [])
+        tracked.log_git(PACKAGE_ROOT)
+        logger = tracked.lightning_logger(cfg.logger.flush_every_s)
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+        with hand_off(resolved, Path(cfg.paths.output_dir), tracked.run_id):
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+            if cfg.test:
+                trainer.test(model, datamodule=datamodule, ckpt_path=_test_ckpt(trainer), verbose=False)
+                metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        logger.flush()
+        if cfg.logger.log_checkpoints:
+            _log_checkpoints(tracked, trainer)
+        report = getattr(model, "report", None)
+        if callable(report):
+            tracked.log_report(report())
+        headline_key = getattr(model, "headline_metric", None)
+        headline = (headline_key, metrics.get(headline_key)) if headline_key in metrics else None
+        if headline:
+            tracked.set_tags({"headline_metric": headline_key})
+    return {"run_id": tracked.run_id, "metrics": metrics, "headline": headline, "uri": tracked.uri}
+
+
+def _test_ckpt(trainer: Any) -> str | None:
+    cb = trainer.checkpoint_callback
+    return "best" if cb is not None and cb.best_model_path else None
+
+
+def _log_checkpoints(tracked: TrackedRun, trainer: Any) -> None:
+    cb = trainer.checkpoint_callback
+    if cb is None:
+        return
+    if cb.best_model_path and Path(cb.best_model_path).exists():
+        tracked.log_file(cb.best_model_path, "checkpoints/best.ckpt")
+        score = cb.best_model_score
+        tracked.set_tags({"checkpoint.monitor": cb.monitor,
+                          "checkpoint.best_score": f"{float(score):.6g}" if score is not None else "n/a"})
+    if cb.last_model_path and Path(cb.last_model_path).exists():
+        tracked.log_file(cb.last_model_path, "checkpoints/last.ckpt")
+
+
+def _root_message(exc: BaseException) -> str:
+    """The innermost message: Hydra wraps constructor errors in InstantiationException."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def summary(result: Mapping[str, Any]) -> str:
+    lines = [f"run id: {result['run_id']}"]
+    if result.get("headline"):
+        key, value = result["headline"]
+        lines.append(f"{key}: {value:.6g}")
+    if result.get("uri"):
+        lines.append(f"open the UI: {ui_command(result['uri'])}")
+    return "\n".join(lines)
