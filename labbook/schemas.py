@@ -91,6 +91,12 @@ class GMMConfig:
         check_choice("model.init", self.init, ("kmeans++", "random"))
 
 
+@dataclass
+class PolynomialConfig:
+    _target_: str = "lightning_modules.polynomial.CubicPolynomial"
+    optimizer: Any = None  # OPTIMIZER_DOC
+
+
 # ---------------------------------------------------------------------------------------- datamodules
 @dataclass
 class _TabularConfig:
@@ -125,6 +131,19 @@ class BlobsConfig(_TabularConfig):
         check_range("datamodule.n_features", self.n_features, low=1, integer=True)
         check_range("datamodule.n_centers", self.n_centers, low=1, integer=True)
         check_range("datamodule.cluster_std", self.cluster_std, low=0, low_inclusive=False)
+
+
+@dataclass
+class SineCurveConfig:
+    _target_: str = "datamodules.polynomial.SineCurveDataModule"
+    n_points: int = 2000
+    batch_size: int = 2000
+    num_workers: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_range("datamodule.n_points", self.n_points, low=4, integer=True)
+        check_range("datamodule.batch_size", self.batch_size, low=1, integer=True)
 
 
 @dataclass
@@ -213,8 +232,8 @@ class TrainConfig:
 
 GROUP_SCHEMAS: dict[str, dict[str, type]] = {
     "trainer": {"default": TrainerConfig},
-    "model": {"gmm": GMMConfig},
-    "datamodule": {"blobs": BlobsConfig, "iris": IrisConfig, "tabular": CSVConfig},
+    "model": {"gmm": GMMConfig, "polynomial": PolynomialConfig},
+    "datamodule": {"blobs": BlobsConfig, "iris": IrisConfig, "tabular": CSVConfig, "sine_curve": SineCurveConfig},
     "logger": {"mlflow": MLflowConfig},
     "callbacks": {"default": CallbacksConfig},
     "paths": {"default": PathsConfig},

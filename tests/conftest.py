@@ -1,0 +1,37 @@
+"""Shared fixtures: a fresh MLflow store per test and a way to drive the real `labbook` command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LABBOOK = str(Path(sys.executable).parent / "labbook")
+BOOK_DATES = REPO.parent / "shared" / "datasets" / "dlfs2" / "date.txt"
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A tracking URI for an empty SQLite store that only this test uses."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def labbook(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the installed `labbook` console script as a user would, capturing its output."""
+    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([LABBOOK, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def runs(uri: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exps = client.search_experiments()
+    return client.search_runs([e.experiment_id for e in exps]) if exps else []
