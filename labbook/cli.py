@@ -34,8 +34,11 @@ def _quiet_libraries() -> None:
                  "lightning_fabric.utilities.rank_zero", "pytorch_lightning.accelerators.cuda",
                  "alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=r".*`srun` command is available.*")
+    # Advice aimed at Lightning users that labbook already acts on (exact sharded sums, worker counts).
+    for message in (r".*does not have many workers.*", r".*`srun` command is available.*",
+                    r".*recommended to use `self\.log\(.*sync_dist=True.*", r".*Using `DistributedSampler` with the dataloaders.*",
+                    r".*isinstance\(treespec, LeafSpec\).*", r".*The number of training batches .* is smaller than the logging interval.*"):
+        warnings.filterwarnings("ignore", message=message)
 
 
 def _fail(exc: BaseException, full_error: bool, prefix: str = "") -> int:

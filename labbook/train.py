@@ -135,13 +135,15 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, choices: Mapping[st
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
         with hand_off(resolved, Path(cfg.paths.output_dir), tracked.run_id):
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+            # Read before testing: loading the best checkpoint restores the callback's older state.
+            checkpoints = _checkpoint_state(trainer)
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
             if cfg.test:
                 trainer.test(model, datamodule=datamodule, ckpt_path=_test_ckpt(trainer), verbose=False)
                 metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         logger.flush()
         if cfg.logger.log_checkpoints:
-            _log_checkpoints(tracked, trainer)
+            _log_checkpoints(tracked, checkpoints)
         report = getattr(model, "report", None)
         if callable(report):
             tracked.log_report(report())
@@ -157,17 +159,23 @@ def _test_ckpt(trainer: Any) -> str | None:
     return "best" if cb is not None and cb.best_model_path else None
 
 
-def _log_checkpoints(tracked: TrackedRun, trainer: Any) -> None:
+def _checkpoint_state(trainer: Any) -> dict[str, Any]:
     cb = trainer.checkpoint_callback
     if cb is None:
-        return
-    if cb.best_model_path and Path(cb.best_model_path).exists():
-        tracked.log_file(cb.best_model_path, "checkpoints/best.ckpt")
-        score = cb.best_model_score
-        tracked.set_tags({"checkpoint.monitor": cb.monitor,
-                          "checkpoint.best_score": f"{float(score):.6g}" if score is not None else "n/a"})
-    if cb.last_model_path and Path(cb.last_model_path).exists():
-        tracked.log_file(cb.last_model_path, "checkpoints/last.ckpt")
+        return {}
+    score = cb.best_model_score
+    return {"best": cb.best_model_path, "last": cb.last_model_path, "monitor": cb.monitor,
+            "score": float(score) if score is not None else None}
+
+
+def _log_checkpoints(tracked: TrackedRun, state: Mapping[str, Any]) -> None:
+    if state.get("best") and Path(state["best"]).exists():
+        tracked.log_file(state["best"], "checkpoints/best.ckpt")
+        score = state["score"]
+        tracked.set_tags({"checkpoint.monitor": state["monitor"],
+                          "checkpoint.best_score": f"{score:.6g}" if score is not None else "n/a"})
+    if state.get("last") and Path(state["last"]).exists():
+        tracked.log_file(state["last"], "checkpoints/last.ckpt")
 
 
 def _root_message(exc: BaseException) -> str:

@@ -1,0 +1,95 @@
+"""``labbook predict RUN_ID [INPUT ...]``: answer inputs with a stored run's best checkpoint.
+
+The run's stored config rebuilds the datamodule (for its input parsing and output formatting) and names
+the model class; the checkpoint holds the weights and everything the model learnt about the data.
+Answers go to stdout, one line per input and nothing else; errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from labbook.errors import UserError
+
+USAGE = "usage: labbook predict RUN_ID [INPUT ...]   (inputs from stdin, one per line, when none are given)"
+CHECKPOINTS = ("checkpoints/best.ckpt", "checkpoints/last.ckpt")
+
+
+def load_run(run_id: str, uri: str, workdir: Path) -> tuple[dict, Path]:
+    """The run's resolved config and a local copy of its best (else last) checkpoint."""
+    import yaml
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from labbook.store import sqlite_path
+
+    db = sqlite_path(uri)
+    if db is not None and not db.exists():
+        raise UserError(f"no tracking store at {db} (set MLFLOW_TRACKING_URI or run from the directory holding mlflow.db)")
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException as exc:
+        raise UserError(f"run {run_id!r} not found in the store {uri}") from exc
+    try:
+        config = yaml.safe_load(Path(client.download_artifacts(run_id, "config/config.yaml", str(workdir))).read_text())
+    except (MlflowException, OSError) as exc:
+        raise UserError(f"run {run_id} has no config/config.yaml artifact, so it cannot be rebuilt") from exc
+    stored = {a.path for a in client.list_artifacts(run_id, "checkpoints")}
+    for name in CHECKPOINTS:
+        if name in stored:
+            return config, Path(client.download_artifacts(run_id, name, str(workdir)))
+    raise UserError(f"run {run_id} has no checkpoint (expected {' or '.join(CHECKPOINTS)}); "
+                    "was it trained with logger.log_checkpoints=false or did it fail before one was saved?")
+
+
+def predict(run_id: str, inputs: Sequence[str], uri: str) -> list[str]:
+    import torch
+    from hydra.utils import get_class, instantiate
+    from omegaconf import OmegaConf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config, ckpt = load_run(run_id, uri, Path(tmp))
+        cfg = OmegaConf.create(config)
+        model_cls = get_class(cfg.model._target_)
+        model = model_cls.load_from_checkpoint(str(ckpt), map_location="cpu")
+    datamodule = instantiate(cfg.datamodule)
+    for needed in ("parse_inputs", "format_outputs"):
+        if not hasattr(datamodule, needed) or not hasattr(model, "predict"):
+            raise UserError(f"{cfg.datamodule._target_} or {cfg.model._target_} does not support predict "
+                            "(needs datamodule.parse_inputs/format_outputs and model.predict)")
+    try:
+        x = datamodule.parse_inputs(list(inputs))
+    except ValueError as exc:
+        raise UserError(f"input: {exc}") from exc
+    model.eval()
+    with torch.no_grad():
+        y = model.predict(x)
+    return list(datamodule.format_outputs(y))
+
+
+def predict_main(args: Sequence[str]) -> int:
+    from labbook.cli import _fail, _quiet_libraries
+    from labbook.store import resolve_tracking_uri
+
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if args else 2
+    run_id, inputs = args[0], list(args[1:])
+    if not inputs:
+        inputs = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not inputs:
+        print("labbook: error: no inputs: give them as arguments or on stdin, one per line", file=sys.stderr)
+        return 2
+    _quiet_libraries()
+    full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))
+    try:
+        answers = predict(run_id, inputs, resolve_tracking_uri())
+    except Exception as exc:  # noqa: BLE001
+        return _fail(exc, full_error)
+    sys.stdout.write("".join(f"{a}\n" for a in answers))
+    return 0

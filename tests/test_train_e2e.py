@@ -1,0 +1,184 @@
+"""`labbook train` end to end, as a user runs it; every test reads the store back with MlflowClient."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import LABBOOK, labbook, runs
+
+QUIET = "debug=quiet"
+
+
+def artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    found: set[str] = set()
+    for item in client.list_artifacts(run_id, path):
+        found |= artifacts(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def npz(client: MlflowClient, run_id: str, name: str, tmp: Path) -> dict[str, np.ndarray]:
+    local = client.download_artifacts(run_id, name, str(tmp))
+    with np.load(local) as data:
+        return {k: data[k] for k in data.files}
+
+
+def only_run(uri: str):
+    found = runs(uri)
+    assert len(found) == 1, [r.info.run_id for r in found]
+    return found[0]
+
+
+def test_gmm_on_blobs_records_everything(tmp_path: Path, store: str) -> None:
+    out = labbook("train", "experiment=gmm_blobs", "trainer.max_epochs=8", QUIET, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = only_run(store)
+    client = MlflowClient(store)
+    tail = out.stdout.strip().splitlines()[-3:]
+    assert tail[0] == f"run id: {run.info.run_id}"
+    assert tail[1].startswith("test/log_likelihood: ")
+    assert tail[2].startswith("open the UI: mlflow ui --backend-store-uri " + store)
+    assert run.info.status == "FINISHED"
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.name == "gmm_blobs" and exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    params = run.data.params
+    assert params["model.n_components"] == "4" and params["model.covariance_type"] == "full"
+    assert params["trainer.max_epochs"] == "8" and params["datamodule._target_"].endswith("BlobsDataModule")
+    history = [m.value for m in client.get_metric_history(run.info.run_id, "train/log_likelihood")]
+    assert 2 <= len(history) <= 8
+    assert all(b >= a - 1e-6 for a, b in zip(history, history[1:])), history  # EM never decreases it
+    for key in ("val/log_likelihood", "test/log_likelihood", "train/bic", "train/aic", "test/accuracy", "test/ari"):
+        assert key in run.data.metrics, key
+    assert run.data.metrics["test/ari"] > 0.8
+    stored = artifacts(client, run.info.run_id)
+    assert {"config/config.yaml", "config/overrides.yaml", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
+            "plots/components.png", "parameters.npz"} <= stored, stored
+    tags = run.data.tags
+    assert len(tags["git.commit"]) == 40 and tags["git.dirty"] in ("true", "false")
+    assert tags["command"] == "labbook train experiment=gmm_blobs trainer.max_epochs=8 debug=quiet"
+    assert tags["host"] and tags["mlflow.user"]
+    if tags["git.dirty"] == "true":
+        assert "git/diff.patch" in stored
+    import yaml
+
+    config = yaml.safe_load(Path(client.download_artifacts(run.info.run_id, "config/config.yaml", str(tmp_path))).read_text())
+    assert config["model"]["n_components"] == 4 and "${" not in str(config)
+    overrides = yaml.safe_load(Path(client.download_artifacts(run.info.run_id, "config/overrides.yaml", str(tmp_path))).read_text())
+    assert overrides == ["experiment=gmm_blobs", "trainer.max_epochs=8", "debug=quiet"]
+    fitted = npz(client, run.info.run_id, "parameters.npz", tmp_path)
+    assert fitted["means"].shape == (4, 2) and abs(fitted["weights"].sum() - 1) < 1e-6
+
+
+def test_gmm_on_iris_classifies(tmp_path: Path, store: str) -> None:
+    out = labbook("train", "experiment=gmm_iris", QUIET, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = only_run(store)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["test/accuracy"] > 0.8, run.data.metrics
+    assert MlflowClient(store).get_experiment(run.info.experiment_id).name == "gmm_iris"
+
+
+def test_gmm_on_a_csv_without_preset(tmp_path: Path, store: str) -> None:
+    rng = np.random.default_rng(0)
+    centers = np.array([[0.0, 0.0, 0.0], [6.0, 6.0, 0.0], [0.0, 6.0, 6.0]])
+    labels = rng.integers(0, 3, 600)
+    x = centers[labels] + rng.normal(size=(600, 3))
+    csv = tmp_path / "points.csv"
+    csv.write_text("a,b,c,kind\n" + "\n".join(f"{p[0]:.5f},{p[1]:.5f},{p[2]:.5f},k{l}" for p, l in zip(x, labels)))
+    out = labbook("train", "datamodule=tabular", f"datamodule.path={csv}", "datamodule.label_column=kind",
+                  "model.n_components=3", "trainer.max_epochs=30", QUIET, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = only_run(store)
+    assert run.info.status == "FINISHED"
+    assert MlflowClient(store).get_experiment(run.info.experiment_id).name == "gmm-tabular"
+    assert run.data.params["datamodule.path"] == str(csv)
+    assert run.data.metrics["test/accuracy"] > 0.95
+
+
+def test_default_store_is_mlflow_db_in_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = labbook("train", "experiment=gmm_blobs", "trainer.max_epochs=2", "datamodule.n_samples=2000", QUIET,
+                  cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "mlflow.db").exists()
+    assert only_run(f"sqlite:///{tmp_path / 'mlflow.db'}").info.status == "FINISHED"
+
+
+def test_long_values_become_truncated_params_not_crashes(tmp_path: Path, store: str) -> None:
+    long = "x" * 7000
+    out = labbook("train", "experiment=gmm_blobs", "trainer.max_epochs=2", "datamodule.n_samples=2000",
+                  f"+logger.tags.note={long}", QUIET, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = only_run(store)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["logger.tags.note"].endswith("full value in config/config.yaml]")
+    assert len(run.data.params["logger.tags.note"]) == 6000
+
+
+def test_exception_during_training_marks_failed_with_message(tmp_path: Path, store: str) -> None:
+    out = labbook("train", "experiment=gmm_blobs", f"ckpt_path={tmp_path / 'missing.ckpt'}", QUIET, cwd=tmp_path)
+    assert out.returncode == 1
+    run = only_run(store)
+    assert run.info.status == "FAILED"
+    assert "missing.ckpt" in run.data.tags["error"]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("labbook: error:") and run.info.run_id in last and "Traceback" not in out.stderr
+
+
+def test_sigterm_marks_killed(tmp_path: Path, store: str) -> None:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([LABBOOK, "train", "experiment=gmm_blobs", "model.tol=0", "trainer.max_epochs=100000",
+                             "datamodule.n_samples=200000", QUIET], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = MlflowClient(store)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        found = runs(store) if (tmp_path / "mlflow.db").exists() else []
+        if found and client.get_metric_history(found[0].info.run_id, "train/log_likelihood"):
+            break
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("the run never started logging")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    run = only_run(store)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["error"] == "interrupted by SIGTERM"
+    assert "marked KILLED" in err.strip().splitlines()[-1]
+
+
+def test_ddp_cpu_matches_one_process_with_one_run(tmp_path: Path) -> None:
+    fitted = {}
+    for trainer in ("cpu", "ddp_cpu"):
+        uri = f"sqlite:///{tmp_path / trainer}.db"
+        out = labbook("train", "experiment=gmm_blobs", f"trainer={trainer}", "trainer.max_epochs=6", "model.tol=0",
+                      "datamodule.n_samples=10001", QUIET, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+        assert out.returncode == 0, out.stderr[-3000:]
+        run = only_run(uri)  # exactly one run, though two processes trained
+        assert run.info.status == "FINISHED"
+        fitted[trainer] = (npz(MlflowClient(uri), run.info.run_id, "parameters.npz", tmp_path / trainer),
+                           run.data.metrics)
+    (one, m1), (two, m2) = fitted["cpu"], fitted["ddp_cpu"]
+    for key in ("weights", "means", "covariances"):
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-6, atol=1e-6, err_msg=key)
+    assert abs(m1["train/log_likelihood"] - m2["train/log_likelihood"]) < 1e-6
+
+
+def test_multirun_sweep_records_one_run_per_job(tmp_path: Path, store: str) -> None:
+    out = labbook("train", "-m", "experiment=gmm_blobs", "model.covariance_type=full,diag", "trainer.max_epochs=3",
+                  "datamodule.n_samples=3000", QUIET, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    found = runs(store)
+    assert sorted(r.data.params["model.covariance_type"] for r in found) == ["diag", "full"]
+    assert all(r.info.status == "FINISHED" for r in found)
