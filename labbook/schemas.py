@@ -70,7 +70,7 @@ class TrainerConfig:
 
 
 # --------------------------------------------------------------------------------------------- models
-OPTIMIZER_DOC = "a `_partial_: true` torch optimizer config, or null for the model's default"
+# `optimizer` fields take a `_partial_: true` torch optimizer config, or null for the model's default.
 
 
 @dataclass
@@ -94,7 +94,58 @@ class GMMConfig:
 @dataclass
 class PolynomialConfig:
     _target_: str = "lightning_modules.polynomial.CubicPolynomial"
-    optimizer: Any = None  # OPTIMIZER_DOC
+    optimizer: Any = None
+
+
+@dataclass
+class Seq2SeqConfig:
+    _target_: str = "lightning_modules.seq2seq.AttentionSeq2Seq"
+    wordvec_size: int = 16
+    hidden_size: int = 256
+    optimizer: Any = None
+    one_cycle: bool = True
+    n_report: int = 3
+
+    def __post_init__(self) -> None:
+        check_range("model.wordvec_size", self.wordvec_size, low=1, integer=True)
+        check_range("model.hidden_size", self.hidden_size, low=1, integer=True)
+        check_range("model.n_report", self.n_report, low=0, integer=True)
+
+
+@dataclass
+class TransformerConfig:
+    _target_: str = "lightning_modules.transformer.Transformer"
+    d_model: int = 128
+    n_heads: int = 4
+    n_encoder_layers: int = 2
+    n_decoder_layers: int = 2
+    d_ff: int = 512
+    dropout: float = 0.1
+    optimizer: Any = None
+    one_cycle: bool = True
+    n_report: int = 3
+
+    def __post_init__(self) -> None:
+        for key in ("d_model", "n_heads", "n_encoder_layers", "n_decoder_layers", "d_ff"):
+            check_range(f"model.{key}", getattr(self, key), low=1, integer=True)
+        if self.d_model % self.n_heads:
+            raise ConfigValueError("model.n_heads", self.n_heads, f"must divide model.d_model={self.d_model}")
+        check_range("model.dropout", self.dropout, low=0, high=1, high_inclusive=False)
+        check_range("model.n_report", self.n_report, low=0, integer=True)
+
+
+@dataclass
+class LSTMConfig:
+    _target_: str = "lightning_modules.lstm.LSTMForecaster"
+    hidden_size: int = 64
+    num_layers: int = 1
+    dropout: float = 0.0
+    optimizer: Any = None
+
+    def __post_init__(self) -> None:
+        check_range("model.hidden_size", self.hidden_size, low=1, integer=True)
+        check_range("model.num_layers", self.num_layers, low=1, integer=True)
+        check_range("model.dropout", self.dropout, low=0, high=1, high_inclusive=False)
 
 
 # ---------------------------------------------------------------------------------------- datamodules
@@ -144,6 +195,65 @@ class SineCurveConfig:
     def __post_init__(self) -> None:
         check_range("datamodule.n_points", self.n_points, low=4, integer=True)
         check_range("datamodule.batch_size", self.batch_size, low=1, integer=True)
+
+
+@dataclass
+class DatesConfig:
+    _target_: str = "datamodules.dates.DatesDataModule"
+    n_samples: int = 50000
+    n_test: int = 5000
+    val_fraction: float = 0.1
+    seed: int = 0
+    batch_size: int = 128
+    num_workers: int = 0
+    reverse_input: bool = True
+    path: Optional[str] = None  # a file in the book's date.txt layout instead of generated data
+    split: str = "random"
+
+    def __post_init__(self) -> None:
+        check_range("datamodule.n_samples", self.n_samples, low=2, integer=True)
+        check_range("datamodule.n_test", self.n_test, low=1, high=self.n_samples - 1, integer=True)
+        check_range("datamodule.val_fraction", self.val_fraction, low=0, high=1, high_inclusive=False)
+        check_range("datamodule.batch_size", self.batch_size, low=1, integer=True)
+        check_choice("datamodule.split", self.split, ("random", "book"))
+
+
+@dataclass
+class _SeriesConfig:
+    window: int = 20
+    horizon: int = 1
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    batch_size: int = 32
+    num_workers: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_range("datamodule.window", self.window, low=1, integer=True)
+        check_range("datamodule.horizon", self.horizon, low=1, integer=True)
+        check_range("datamodule.val_fraction", self.val_fraction, low=0, high=1, low_inclusive=False, high_inclusive=False)
+        check_range("datamodule.test_fraction", self.test_fraction, low=0, high=1, low_inclusive=False, high_inclusive=False)
+        check_range("datamodule.batch_size", self.batch_size, low=1, integer=True)
+
+
+@dataclass
+class SineConfig(_SeriesConfig):
+    _target_: str = "datamodules.series.SineDataModule"
+    length: int = 1000
+    period: float = 50.0
+    amplitude: float = 1.0
+    noise_std: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("datamodule.length", self.length, low=10, integer=True)
+        check_range("datamodule.period", self.period, low=0, low_inclusive=False)
+        check_range("datamodule.noise_std", self.noise_std, low=0)
+
+
+@dataclass
+class SunspotsConfig(_SeriesConfig):
+    _target_: str = "datamodules.series.SunspotsDataModule"
 
 
 @dataclass
@@ -232,8 +342,10 @@ class TrainConfig:
 
 GROUP_SCHEMAS: dict[str, dict[str, type]] = {
     "trainer": {"default": TrainerConfig},
-    "model": {"gmm": GMMConfig, "polynomial": PolynomialConfig},
-    "datamodule": {"blobs": BlobsConfig, "iris": IrisConfig, "tabular": CSVConfig, "sine_curve": SineCurveConfig},
+    "model": {"gmm": GMMConfig, "polynomial": PolynomialConfig, "seq2seq": Seq2SeqConfig,
+              "transformer": TransformerConfig, "lstm": LSTMConfig},
+    "datamodule": {"blobs": BlobsConfig, "iris": IrisConfig, "tabular": CSVConfig, "sine_curve": SineCurveConfig,
+                   "dates": DatesConfig, "sine": SineConfig, "sunspots": SunspotsConfig},
     "logger": {"mlflow": MLflowConfig},
     "callbacks": {"default": CallbacksConfig},
     "paths": {"default": PathsConfig},
