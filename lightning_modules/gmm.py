@@ -1,0 +1,817 @@
+"""Gaussian mixture model fitted by exact, streamed expectation-maximisation.
+
+One Lightning training epoch is one EM iteration over the whole training set, computed in
+batches: the E-step of every batch adds to sufficient statistics, and the M-step runs once at
+the end of the epoch, after the statistics are summed over all processes. The arithmetic
+follows scikit-learn's ``GaussianMixture`` so that, in float64, both produce the same
+iterates from the same starting point.
+
+Notation (shapes in brackets): N samples x_n [D], K components with weights π_k, means μ_k [D]
+and covariances Σ_k. The precision Cholesky factor U_k is the upper-triangular [D, D] matrix
+with U_k U_kᵀ = Σ_k⁻¹ (scikit-learn's ``precisions_cholesky_``).
+
+E-step, for every sample and component::
+
+    y_nk        = (x_n − μ_k)ᵀ U_k                                       [D]
+    log N(x|k)  = −½ (D log 2π + ‖y_nk‖²) + Σ_d log (U_k)_dd
+    log p(x_n)  = logsumexp_k (log π_k + log N(x_n|k))
+    r_nk        = exp(log π_k + log N(x_n|k) − log p(x_n))
+
+Sufficient statistics, summed over batches and processes in float64, around a shift c (the
+mixture mean Σ_k π_k μ_k of the current parameters, see below), x̃_n = x_n − c::
+
+    N_k  = Σ_n r_nk,   S1_k = Σ_n r_nk x̃_n,   S2_k = Σ_n r_nk x̃_n x̃_nᵀ (diag: Σ_n r_nk x̃_n²)
+
+M-step, with ε = 10·float64 eps added to N_k as scikit-learn does::
+
+    π_k = (N_k + ε) / Σ_j (N_j + ε)
+    μ_k = c + m_k,  m_k = S1_k / (N_k + ε)
+    Σ_k = (S2_k − S1_k m_kᵀ − m_k S1_kᵀ + N_k m_k m_kᵀ) / (N_k + ε) + reg_covar·I
+
+``diag`` keeps only the diagonal of Σ_k, ``spherical`` its mean over the D dimensions, and
+``tied`` pools Σ_j (…)_j / Σ_j (N_j + ε). Without the shift, Σ_k would be the difference of two
+large numbers whenever the data sit far from the origin; with it the cancellation is only of
+order ‖μ_k − c‖² / σ_k², which float64 absorbs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+_COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+_INITS = ("kmeans++", "random")
+_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+# A component whose total responsibility is below this (in units of samples) has no data to
+# estimate a mean or a covariance from.
+_EMPTY_MASS = 1e-8
+# Keep the [rows, D²] outer-product block of one GEMM below ~64 MB in float64.
+_MAX_OUTER_ELEMENTS = 1 << 23
+_REPORT_SAMPLE = 2000
+
+
+def _world_size() -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def _rank() -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return 0
+
+
+def _all_reduce_sum(t: Tensor) -> Tensor:
+    """Sum a tensor over all processes (identity when not distributed); keeps dtype (float64)."""
+    if _world_size() > 1:
+        t = t.contiguous().clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def _broadcast(t: Tensor, src: int = 0) -> Tensor:
+    if _world_size() > 1:
+        t = t.contiguous().clone()
+        dist.broadcast(t, src=src)
+    return t
+
+
+def _all_gather_rows(t: Tensor) -> Tensor:
+    """Concatenate the [m_r, D] tensors of all ranks in rank order (ranks may differ in m_r)."""
+    if _world_size() == 1:
+        return t
+    ws = _world_size()
+    size = torch.tensor([t.shape[0]], dtype=torch.long, device=t.device)
+    sizes = [torch.zeros_like(size) for _ in range(ws)]
+    dist.all_gather(sizes, size)
+    counts = [int(s.item()) for s in sizes]
+    padded = torch.zeros((max(counts),) + tuple(t.shape[1:]), dtype=t.dtype, device=t.device)
+    padded[: t.shape[0]] = t
+    parts = [torch.zeros_like(padded) for _ in range(ws)]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([p[:c] for p, c in zip(parts, counts)], dim=0)
+
+
+def _split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
+    """Accept ``x``, ``(x,)`` or ``(x, y)``; y < 0 marks unlabelled rows."""
+    if isinstance(batch, Tensor):
+        return batch, None
+    if isinstance(batch, (tuple, list)):
+        if len(batch) == 1:
+            return batch[0], None
+        return batch[0], batch[1]
+    if isinstance(batch, dict):
+        return batch["x"], batch.get("y")
+    raise TypeError(f"unsupported batch type {type(batch).__name__}; expected x or (x, y)")
+
+
+def adjusted_rand_index(contingency: Tensor | np.ndarray) -> float:
+    """Adjusted Rand index from a contingency table [K, C] of counts.
+
+    Uses the pair-confusion form of scikit-learn's ``adjusted_rand_score``: with n the total,
+    a_i the row sums, b_j the column sums and s = Σ_ij n_ij²::
+
+        tp = s − n,  fp = Σ_ij n_ij b_j − s,  fn = Σ_ij n_ij a_i − s,  tn = n² − tp − fp − fn − n
+        ARI = 2 (tp·tn − fn·fp) / ((tp + fn)(fn + tn) + (tp + fp)(fp + tn))
+
+    and 1.0 when fp = fn = 0 (identical partitions, including the degenerate ones).
+    """
+    table = np.asarray(contingency.cpu() if isinstance(contingency, Tensor) else contingency)
+    table = table.astype(np.float64)
+    n = table.sum()
+    rows = table.sum(axis=1)
+    cols = table.sum(axis=0)
+    sum_squares = (table**2).sum()
+    tp = sum_squares - n
+    fp = (table @ cols).sum() - sum_squares
+    fn = (table.T @ rows).sum() - sum_squares
+    tn = n**2 - fp - fn - sum_squares
+    if fn == 0 and fp == 0:
+        return 1.0
+    return float(2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn)))
+
+
+def matched_accuracy(contingency: Tensor | np.ndarray) -> float:
+    """Accuracy after a one-to-one matching of components to classes.
+
+    ``contingency`` [K, C] counts samples of class c assigned to component k. The Hungarian
+    algorithm picks the matching k ↔ c maximising Σ matched counts; accuracy is that sum over
+    the total. With K > C the unmatched components' samples count as errors.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    table = np.asarray(contingency.cpu() if isinstance(contingency, Tensor) else contingency)
+    total = table.sum()
+    if total == 0:
+        return float("nan")
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    return float(table[rows, cols].sum() / total)
+
+
+class GaussianMixtureEM(pl.LightningModule):
+    """Gaussian mixture model trained by exact EM, one EM iteration per Lightning epoch.
+
+    Args:
+        n_features: D, the data dimension (datamodule ``dims``).
+        n_components: K.
+        covariance_type: ``"full"`` (Σ_k [K, D, D]), ``"tied"`` (one Σ [D, D]), ``"diag"``
+            ([K, D]) or ``"spherical"`` ([K]); the shapes of ``covariances`` and
+            ``precisions_cholesky`` follow scikit-learn.
+        tol: training stops once the mean train log-likelihood improves by less than ``tol``
+            from one epoch to the next; ``tol <= 0`` never stops early.
+        reg_covar: added to the diagonal of every covariance.
+        init: how the initial means are seeded when ``means_init`` is not given:
+            ``"kmeans++"`` (greedy k-means++ over the training points, as scikit-learn's
+            ``kmeans_plusplus``) or ``"random"`` (K distinct training points).
+        n_classes: number of label classes (datamodule ``dims``); enables ``accuracy``/``ari``.
+        seed: seeds the initialisation.
+        means_init: optional initial means, array-like [K, D]; overrides ``init``.
+        compute_dtype: ``"float64"`` or ``"float32"``, the dtype of the per-batch E-step and
+            statistics. Parameters, statistic accumulators and the M-step are always float64.
+        init_samples: k-means++ runs over at most this many training points (all of them when
+            the training set is no larger).
+        optimizer: accepted for config compatibility and ignored: EM needs no optimizer.
+
+    Initialisation (first training epoch, before its E-step): the means are ``means_init`` or
+    seeds drawn from the training points; the weights are 1/K; every covariance is the
+    (biased) covariance of those training points plus ``reg_covar`` (its diagonal for
+    ``diag``, the mean of that diagonal for ``spherical``). This is scikit-learn's
+    ``GaussianMixture(weights_init=1/K, means_init=…, precisions_init=inv(cov))``. When the
+    training set exceeds ``init_samples``, each process contributes a seeded random subset
+    of its shard, so the start then also depends on the number of processes.
+
+    Empty components (total responsibility below 1e-8 samples, e.g. a mean seeded far from all
+    data) keep their previous mean and covariance and get the near-zero weight
+    (N_k + ε)/Σ(N_j + ε): they stay inert instead of turning into NaN, and EM stays a
+    deterministic ascent. A covariance that is not positive definite is likewise kept.
+
+    Batches are ``x`` [B, D] or ``(x, y)`` with y [B] integer labels, y < 0 meaning unlabelled.
+    """
+
+    monitor = "val/log_likelihood"
+    monitor_mode = "max"
+    headline_metric = "test/log_likelihood"
+
+    def __init__(
+        self,
+        n_features: int,
+        n_components: int = 3,
+        covariance_type: str = "full",
+        tol: float = 1e-3,
+        reg_covar: float = 1e-6,
+        init: str = "kmeans++",
+        n_classes: int | None = None,
+        seed: int = 0,
+        means_init: Sequence[Sequence[float]] | np.ndarray | Tensor | None = None,
+        compute_dtype: str = "float64",
+        init_samples: int = 100_000,
+        optimizer: Any = None,
+    ) -> None:
+        super().__init__()
+        if covariance_type not in _COVARIANCE_TYPES:
+            raise ValueError(f"covariance_type must be one of {_COVARIANCE_TYPES}, got {covariance_type!r}")
+        if init not in _INITS:
+            raise ValueError(f"init must be one of {_INITS}, got {init!r}")
+        if compute_dtype not in _DTYPES:
+            raise ValueError(f"compute_dtype must be one of {tuple(_DTYPES)}, got {compute_dtype!r}")
+        if n_components < 1 or n_features < 1:
+            raise ValueError("n_components and n_features must be positive")
+        if isinstance(means_init, Tensor):
+            means_init = means_init.detach().cpu().tolist()
+        elif isinstance(means_init, np.ndarray):
+            means_init = means_init.tolist()
+        if means_init is not None and np.asarray(means_init).shape != (n_components, n_features):
+            raise ValueError(
+                f"means_init must have shape ({n_components}, {n_features}), got {np.asarray(means_init).shape}"
+            )
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.automatic_optimization = False
+
+        K, D = n_components, n_features
+        f64 = torch.float64
+        cov_shape = {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}[covariance_type]
+        self.register_buffer("weights", torch.full((K,), 1.0 / K, dtype=f64))
+        self.register_buffer("means", torch.zeros(K, D, dtype=f64))
+        self.register_buffer("covariances", torch.zeros(cov_shape, dtype=f64))
+        self.register_buffer("precisions_cholesky", torch.zeros(cov_shape, dtype=f64))
+        self.register_buffer("initialized", torch.tensor(False))
+        self.register_buffer("converged", torch.tensor(False))
+        self.register_buffer("n_iter", torch.tensor(0, dtype=torch.long))
+        self.register_buffer("lower_bound", torch.tensor(-math.inf, dtype=f64))
+        # DistributedDataParallel refuses modules without a trainable parameter; EM has none,
+        # so this scalar exists only to let the model run under Lightning's DDP strategies.
+        self._ddp_anchor = nn.Parameter(torch.zeros(()))
+
+        # Accumulators are plain attributes, not buffers: DDP would otherwise overwrite each
+        # rank's partial sums with rank 0's before the reduction.
+        self._train_stats: dict[str, Tensor] | None = None
+        self._eval_stats: dict[str, Tensor] | None = None
+        self._plan: dict[str, Tensor] | None = None
+        self._test_sample: list[Tensor] = []
+        self._test_sample_rows = 0
+        self.last_metrics: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ parameters
+    @property
+    def n_components(self) -> int:
+        return int(self.hparams.n_components)
+
+    @property
+    def n_features(self) -> int:
+        return int(self.hparams.n_features)
+
+    @property
+    def covariance_type(self) -> str:
+        return str(self.hparams.covariance_type)
+
+    @property
+    def _compute_dtype(self) -> torch.dtype:
+        return _DTYPES[self.hparams.compute_dtype]
+
+    def n_parameters(self) -> int:
+        """Free parameters, as scikit-learn's ``_n_parameters``: K·D means + (K − 1) weights + covariances."""
+        K, D = self.n_components, self.n_features
+        cov = {"full": K * D * (D + 1) / 2.0, "diag": K * D, "tied": D * (D + 1) / 2.0, "spherical": K}
+        return int(cov[self.covariance_type] + K * D + K - 1)
+
+    def _full_covariances(self) -> Tensor:
+        """Covariances as [K, D, D] whatever the covariance type."""
+        K, D = self.n_components, self.n_features
+        c = self.covariances
+        if self.covariance_type == "full":
+            return c
+        if self.covariance_type == "tied":
+            return c.expand(K, D, D)
+        if self.covariance_type == "diag":
+            return torch.diag_embed(c)
+        return c[:, None, None] * torch.eye(D, dtype=c.dtype, device=c.device)
+
+    @staticmethod
+    def _precision_cholesky(cov: Tensor, covariance_type: str) -> tuple[Tensor, Tensor]:
+        """U with U Uᵀ = Σ⁻¹ (U = L⁻ᵀ for Σ = L Lᵀ; 1/√σ² for diag/spherical) and an ok-mask."""
+        if covariance_type in ("full", "tied"):
+            L, info = torch.linalg.cholesky_ex(cov)
+            ok = info == 0
+            eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device).expand_as(cov)
+            # Rows that failed get the identity so the solve stays finite; callers discard them.
+            L = torch.where(ok[..., None, None], L, eye)
+            U = torch.linalg.solve_triangular(L, eye, upper=False).mT
+            return U, ok
+        ok = torch.isfinite(cov) & (cov > 0)
+        if covariance_type == "diag":
+            ok = ok.all(dim=-1)
+        return torch.where(cov > 0, cov, torch.ones_like(cov)).rsqrt(), ok
+
+    def _set_covariances(self, cov: Tensor) -> None:
+        """Store covariances and their precision Cholesky factors, keeping any that are not PD."""
+        U, ok = self._precision_cholesky(cov, self.covariance_type)
+        if not bool(ok.all()):
+            if not bool(self.initialized):
+                raise ValueError("initial covariance is not positive definite; increase reg_covar")
+            keep = ~ok
+            shape = (-1,) + (1,) * (cov.dim() - keep.dim())
+            cov = torch.where(keep.reshape(shape), self.covariances, cov)
+            U = torch.where(keep.reshape(shape), self.precisions_cholesky, U)
+        self.covariances.copy_(cov)
+        self.precisions_cholesky.copy_(U)
+        self._plan = None
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self._plan = None  # the cached E-step constants belong to the parameters being replaced
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "GaussianMixtureEM":
+        self._plan = None  # device/dtype moves would leave the cache behind
+        return super()._apply(fn, *args, **kwargs)
+
+    # ------------------------------------------------------------------ E-step
+    def _e_plan(self) -> dict[str, Tensor]:
+        """Per-parameter constants of the E-step, in the compute dtype, cached until the next M-step.
+
+        With x̃ = x − c and m_k = μ_k − c:
+        full/tied: y_nk = x̃_n U_k − m_k U_k, computed for all k by one GEMM x̃ [B, D] @ W [D, K·D].
+        diag/spherical: ‖y_nk‖² = Σ_d p_kd x̃_d² − 2 p_kd m_kd x̃_d + p_kd m_kd² with p = U², i.e.
+        one GEMM [x̃², x̃, 1] [B, 2D+1] @ Q [2D+1, K] (scikit-learn's expansion).
+        const_k = −½ D log 2π + Σ log diag U_k + log π_k.
+        """
+        if self._plan is not None:
+            return self._plan
+        K, D = self.n_components, self.n_features
+        dt = self._compute_dtype
+        shift = (self.weights[:, None] * self.means).sum(0)
+        m = self.means - shift
+        U = self.precisions_cholesky
+        ct = self.covariance_type
+        if ct in ("full", "tied"):
+            U = U if ct == "full" else U.expand(K, D, D)
+            log_det = torch.log(torch.diagonal(U, dim1=-2, dim2=-1)).sum(-1)
+            plan = {
+                "W": U.permute(1, 0, 2).reshape(D, K * D),
+                "b": -torch.einsum("ki,kij->kj", m, U).reshape(K * D),
+            }
+        else:
+            prec = U**2 if ct == "diag" else (U**2)[:, None].expand(K, D)
+            log_det = torch.log(U).sum(-1) if ct == "diag" else D * torch.log(U)
+            Q = torch.cat([prec, -2.0 * m * prec, (m * m * prec).sum(1, keepdim=True)], dim=1)
+            plan = {"Q": (-0.5 * Q).T.contiguous()}
+        plan["const"] = -0.5 * D * math.log(2 * math.pi) + log_det + torch.log(self.weights)
+        plan = {k: v.to(dt).contiguous() for k, v in plan.items()}
+        plan["shift"] = shift.to(dt)
+        plan["shift64"] = shift
+        self._plan = plan
+        return plan
+
+    def _weighted_log_prob(self, x: Tensor, plan: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
+        """log π_k + log N(x_n | μ_k, Σ_k) [B, K] in the compute dtype, x̃ [B, D], and features F.
+
+        F is [x̃², x̃, 1] [B, 2D+1] for diag/spherical (reused by the statistics), else None.
+        """
+        n, K, D = x.shape[0], self.n_components, self.n_features
+        xt = x.to(self._compute_dtype) - plan["shift"]
+        if "W" in plan:
+            y = torch.addmm(plan["b"], xt, plan["W"])
+            lp = y.square_().view(n, K, D).sum(-1)
+            return lp.mul_(-0.5).add_(plan["const"]), xt, None
+        F = torch.cat([xt * xt, xt, torch.ones(n, 1, dtype=xt.dtype, device=xt.device)], dim=1)
+        return torch.addmm(plan["const"], F, plan["Q"]), xt, F
+
+    @staticmethod
+    def _normalise(lp: Tensor) -> tuple[Tensor, Tensor]:
+        """log r_nk = lp_nk − logsumexp_k lp_nk [B, K] and log p(x_n) = logsumexp_k lp_nk [B].
+
+        log p is read off at the arg-max component, where log r ∈ [−log K, 0], so it carries no
+        cancellation even when lp is large and negative.
+        """
+        log_resp = torch.log_softmax(lp, dim=1)
+        best = lp.argmax(dim=1, keepdim=True)
+        log_norm = (lp.gather(1, best) - log_resp.gather(1, best)).squeeze(1)
+        return log_resp, log_norm
+
+    def _e_step(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """log r [B, K], log p(x) [B], x̃ [B, D] and diag/spherical features F (else None)."""
+        if not bool(self.initialized):
+            raise RuntimeError("GaussianMixtureEM is not fitted yet (parameters are uninitialised)")
+        lp, xt, F = self._weighted_log_prob(x, self._e_plan())
+        log_resp, log_norm = self._normalise(lp)
+        return log_resp, log_norm, xt, F
+
+    def _accumulate(self, log_resp: Tensor, log_norm: Tensor, xt: Tensor, F: Tensor | None) -> None:
+        """Add this batch's N_k [K], S1_k [K, D], S2_k ([K, D, D] or [K, D]) and Σ log p(x_n)."""
+        st = self._train_stats
+        assert st is not None
+        n, K, D = xt.shape[0], self.n_components, self.n_features
+        r = log_resp.exp()
+        st["ll"] += log_norm.sum(dtype=torch.float64)
+        st["count"] += n
+        if F is not None:
+            # [x̃², x̃, 1] gives S2 (diagonal), S1 and N_k in one GEMM.
+            moments = (r.T @ F).to(torch.float64)
+            st["S2"] += moments[:, :D]
+            st["S1"] += moments[:, D : 2 * D]
+            st["N"] += moments[:, 2 * D]
+            return
+        st["N"] += r.sum(0, dtype=torch.float64)
+        st["S1"] += (r.T @ xt).to(torch.float64)
+        if self.covariance_type == "tied":
+            # Σ_k r_nk = 1, so the pooled second moment needs no responsibilities.
+            st["S2"] += (xt.T @ xt).to(torch.float64)
+            return
+        # Σ_n r_nk x̃_n x̃_nᵀ for all k as one GEMM r [K, B] @ (x̃ ⊗ x̃) [B, D²].
+        step = max(1, _MAX_OUTER_ELEMENTS // (D * D))
+        for s in range(0, n, step):
+            xs = xt[s : s + step]
+            outer = (xs[:, :, None] * xs[:, None, :]).reshape(xs.shape[0], D * D)
+            st["S2"] += (r[s : s + step].T @ outer).to(torch.float64).view(K, D, D)
+
+    def _new_train_stats(self) -> dict[str, Tensor]:
+        K, D = self.n_components, self.n_features
+        z = lambda *s: torch.zeros(s, dtype=torch.float64, device=self.device)  # noqa: E731
+        s2 = {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K, D)}[self.covariance_type]
+        return {"N": z(K), "S1": z(K, D), "S2": z(*s2), "ll": z(), "count": z()}
+
+    # ------------------------------------------------------------------ M-step
+    def _m_step(self, st: dict[str, Tensor], shift: Tensor) -> None:
+        """Update π, μ, Σ, U from summed statistics (equations in the module docstring)."""
+        N, S1, S2 = st["N"], st["S1"], st["S2"]
+        ct = self.covariance_type
+        eps = 10 * torch.finfo(torch.float64).eps
+        nk = N + eps
+        m = S1 / nk[:, None]
+        empty = N < _EMPTY_MASS
+        D = self.n_features
+        eye = torch.eye(D, dtype=torch.float64, device=N.device)
+        reg = self.hparams.reg_covar
+        if ct == "full":
+            scatter = S2 - S1[:, :, None] * m[:, None, :] - m[:, :, None] * S1[:, None, :] + N[:, None, None] * m[:, :, None] * m[:, None, :]
+            cov = scatter / nk[:, None, None]
+            cov = 0.5 * (cov + cov.mT) + reg * eye
+            cov = torch.where(empty[:, None, None], self.covariances, cov)
+        elif ct == "tied":
+            # Σ_k Σ_n r_nk (x̃ − m_k)(x̃ − m_k)ᵀ = Σ_n x̃ x̃ᵀ − Σ_k (S1_k m_kᵀ + m_k S1_kᵀ − N_k m_k m_kᵀ)
+            scatter = S2 - torch.einsum("ki,kj->ij", S1, m) - torch.einsum("ki,kj->ij", m, S1) + torch.einsum("k,ki,kj->ij", N, m, m)
+            cov = scatter / nk.sum()
+            cov = 0.5 * (cov + cov.T) + reg * eye
+        else:
+            var = (S2 - 2.0 * S1 * m + N[:, None] * m * m) / nk[:, None] + reg
+            if ct == "spherical":
+                var = var.mean(1)
+                cov = torch.where(empty, self.covariances, var)
+            else:
+                cov = torch.where(empty[:, None], self.covariances, var)
+        means = torch.where(empty[:, None], self.means, shift + m)
+        self.weights.copy_(nk / nk.sum())
+        self.means.copy_(means)
+        self._set_covariances(cov)
+
+    # ------------------------------------------------------------------ initialisation
+    def _collect_init_sample(self, loader: Any) -> Tensor:
+        """Training points for seeding, identical on every rank: all of them, or a seeded subset."""
+        ws, rank = _world_size(), _rank()
+        cap = max(1, math.ceil(self.hparams.init_samples / ws))
+        try:
+            n_batches = len(loader)
+        except TypeError:
+            n_batches = None
+        gen = torch.Generator().manual_seed(int(self.hparams.seed) * 1_000_003 + rank)
+        kept: list[Tensor] = []
+        fraction = None
+        for batch in loader:
+            x, _ = _split_batch(batch)
+            x = x.detach().to("cpu", torch.float64)
+            if fraction is None:
+                estimate = (n_batches or 1) * max(1, x.shape[0])
+                fraction = 1.0 if n_batches is None else min(1.0, cap / estimate)
+            if fraction < 1.0:
+                x = x[torch.rand(x.shape[0], generator=gen) < fraction]
+            kept.append(x)
+        local = torch.cat(kept) if kept else torch.zeros(0, self.n_features, dtype=torch.float64)
+        return _all_gather_rows(local.to(self.device)).cpu()
+
+    @staticmethod
+    def kmeans_plusplus(X: Tensor, n_clusters: int, generator: torch.Generator) -> Tensor:
+        """Greedy k-means++ seeds [K, D] from X [N, D], as scikit-learn's ``kmeans_plusplus``.
+
+        Each new seed is the best of 2 + ⌊log K⌋ candidates drawn with probability ∝ d²(x),
+        the squared distance to the nearest seed so far; best = smallest resulting Σ_n d²(x_n).
+        """
+        n = X.shape[0]
+        trials = 2 + int(math.log(n_clusters))
+        centers = torch.empty(n_clusters, X.shape[1], dtype=X.dtype)
+        first = int(torch.randint(n, (1,), generator=generator))
+        centers[0] = X[first]
+        closest = ((X - centers[0]) ** 2).sum(1)
+        for c in range(1, n_clusters):
+            total = closest.sum()
+            if not bool(total > 0):
+                # Fewer distinct points than clusters: any point is as good as another.
+                cand = torch.randint(n, (trials,), generator=generator)
+            else:
+                u = torch.rand(trials, generator=generator, dtype=X.dtype) * total
+                cand = torch.searchsorted(torch.cumsum(closest, 0), u).clamp_(max=n - 1)
+            dist_c = torch.cdist(X[cand], X).square_()
+            dist_c = torch.minimum(closest[None], dist_c)
+            best = int(dist_c.sum(1).argmin())
+            centers[c] = X[cand[best]]
+            closest = dist_c[best]
+        return centers
+
+    def initialize_from(self, loader: Any) -> None:
+        """Set the starting parameters from the training data (see the class docstring)."""
+        K, D = self.n_components, self.n_features
+        X = self._collect_init_sample(loader)
+        if X.shape[0] < max(K, 2):
+            raise ValueError(f"need at least {max(K, 2)} training points for {K} components, got {X.shape[0]}")
+        if X.shape[1] != D:
+            raise ValueError(f"training data has {X.shape[1]} features, model expects n_features={D}")
+        if _rank() == 0:
+            gen = torch.Generator().manual_seed(int(self.hparams.seed))
+            if self.hparams.means_init is not None:
+                means = torch.as_tensor(self.hparams.means_init, dtype=torch.float64)
+            elif self.hparams.init == "random":
+                means = X[torch.randperm(X.shape[0], generator=gen)[:K]]
+            else:
+                means = self.kmeans_plusplus(X, K, gen)
+        else:
+            means = torch.zeros(K, D, dtype=torch.float64)
+        means = _broadcast(means.to(self.device)).to(torch.float64)
+        Xc = X - X.mean(0)
+        data_cov = (Xc.T @ Xc / X.shape[0]).to(self.device)
+        eye = torch.eye(D, dtype=torch.float64, device=self.device)
+        ct = self.covariance_type
+        if ct == "full":
+            cov = (data_cov + self.hparams.reg_covar * eye).expand(K, D, D).clone()
+        elif ct == "tied":
+            cov = data_cov + self.hparams.reg_covar * eye
+        elif ct == "diag":
+            cov = (torch.diagonal(data_cov) + self.hparams.reg_covar).expand(K, D).clone()
+        else:
+            cov = (torch.diagonal(data_cov) + self.hparams.reg_covar).mean().expand(K).clone()
+        self.weights.fill_(1.0 / K)
+        self.means.copy_(means)
+        self._set_covariances(cov)
+        self.initialized.fill_(True)
+        self.converged.fill_(False)
+        self.n_iter.zero_()
+        self.lower_bound.fill_(-math.inf)
+
+    # ------------------------------------------------------------------ Lightning hooks: training
+    def configure_optimizers(self) -> None:
+        return None
+
+    def on_train_start(self) -> None:
+        if not bool(self.initialized):
+            self.initialize_from(self.trainer.train_dataloader)
+
+    def on_train_epoch_start(self) -> None:
+        self._plan = None
+        self._train_stats = self._new_train_stats()
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        x, _ = _split_batch(batch)
+        with torch.no_grad():
+            self._accumulate(*self._e_step(x))
+        return None
+
+    def on_train_epoch_end(self) -> None:
+        st = self._train_stats
+        if st is None:
+            return
+        keys = list(st)
+        flat = _all_reduce_sum(torch.cat([st[k].reshape(-1) for k in keys]))
+        reduced, offset = {}, 0
+        for k in keys:
+            reduced[k] = flat[offset : offset + st[k].numel()].view_as(st[k])
+            offset += st[k].numel()
+        self._train_stats = None
+        count = float(reduced["count"])
+        if count == 0:
+            return
+        ll_sum = float(reduced["ll"])
+        ll = ll_sum / count
+        # The statistics were centred on the shift of the parameters that produced them.
+        self._m_step(reduced, self._e_plan()["shift64"])
+        self.n_iter += 1
+        change = ll - float(self.lower_bound)
+        self.lower_bound.fill_(ll)
+        tol = float(self.hparams.tol)
+        if tol > 0 and int(self.n_iter) > 1 and change < tol:
+            self.converged.fill_(True)
+            if self._trainer is not None:
+                self.trainer.should_stop = True
+        p = self.n_parameters()
+        metrics = {
+            "train/log_likelihood": ll,
+            "train/bic": -2.0 * ll_sum + p * math.log(count),
+            "train/aic": -2.0 * ll_sum + 2.0 * p,
+            "train/n_iter": float(int(self.n_iter)),
+            "train/converged": float(bool(self.converged)),
+        }
+        self._log_metrics(metrics)
+
+    def _log_metrics(self, metrics: dict[str, float]) -> None:
+        self.last_metrics.update(metrics)
+        if self._trainer is None:
+            return
+        for name, value in metrics.items():
+            # Values are already global (summed statistics); sync_dist averages identical copies.
+            self.log(name, value, on_step=False, on_epoch=True, sync_dist=True)
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_start(self) -> None:
+        C = self.hparams.n_classes
+        self._eval_stats = {
+            "ll": torch.zeros((), dtype=torch.float64, device=self.device),
+            "count": torch.zeros((), dtype=torch.float64, device=self.device),
+            "table": torch.zeros(self.n_components, C or 0, dtype=torch.float64, device=self.device),
+        }
+
+    def _eval_step(self, batch: Any) -> Tensor | None:
+        if not bool(self.initialized) or self._eval_stats is None:
+            return None  # e.g. Lightning's sanity check before the first epoch initialises the model
+        x, y = _split_batch(batch)
+        with torch.no_grad():
+            log_resp, log_norm, _, _ = self._e_step(x)
+        st = self._eval_stats
+        st["ll"] += log_norm.sum(dtype=torch.float64)
+        st["count"] += x.shape[0]
+        C = self.hparams.n_classes
+        if y is not None and C:
+            y = y.to(self.device).long().reshape(-1)
+            labelled = y >= 0
+            if bool((y[labelled] >= C).any()):
+                raise ValueError(f"label {int(y.max())} out of range for n_classes={C}")
+            pred = log_resp.argmax(1)[labelled]
+            flat = pred * C + y[labelled]
+            st["table"] += torch.bincount(flat, minlength=self.n_components * C).view(self.n_components, C).to(torch.float64)
+        return log_resp
+
+    def _eval_end(self, stage: str) -> dict[str, float]:
+        st = self._eval_stats
+        self._eval_stats = None
+        if st is None or not bool(self.initialized):
+            return {}
+        flat = _all_reduce_sum(torch.cat([st["ll"].reshape(1), st["count"].reshape(1), st["table"].reshape(-1)]))
+        ll_sum, count = float(flat[0]), float(flat[1])
+        if count == 0:
+            return {}
+        p = self.n_parameters()
+        metrics = {
+            f"{stage}/log_likelihood": ll_sum / count,
+            f"{stage}/bic": -2.0 * ll_sum + p * math.log(count),
+            f"{stage}/aic": -2.0 * ll_sum + 2.0 * p,
+        }
+        table = flat[2:].view(self.n_components, -1).cpu().numpy()
+        if table.size and table.sum() > 0:
+            metrics[f"{stage}/accuracy"] = matched_accuracy(table)
+            metrics[f"{stage}/ari"] = adjusted_rand_index(table)
+        self._log_metrics(metrics)
+        return metrics
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_start()
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_start()
+        self._test_sample, self._test_sample_rows = [], 0
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch)
+        if self._test_sample_rows < _REPORT_SAMPLE:
+            x, _ = _split_batch(batch)
+            take = x[: _REPORT_SAMPLE - self._test_sample_rows].detach().to("cpu", torch.float64)
+            self._test_sample.append(take)
+            self._test_sample_rows += take.shape[0]
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        x, _ = _split_batch(batch)
+        return self.predict(x)
+
+    # ------------------------------------------------------------------ inference API
+    def _chunks(self, x: Tensor | np.ndarray) -> list[Tensor]:
+        x = torch.as_tensor(x).to(self.device)
+        if x.dim() != 2 or x.shape[1] != self.n_features:
+            raise ValueError(f"expected input of shape (N, {self.n_features}), got {tuple(x.shape)}")
+        return list(torch.split(x, 65536))
+
+    @torch.no_grad()
+    def predict_proba(self, x: Tensor | np.ndarray) -> Tensor:
+        """Responsibilities r_nk [N, K] (float64)."""
+        out = [self._e_step(c)[0].exp() for c in self._chunks(x)]
+        return torch.cat(out).to(torch.float64)
+
+    @torch.no_grad()
+    def predict(self, x: Tensor | np.ndarray) -> Tensor:
+        """Most responsible component argmax_k r_nk, LongTensor [N]."""
+        return torch.cat([self._e_step(c)[0].argmax(1) for c in self._chunks(x)])
+
+    @torch.no_grad()
+    def score_samples(self, x: Tensor | np.ndarray) -> Tensor:
+        """log p(x_n) [N] (float64)."""
+        return torch.cat([self._e_step(c)[1] for c in self._chunks(x)]).to(torch.float64)
+
+    @torch.no_grad()
+    def score(self, x: Tensor | np.ndarray) -> float:
+        """Mean log-likelihood (1/N) Σ_n log p(x_n), scikit-learn's ``score``."""
+        return float(self.score_samples(x).mean())
+
+    def bic(self, x: Tensor | np.ndarray) -> float:
+        """−2 Σ_n log p(x_n) + p log N, scikit-learn's ``bic``."""
+        n = torch.as_tensor(x).shape[0]
+        return -2.0 * self.score(x) * n + self.n_parameters() * math.log(n)
+
+    def aic(self, x: Tensor | np.ndarray) -> float:
+        """−2 Σ_n log p(x_n) + 2p, scikit-learn's ``aic``."""
+        n = torch.as_tensor(x).shape[0]
+        return -2.0 * self.score(x) * n + 2.0 * self.n_parameters()
+
+    # ------------------------------------------------------------------ report
+    def parameters_dict(self) -> dict[str, np.ndarray]:
+        return {
+            "weights": self.weights.detach().cpu().numpy(),
+            "means": self.means.detach().cpu().numpy(),
+            "covariances": self.covariances.detach().cpu().numpy(),
+            "precisions_cholesky": self.precisions_cholesky.detach().cpu().numpy(),
+        }
+
+    def report(self) -> dict[str, object]:
+        """``parameters`` (npz arrays) and ``components``: test sample coloured by component.
+
+        The figure projects the kept test sample (≤ 2000 points) onto its first two principal
+        axes V [D, 2] (right singular vectors of the centred sample; identity when D = 2) and
+        draws each component's 1σ and 2σ ellipses of the projected covariance Vᵀ Σ_k V around
+        Vᵀ (μ_k − centre).
+        """
+        from matplotlib.figure import Figure
+        from matplotlib.patches import Ellipse
+
+        out: dict[str, object] = {"parameters": self.parameters_dict()}
+        if not bool(self.initialized):
+            return out
+        K, D = self.n_components, self.n_features
+        sample = torch.cat(self._test_sample) if self._test_sample else torch.zeros(0, D, dtype=torch.float64)
+        means = self.means.detach().cpu()
+        covs = self._full_covariances().detach().cpu()
+        fig = Figure(figsize=(6.5, 5.5))
+        ax = fig.add_subplot(1, 1, 1)
+        colours = [f"C{k % 10}" for k in range(K)]
+        if D == 1:
+            if sample.shape[0]:
+                pred = self.predict(sample).cpu()
+                for k in range(K):
+                    ax.hist(sample[pred == k, 0].numpy(), bins=40, alpha=0.5, color=colours[k], label=f"component {k}")
+            for k in range(K):
+                mu, sd = float(means[k, 0]), float(covs[k, 0, 0]) ** 0.5
+                for s, alpha in ((1, 0.25), (2, 0.1)):
+                    ax.axvspan(mu - s * sd, mu + s * sd, color=colours[k], alpha=alpha)
+            ax.set_xlabel("x")
+            ax.set_ylabel("count")
+        else:
+            if D == 2:
+                centre, basis = torch.zeros(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64)
+            else:
+                ref = sample if sample.shape[0] >= 2 else means
+                centre = ref.mean(0)
+                _, _, vt = torch.linalg.svd(ref - centre, full_matrices=False)
+                basis = vt[:2].T
+                ax.set_xlabel("PC 1")
+                ax.set_ylabel("PC 2")
+            if sample.shape[0]:
+                pred = self.predict(sample).cpu().numpy()
+                pts = ((sample - centre) @ basis).numpy()
+                ax.scatter(pts[:, 0], pts[:, 1], s=4, c=[colours[p] for p in pred], alpha=0.5, linewidths=0)
+            mu2 = ((means - centre) @ basis).numpy()
+            cov2 = (basis.T @ covs @ basis).numpy()
+            for k in range(K):
+                vals, vecs = np.linalg.eigh(cov2[k])
+                vals = np.clip(vals, 0.0, None)
+                angle = math.degrees(math.atan2(vecs[1, 1], vecs[0, 1]))
+                for s in (1, 2):
+                    ax.add_patch(
+                        Ellipse(
+                            mu2[k], 2 * s * math.sqrt(vals[1]), 2 * s * math.sqrt(vals[0]), angle=angle,
+                            fill=False, color=colours[k], lw=1.5 if s == 1 else 0.8, ls="-" if s == 1 else "--",
+                        )
+                    )
+                ax.plot(*mu2[k], marker="x", color="black", ms=7)
+                ax.annotate(str(k), mu2[k], textcoords="offset points", xytext=(4, 4), fontsize=8)
+            ax.autoscale_view()
+        ax.set_title(f"GMM ({self.covariance_type}, K={K}): 1σ/2σ ellipses, test sample by component")
+        fig.tight_layout()
+        out["components"] = fig
+        return out
