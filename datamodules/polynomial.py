@@ -41,7 +41,10 @@ class SineCurveDataModule(pl.LightningDataModule):
     def _loader(self, shuffle: bool) -> DataLoader:
         # Index the tensors with a whole list of indices at once: fetching 2000 scalars one by one and
         # collating them costs ~50x the gradient step itself.
-        order = RandomSampler(self.dataset, generator=torch.Generator().manual_seed(self.seed)) if shuffle else SequentialSampler(self.dataset)
+        if shuffle:
+            order = RandomSampler(self.dataset, generator=torch.Generator().manual_seed(self.seed))
+        else:
+            order = SequentialSampler(self.dataset)
         batches = BatchSampler(order, batch_size=self.batch_size, drop_last=False)
         return DataLoader(self.dataset, sampler=batches, batch_size=None, num_workers=self.num_workers)
 

@@ -64,7 +64,9 @@ class _ContiguousShardSampler(DistributedSampler):
         return self.num_samples
 
 
-def make_windows(series: np.ndarray, window: int, horizon: int, first_target: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+def make_windows(
+    series: np.ndarray, window: int, horizon: int, first_target: int, stop: int
+) -> tuple[np.ndarray, np.ndarray]:
     """All windows whose targets lie in ``series[first_target:stop]``.
 
     Window i has inputs ``series[t - window : t]`` and targets ``series[t : t + horizon]`` for
@@ -102,7 +104,9 @@ class WindowedSeriesDataModule(pl.LightningDataModule):
         if window < 1 or horizon < 1:
             raise ValueError(f"window and horizon must be >= 1, got window={window}, horizon={horizon}")
         if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
-            raise ValueError(f"need 0 < val_fraction, test_fraction and their sum < 1, got {val_fraction}, {test_fraction}")
+            raise ValueError(
+                f"need 0 < val_fraction, test_fraction and their sum < 1, got {val_fraction}, {test_fraction}"
+            )
         self.window = window
         self.horizon = horizon
         self.val_fraction = val_fraction
@@ -168,7 +172,9 @@ class WindowedSeriesDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=g, num_workers=self.num_workers)
+        return DataLoader(
+            self.train_set, batch_size=self.batch_size, shuffle=True, generator=g, num_workers=self.num_workers
+        )
 
     def _eval_loader(self, ds: TensorDataset) -> DataLoader:
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -193,7 +199,9 @@ class WindowedSeriesDataModule(pl.LightningDataModule):
         for i, line in enumerate(lines, start=1):
             fields = [f.strip() for f in line.split(",")] if line.strip() else []
             if len(fields) != self.window:
-                raise ValueError(f"line {i}: expected {self.window} comma-separated values, got {len(fields)}: {line!r}")
+                raise ValueError(
+                    f"line {i}: expected {self.window} comma-separated values, got {len(fields)}: {line!r}"
+                )
             row = []
             for f in fields:
                 try:

@@ -53,7 +53,9 @@ class LSTMForecaster(pl.LightningModule):
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer = optimizer
         # nn.LSTM only applies dropout between stacked layers; asking for it with one layer is a warning
-        self.lstm = nn.LSTM(n_features, hidden_size, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0)
+        self.lstm = nn.LSTM(
+            n_features, hidden_size, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0
+        )
         self.head = nn.Linear(hidden_size, horizon)
 
         self.val_mse = MeanSquaredError()
@@ -150,7 +152,8 @@ class LSTMForecaster(pl.LightningModule):
         t = np.arange(len(arrays["y_true"]))
         ax.plot(t, arrays["y_true"][:, 0], "k.-", label="truth")
         ax.plot(t, arrays["y_pred"][:, 0], "C0-", label=f"LSTM (RMSE {rmse['y_pred']:.3g})")
-        ax.plot(t, arrays["y_persistence"][:, 0], "C1--", alpha=0.7, label=f"persistence (RMSE {rmse['y_persistence']:.3g})")
+        ax.plot(t, arrays["y_persistence"][:, 0], "C1--", alpha=0.7,
+                label=f"persistence (RMSE {rmse['y_persistence']:.3g})")
         ax.set_xlabel("test window (time order)")
         ax.set_ylabel("value, one step ahead")
         ax.set_title("Forecast vs truth on the test part")

@@ -55,7 +55,8 @@ class CubicPolynomial(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         # Parameters are identical on every DDP process, so no reduction is needed.
-        self.log_dict({f"coef/{name}": value for name, value in self.coefficients().items()}, on_step=False, on_epoch=True)
+        coefs = {f"coef/{name}": value for name, value in self.coefficients().items()}
+        self.log_dict(coefs, on_step=False, on_epoch=True)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch

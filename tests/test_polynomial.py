@@ -84,8 +84,9 @@ def test_gradient_descent_reaches_the_least_squares_cubic():
     assert elapsed < 60, f"fit took {elapsed:.1f}s"  # typically a few seconds; generous for a loaded machine
 
     metrics = trainer.test(model, dm, verbose=False)[0]
-    fitted = np.polyval([coefs["d"], coefs["c"], coefs["b"], coefs["a"]], np.linspace(-math.pi, math.pi, 2000))
-    assert metrics["test/loss"] == pytest.approx(np.mean((fitted - np.sin(np.linspace(-math.pi, math.pi, 2000))) ** 2), rel=1e-3)
+    grid = np.linspace(-math.pi, math.pi, 2000)
+    fitted = np.polyval([coefs["d"], coefs["c"], coefs["b"], coefs["a"]], grid)
+    assert metrics["test/loss"] == pytest.approx(np.mean((fitted - np.sin(grid)) ** 2), rel=1e-3)
     report = model.report()
     assert hasattr(report["fit"], "savefig")
     assert report["coefficients"]["b"] == pytest.approx(coefs["b"])
