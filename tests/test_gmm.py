@@ -1,0 +1,312 @@
+"""GaussianMixtureEM: exact EM against scikit-learn, DDP, robustness, metrics, API."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from sklearn.metrics import adjusted_rand_score
+from sklearn.mixture import GaussianMixture
+
+from datamodules.tabular import BlobsDataModule
+from lightning_modules.gmm import GaussianMixtureEM, adjusted_rand_index, matched_accuracy
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _trainer(epochs: int, **kw: object) -> pl.Trainer:
+    return pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=kw.pop("enable_checkpointing", False),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kw,
+    )
+
+
+def _blobs(**kw: object) -> BlobsDataModule:
+    args = dict(n_samples=2000, n_features=3, n_centers=4, batch_size=300, seed=1)
+    args.update(kw)
+    dm = BlobsDataModule(**args)
+    dm.setup("fit")
+    return dm
+
+
+def _sklearn_from(model: GaussianMixtureEM, **kw: object) -> GaussianMixture:
+    """A scikit-learn mixture starting exactly where ``model`` currently is."""
+    P = model.precisions_cholesky.numpy()
+    ct = model.covariance_type
+    prec = P @ np.swapaxes(P, -1, -2) if ct in ("full", "tied") else P**2
+    return GaussianMixture(
+        model.n_components,
+        covariance_type=ct,
+        weights_init=model.weights.numpy().copy(),
+        means_init=model.means.numpy().copy(),
+        precisions_init=prec,
+        reg_covar=model.hparams.reg_covar,
+        **kw,
+    )
+
+
+def _set_sklearn_params(g: GaussianMixture, model: GaussianMixtureEM) -> GaussianMixture:
+    g.weights_ = model.weights.numpy()
+    g.means_ = model.means.numpy()
+    g.covariances_ = model.covariances.numpy()
+    g.precisions_cholesky_ = model.precisions_cholesky.numpy()
+    return g
+
+
+@pytest.fixture(autouse=True)
+def _quiet() -> None:
+    warnings.filterwarnings("ignore")
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag", "spherical", "tied"])
+def test_em_iterations_match_sklearn(covariance_type: str) -> None:
+    dm = _blobs()
+    X = dm.split("train")[0].double().numpy()
+    means_init = X[np.random.default_rng(0).choice(len(X), 4, replace=False)]
+    model = GaussianMixtureEM(covariance_type=covariance_type, n_components=4, tol=0.0, means_init=means_init, **dm.dims)
+    model.initialize_from(dm.train_dataloader())
+    # Documented start: the given means, equal weights, the data covariance + reg_covar.
+    np.testing.assert_allclose(model.means.numpy(), means_init)
+    np.testing.assert_allclose(model.weights.numpy(), 0.25)
+    data_cov = np.cov(X.T, bias=True) + 1e-6 * np.eye(3)
+    expected = {"full": np.broadcast_to(data_cov, (4, 3, 3)), "tied": data_cov,
+                "diag": np.broadcast_to(np.diag(data_cov), (4, 3)),
+                "spherical": np.full(4, np.diag(data_cov).mean())}[covariance_type]
+    np.testing.assert_allclose(model.covariances.numpy(), expected, rtol=1e-10)
+
+    g = _sklearn_from(model, tol=0, max_iter=6).fit(X)
+    _trainer(6).fit(model, datamodule=dm)  # 1400 train rows in batches of 300: streamed
+
+    assert int(model.n_iter) == 6
+    # train/log_likelihood is the last E-step's mean log-likelihood: sklearn's lower_bound_.
+    assert abs(model.last_metrics["train/log_likelihood"] - g.lower_bound_) < 1e-6
+    assert abs(model.score(X) - g.score(X)) < 1e-6
+    np.testing.assert_allclose(model.weights.numpy(), g.weights_, atol=1e-4)
+    np.testing.assert_allclose(model.means.numpy(), g.means_, atol=1e-4)
+    np.testing.assert_allclose(model.covariances.numpy(), g.covariances_, atol=1e-4)
+    np.testing.assert_allclose(model.precisions_cholesky.numpy(), g.precisions_cholesky_, atol=1e-4)
+
+
+def test_fit_initialises_with_kmeanspp_deterministically() -> None:
+    dm = _blobs()
+    fits = []
+    for seed in (0, 0, 1):
+        model = GaussianMixtureEM(n_components=4, tol=0.0, seed=seed, **dm.dims)
+        _trainer(1).fit(model, datamodule=dm)
+        fits.append(model.means.numpy().copy())
+    np.testing.assert_array_equal(fits[0], fits[1])
+    assert not np.allclose(fits[0], fits[2])
+
+
+def test_kmeans_plusplus_seeds_are_spread_data_points() -> None:
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [50.0, 0.0], [0.0, 50.0], [50.0, 50.0]])
+    X = torch.from_numpy(np.repeat(centres, 100, axis=0) + rng.normal(size=(400, 2)))
+    seeds = GaussianMixtureEM.kmeans_plusplus(X, 4, torch.Generator().manual_seed(0))
+    assert all(bool((X == s).all(1).any()) for s in seeds)  # every seed is a data point
+    nearest = torch.cdist(seeds, torch.from_numpy(centres)).argmin(1)
+    assert sorted(nearest.tolist()) == [0, 1, 2, 3]  # one seed per well-separated blob
+
+
+def test_random_init_is_deterministic() -> None:
+    dm = _blobs()
+    a = GaussianMixtureEM(n_components=4, init="random", seed=3, **dm.dims)
+    b = GaussianMixtureEM(n_components=4, init="random", seed=3, **dm.dims)
+    a.initialize_from(dm.train_dataloader())
+    b.initialize_from(dm.train_dataloader())
+    np.testing.assert_array_equal(a.means.numpy(), b.means.numpy())
+
+
+def test_empty_component_stays_finite() -> None:
+    dm = _blobs()
+    X = dm.split("train")[0].double().numpy()
+    means_init = np.vstack([X[:3], [[1e4, 1e4, 1e4]]])  # last mean far from all data
+    model = GaussianMixtureEM(n_components=4, tol=0.0, means_init=means_init, **dm.dims)
+    _trainer(4).fit(model, datamodule=dm)
+    for name, value in model.parameters_dict().items():
+        assert np.isfinite(value).all(), name
+    assert model.weights[3] < 1e-10
+    np.testing.assert_allclose(model.means[3].numpy(), means_init[3])  # kept, not NaN
+    assert math.isfinite(model.score(X))
+    assert model.predict(torch.from_numpy(X)).max() < 3
+
+
+def test_tol_stops_training_early() -> None:
+    dm = _blobs()
+    model = GaussianMixtureEM(n_components=4, tol=1e-3, **dm.dims)
+    trainer = _trainer(500)
+    trainer.fit(model, datamodule=dm)
+    assert bool(model.converged)
+    assert int(model.n_iter) < 500
+    assert trainer.current_epoch == int(model.n_iter)
+    assert model.last_metrics["train/converged"] == 1.0
+
+
+def test_bic_aic_match_sklearn() -> None:
+    dm = _blobs()
+    model = GaussianMixtureEM(n_components=4, covariance_type="diag", tol=0.0, **dm.dims)
+    trainer = _trainer(3)
+    trainer.fit(model, datamodule=dm)
+    val = trainer.validate(model, datamodule=dm, verbose=False)[0]
+    Xv = dm.split("val")[0].double().numpy()
+    g = _set_sklearn_params(GaussianMixture(4, covariance_type="diag"), model)
+    assert model.n_parameters() == g._n_parameters()
+    np.testing.assert_allclose(model.last_metrics["val/bic"], g.bic(Xv), rtol=1e-10)
+    np.testing.assert_allclose(model.last_metrics["val/aic"], g.aic(Xv), rtol=1e-10)
+    np.testing.assert_allclose(model.last_metrics["val/log_likelihood"], g.score(Xv), rtol=1e-10)
+    np.testing.assert_allclose(val["val/bic"], g.bic(Xv), rtol=1e-5)  # as logged (float32)
+    np.testing.assert_allclose(model.bic(Xv), g.bic(Xv), rtol=1e-10)
+    np.testing.assert_allclose(model.aic(Xv), g.aic(Xv), rtol=1e-10)
+
+
+def test_ari_and_matched_accuracy_match_references() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 500)
+    pred = np.where(rng.random(500) < 0.7, (labels + 1) % 3, rng.integers(0, 4, 500))
+    table = np.zeros((4, 3))
+    np.add.at(table, (pred, labels), 1)
+    assert abs(adjusted_rand_index(table) - adjusted_rand_score(labels, pred)) < 1e-12
+    best = max(sum(table[p[c], c] for c in range(3)) for p in itertools.permutations(range(4), 3))
+    assert matched_accuracy(table) == pytest.approx(best / 500)
+    assert adjusted_rand_index(np.diag([5.0, 7.0])) == 1.0
+
+
+def test_test_metrics_match_sklearn_scores() -> None:
+    dm = _blobs()
+    model = GaussianMixtureEM(n_components=4, tol=0.0, **dm.dims)
+    trainer = _trainer(5)
+    trainer.fit(model, datamodule=dm)
+    trainer.test(model, datamodule=dm, verbose=False)
+    xt, yt = dm.split("test")
+    pred = model.predict(xt).numpy()
+    assert model.last_metrics["test/ari"] == pytest.approx(adjusted_rand_score(yt.numpy(), pred), abs=1e-12)
+    table = np.zeros((4, 4))
+    np.add.at(table, (pred, yt.numpy()), 1)
+    assert model.last_metrics["test/accuracy"] == pytest.approx(matched_accuracy(table))
+    assert model.last_metrics["test/accuracy"] > 0.9  # separated blobs: GMM as a classifier
+    assert model.last_metrics["test/log_likelihood"] == pytest.approx(model.score(xt), abs=1e-12)
+
+
+def test_unlabelled_batches_skip_label_metrics() -> None:
+    dm = _blobs()
+    model = GaussianMixtureEM(n_components=4, tol=0.0, n_features=3, n_classes=None)
+    trainer = _trainer(2)
+    trainer.fit(model, datamodule=dm)
+    assert "val/log_likelihood" in model.last_metrics
+    assert "val/accuracy" not in model.last_metrics and "val/ari" not in model.last_metrics
+
+
+def test_predict_api_and_score_samples_match_sklearn() -> None:
+    dm = _blobs()
+    model = GaussianMixtureEM(n_components=4, tol=0.0, **dm.dims)
+    _trainer(3).fit(model, datamodule=dm)
+    X = dm.split("test")[0]
+    g = _set_sklearn_params(GaussianMixture(4), model)
+    labels = model.predict(X)
+    assert labels.dtype == torch.long and labels.shape == (X.shape[0],)
+    np.testing.assert_array_equal(labels.numpy(), g.predict(X.double().numpy()))
+    proba = model.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(1).numpy(), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(proba.numpy(), g.predict_proba(X.double().numpy()), atol=1e-10)
+    np.testing.assert_allclose(model.score_samples(X).numpy(), g.score_samples(X.double().numpy()), rtol=1e-10)
+    with pytest.raises(ValueError):
+        model.predict(torch.zeros(2, 5))
+    with pytest.raises(RuntimeError):
+        GaussianMixtureEM(n_features=3).predict(X)
+
+
+def test_float32_estep_close_to_float64() -> None:
+    dm = _blobs()
+    fits = {}
+    for dtype in ("float64", "float32"):
+        model = GaussianMixtureEM(n_components=4, tol=0.0, compute_dtype=dtype, **dm.dims)
+        _trainer(5).fit(model, datamodule=dm)
+        fits[dtype] = model
+    a, b = fits["float64"], fits["float32"]
+    assert abs(a.last_metrics["train/log_likelihood"] - b.last_metrics["train/log_likelihood"]) < 1e-4
+    np.testing.assert_allclose(a.means.numpy(), b.means.numpy(), atol=1e-3)
+    assert b.means.dtype == torch.float64  # parameters stay float64
+
+
+def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    dm = _blobs()
+    model = GaussianMixtureEM(n_components=4, tol=0.0, covariance_type="diag", **dm.dims)
+    trainer = _trainer(3, enable_checkpointing=True, default_root_dir=str(tmp_path))
+    trainer.fit(model, datamodule=dm)
+    path = tmp_path / "gmm.ckpt"
+    trainer.save_checkpoint(str(path))
+    loaded = GaussianMixtureEM.load_from_checkpoint(str(path))
+    X = dm.split("test")[0]
+    assert loaded.covariances.shape == (4, 3)
+    np.testing.assert_array_equal(loaded.predict(X).numpy(), model.predict(X).numpy())
+    assert loaded.score(X) == model.score(X)
+    for name in ("weights", "means", "covariances", "precisions_cholesky"):
+        assert name in loaded.state_dict()
+
+
+@pytest.mark.parametrize("n_features", [2, 3, 1])
+def test_report(n_features: int) -> None:
+    from matplotlib.figure import Figure
+
+    dm = _blobs(n_features=n_features)
+    model = GaussianMixtureEM(n_components=4, tol=0.0, **dm.dims)
+    trainer = _trainer(2)
+    trainer.fit(model, datamodule=dm)
+    trainer.test(model, datamodule=dm, verbose=False)
+    out = model.report()
+    assert set(out["parameters"]) == {"weights", "means", "covariances", "precisions_cholesky"}
+    assert isinstance(out["components"], Figure)
+    assert model._test_sample_rows == 400  # the whole (≤ 2000 row) test split
+    ax = out["components"].axes[0]
+    if n_features > 1:
+        assert len(ax.patches) == 2 * 4  # a 1σ and a 2σ ellipse per component
+
+
+def test_contract_attributes() -> None:
+    assert GaussianMixtureEM.monitor == "val/log_likelihood"
+    assert GaussianMixtureEM.monitor_mode == "max"
+    assert GaussianMixtureEM.headline_metric == "test/log_likelihood"
+    model = GaussianMixtureEM(n_features=2, n_classes=3)
+    assert model.configure_optimizers() is None
+    assert model.automatic_optimization is False
+    assert model.hparams.n_classes == 3
+    with pytest.raises(ValueError):
+        GaussianMixtureEM(n_features=2, covariance_type="banana")
+    with pytest.raises(ValueError):
+        GaussianMixtureEM(n_features=2, n_components=3, means_init=[[0.0, 0.0]])
+
+
+def test_ddp_two_processes_match_one(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    try:
+        from gmm_ddp_fit import EPOCHS, fit
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "ddp.npz"
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).parent / "gmm_ddp_fit.py"), "--devices", "2", "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp = np.load(out)
+    assert int(ddp["world_size"]) == 2 and int(ddp["n_iter"]) == EPOCHS
+    model, _, _ = fit(1)
+    for name, value in model.parameters_dict().items():
+        np.testing.assert_allclose(ddp[name], value, atol=1e-6, err_msg=name)
+    for name in ("train/log_likelihood", "val/log_likelihood", "test/log_likelihood", "test/ari", "test/accuracy"):
+        assert abs(float(ddp[name.replace("/", "__")]) - model.last_metrics[name]) < 1e-6, name
