@@ -1,0 +1,190 @@
+"""Attention seq2seq, as in Deep Learning from Scratch 2, ch. 8 (``AttentionSeq2seq``).
+
+Encoder: embedding (wordvec) -> LSTM, keeping every hidden state hs (B, S, H).
+Decoder: embedding -> LSTM started from the encoder's last state -> Time Attention -> Affine:
+    s_t = hs · h_t                 (B, S)  dot-product score of every source position
+    a_t = softmax(s_t)             (B, S)  padding positions get weight 0
+    c_t = Σ_s a_ts hs_s            (B, H)  context vector
+    y_t = Affine([c_t, h_t])       (B, V)  the book's order: context joined to the decoder state
+Trained with teacher forcing (cross-entropy over the answer characters), decoded greedily.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torchmetrics import MeanMetric
+
+
+class AttentionSeq2Seq(pl.LightningModule):
+    monitor = "val/exact_match"
+    monitor_mode = "max"
+    headline_metric = "test/exact_match"
+
+    def __init__(
+        self,
+        vocab_size: int,
+        pad_id: int,
+        start_id: int,
+        src_len: int = 29,
+        tgt_len: int = 10,
+        wordvec_size: int = 16,
+        hidden_size: int = 256,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        one_cycle: bool = True,
+        itos: list[str] | None = None,
+        src_reversed: bool = False,
+        n_report: int = 3,
+    ) -> None:
+        """``optimizer``: partial of a torch optimizer (default Adam, lr 1e-2); with ``one_cycle`` its lr
+        is the peak of a OneCycle schedule over the whole run. ``itos``/``src_reversed`` only label plots."""
+        super().__init__()
+        self.save_hyperparameters()
+        V, D, H = vocab_size, wordvec_size, hidden_size
+        self.encoder_embed = nn.Embedding(V, D, padding_idx=pad_id)
+        self.encoder_lstm = nn.LSTM(D, H, batch_first=True)
+        self.decoder_embed = nn.Embedding(V, D)
+        self.decoder_lstm = nn.LSTM(D, H, batch_first=True)
+        self.affine = nn.Linear(2 * H, V)
+        self.metrics = nn.ModuleDict({f"{stage}_{name}": MeanMetric() for stage in ("val", "test")
+                                      for name in ("loss", "token_accuracy", "exact_match")})
+        self.attention_weights: torch.Tensor | None = None  # (B, T, S) from the last decode
+        self._report_src: torch.Tensor | None = None
+
+    # ---- model ---------------------------------------------------------------------------------
+    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """src (B, S) -> hs (B, S, H) (zeros at padding), last state (h, c) each (1, B, H), mask (B, S)."""
+        mask = src != self.hparams.pad_id
+        lengths = mask.sum(1).cpu()
+        # Packing makes the LSTM stop at each question's last real character, so the state handed to
+        # the decoder never depends on how much padding there is.
+        packed = pack_padded_sequence(self.encoder_embed(src), lengths, batch_first=True, enforce_sorted=False)
+        hs, (h, c) = self.encoder_lstm(packed)
+        hs, _ = pad_packed_sequence(hs, batch_first=True, total_length=src.shape[1])
+        return hs, (h, c), mask
+
+    def attention(self, hs: torch.Tensor, dec_hs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Time Attention. hs (B, S, H), dec_hs (B, T, H), mask (B, S) -> c (B, T, H), a (B, T, S)."""
+        s = dec_hs @ hs.transpose(1, 2)  # (B, T, S)
+        s = s.masked_fill(~mask[:, None, :], float("-inf"))
+        a = s.softmax(dim=-1)
+        c = a @ hs  # (B, T, H)
+        return c, a
+
+    def decode(self, tgt_in: torch.Tensor, hs: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor],
+               mask: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """tgt_in (B, T) -> logits (B, T, V), new state, attention weights a (B, T, S)."""
+        dec_hs, state = self.decoder_lstm(self.decoder_embed(tgt_in), state)
+        c, a = self.attention(hs, dec_hs, mask)
+        logits = self.affine(torch.cat([c, dec_hs], dim=-1))
+        return logits, state, a
+
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing. src (B, S), tgt (B, T) answer ids -> logits (B, T, V) predicting tgt."""
+        hs, state, mask = self.encode(src)
+        tgt_in = torch.cat([torch.full_like(tgt[:, :1], self.hparams.start_id), tgt[:, :-1]], dim=1)
+        logits, _, self.attention_weights = self.decode(tgt_in, hs, state, mask)
+        return logits
+
+    @torch.no_grad()
+    def generate(self, src: torch.Tensor) -> torch.Tensor:
+        """Greedy decoding. src (B, S) -> (B, tgt_len) LongTensor; keeps attention_weights (B, T, S)."""
+        hs, state, mask = self.encode(src)
+        y = torch.full((src.shape[0], 1), self.hparams.start_id, dtype=torch.long, device=src.device)
+        out, weights = [], []
+        for _ in range(self.hparams.tgt_len):
+            logits, state, a = self.decode(y, hs, state, mask)
+            y = logits.argmax(-1)
+            out.append(y)
+            weights.append(a)
+        self.attention_weights = torch.cat(weights, dim=1)
+        return torch.cat(out, dim=1)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Questions (B, S) -> answer ids (B, tgt_len); eval mode, no grad."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.generate(x.to(self.device))
+        finally:
+            self.train(was_training)
+
+    # ---- training ------------------------------------------------------------------------------
+    def loss(self, logits: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1))
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        src, tgt = batch
+        loss = self.loss(self(src, tgt), tgt)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True,
+                 batch_size=src.shape[0])
+        return loss
+
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
+        src, tgt = batch
+        loss = self.loss(self(src, tgt), tgt)
+        correct = self.generate(src) == tgt  # (B, T) under greedy decoding, not teacher forcing
+        # MeanMetric sums and counts across DDP processes, so unequal last batches average correctly.
+        m = self.metrics
+        m[f"{stage}_loss"].update(loss, weight=src.shape[0])
+        m[f"{stage}_token_accuracy"].update(correct.float().mean(1))
+        m[f"{stage}_exact_match"].update(correct.all(1).float())
+        for name in ("loss", "token_accuracy", "exact_match"):
+            self.log(f"{stage}/{name}", m[f"{stage}_{name}"], on_step=False, on_epoch=True,
+                     prog_bar=name == "exact_match")
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        if batch_idx == 0:
+            self._report_src = batch[0][: self.hparams.n_report].detach().cpu()
+        self._evaluate(batch, "test")
+
+    def configure_optimizers(self) -> Any:
+        factory = self.hparams.optimizer or functools.partial(torch.optim.Adam, lr=1e-2)
+        opt = factory(self.parameters())
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
+        if not self.hparams.one_cycle or not math.isfinite(total):
+            return opt
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
+                                                    total_steps=int(total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- report --------------------------------------------------------------------------------
+    def report(self) -> dict[str, object]:
+        """Attention heatmaps (output characters × input characters) for the first test questions."""
+        if self._report_src is None:
+            return {}
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        src = self._report_src.to(self.device)
+        out = self.predict(src).cpu()
+        weights = self.attention_weights.cpu()
+        itos = self.hparams.itos or [str(i) for i in range(self.hparams.vocab_size)]
+        figures: dict[str, object] = {}
+        for k in range(src.shape[0]):
+            ids = [i for i in src[k].tolist() if i != self.hparams.pad_id]
+            a = weights[k, :, : len(ids)].numpy()  # padding is right of the real characters
+            if self.hparams.src_reversed:  # show the question in reading order
+                ids, a = ids[::-1], a[:, ::-1]
+            fig, ax = plt.subplots(figsize=(max(4.0, 0.3 * len(ids) + 1.5), 4.0))
+            im = ax.imshow(a, cmap="gray", vmin=0.0, vmax=1.0, aspect="auto")
+            ax.set_xticks(range(len(ids)), [itos[i] for i in ids])
+            ax.set_yticks(range(a.shape[0]), [itos[i] for i in out[k].tolist()])
+            ax.set_xlabel("input")
+            ax.set_ylabel("output")
+            ax.set_title("attention weights")
+            fig.colorbar(im, ax=ax)
+            fig.tight_layout()
+            figures[f"attention_{k}"] = fig
+        return figures
