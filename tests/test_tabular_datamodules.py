@@ -1,0 +1,211 @@
+"""Blobs, iris and CSV datamodules: splits, dims, loaders, DDP sharding, user-file errors."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from datamodules.tabular import (
+    BlobsDataModule,
+    CSVDataModule,
+    IrisDataModule,
+    ShardedBatchSampler,
+    make_blobs,
+)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _csv(tmp_path: Path, n: int = 20, label: bool = True) -> Path:
+    rng = np.random.default_rng(0)
+    lines = ["a,b,c,species" if label else "a,b,c"]
+    for i in range(n):
+        row = ",".join(f"{v:.3f}" for v in rng.normal(size=3))
+        lines.append(row + ("," + ["cat", "dog"][i % 2] if label else ""))
+    return _write(tmp_path / "data.csv", "\n".join(lines) + "\n")
+
+
+def _all_batches(loader: torch.utils.data.DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = zip(*list(loader))
+    return torch.cat(xs), torch.cat(ys)
+
+
+# ---------------------------------------------------------------------- blobs / iris
+def test_blobs_dims_splits_and_batches() -> None:
+    dm = BlobsDataModule(n_samples=1000, n_features=3, n_centers=5, batch_size=128, seed=0)
+    dm.setup("fit")
+    assert dm.dims == {"n_features": 3, "n_classes": 5}
+    sizes = {name: dm.split(name)[0].shape[0] for name in ("train", "val", "test")}
+    assert sizes == {"train": 700, "val": 100, "test": 200}
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.dtype == torch.float32 and x.shape == (128, 3)
+    assert y.dtype == torch.int64 and y.shape == (128,)
+    # The loader yields the whole split exactly once, in order.
+    xs, ys = _all_batches(dm.train_dataloader())
+    assert torch.equal(xs, dm.split("train")[0]) and torch.equal(ys, dm.split("train")[1])
+
+
+def test_blobs_are_deterministic_by_seed() -> None:
+    a = BlobsDataModule(n_samples=500, seed=4)
+    b = BlobsDataModule(n_samples=500, seed=4)
+    c = BlobsDataModule(n_samples=500, seed=5)
+    for dm in (a, b, c):
+        dm.setup("fit")
+    for name in ("train", "val", "test"):
+        assert torch.equal(a.split(name)[0], b.split(name)[0])
+    assert not torch.equal(a.split("train")[0], c.split("train")[0])
+
+
+def test_make_blobs_labels_are_true_components() -> None:
+    X, y = make_blobs(4000, 2, 3, 0.5, seed=1)
+    assert X.shape == (4000, 2) and set(np.unique(y)) == {0, 1, 2}
+    for k in range(3):
+        assert X[y == k].std(0).max() < 1.0  # each label is one tight anisotropic blob
+
+
+def test_splits_partition_the_data() -> None:
+    dm = IrisDataModule(seed=2)
+    dm.setup("fit")
+    rows = torch.cat([dm.split(n)[0] for n in ("train", "val", "test")])
+    assert rows.shape[0] == 150
+    from sklearn.datasets import load_iris
+
+    full = torch.from_numpy(load_iris().data.astype(np.float32))
+    assert torch.equal(rows[rows[:, 0].argsort(stable=True)].sort(0).values, full.sort(0).values)
+
+
+def test_iris_dims_and_standardize() -> None:
+    dm = IrisDataModule(standardize=True, seed=0)
+    dm.setup("fit")
+    assert dm.dims == {"n_features": 4, "n_classes": 3}
+    x = dm.split("train")[0].double()
+    np.testing.assert_allclose(x.mean(0).numpy(), 0.0, atol=1e-6)
+    np.testing.assert_allclose(x.std(0, unbiased=False).numpy(), 1.0, atol=1e-6)
+    # parse_inputs applies the same (train-split) standardisation.
+    raw = "5.1,3.5,1.4,0.2"
+    parsed = dm.parse_inputs([raw])
+    expected = (torch.tensor([[5.1, 3.5, 1.4, 0.2]], dtype=torch.float64) - dm.mean) / dm.std
+    torch.testing.assert_close(parsed, expected.float())
+
+
+def test_parse_inputs_and_format_outputs() -> None:
+    dm = BlobsDataModule(n_features=2)
+    x = dm.parse_inputs(["1, 2", "", "  -3.5,4e2 "])  # blank lines are skipped
+    assert x.dtype == torch.float32 and x.tolist() == [[1.0, 2.0], [-3.5, 400.0]]
+    with pytest.raises(ValueError, match=r"line 2: 'x' is not a number"):
+        dm.parse_inputs(["1,2", "x,3"])
+    with pytest.raises(ValueError, match=r"line 1: expected 2 comma-separated values, got 3"):
+        dm.parse_inputs(["1,2,3"])
+    with pytest.raises(ValueError, match=r"line 1: 'nan' is not a finite number"):
+        dm.parse_inputs(["nan,1"])
+    assert dm.format_outputs(torch.tensor([2, 0, 1])) == ["2", "0", "1"]
+
+
+# ---------------------------------------------------------------------- DDP sharding
+@pytest.mark.parametrize("n_rows,batch_size,world", [(1000, 128, 2), (1001, 100, 2), (257, 128, 2), (10, 3, 3)])
+def test_sharded_sampler_partitions_without_padding(n_rows: int, batch_size: int, world: int) -> None:
+    per_rank = []
+    for rank in range(world):
+        sampler = ShardedBatchSampler(n_rows, batch_size, num_replicas=world, rank=rank)
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+        per_rank.append([i for b in batches for i in range(n_rows)[b]])
+        assert all(0 < len(range(n_rows)[b]) <= batch_size for b in batches)
+    counts = {len(ShardedBatchSampler(n_rows, batch_size, num_replicas=world, rank=r)) for r in range(world)}
+    assert len(counts) == 1  # same number of steps on every rank
+    everything = sorted(i for rows in per_rank for i in rows)
+    assert everything == list(range(n_rows))  # each row exactly once
+
+
+def test_sharded_sampler_shuffles_by_epoch_identically_on_all_ranks() -> None:
+    def rows(rank: int, epoch: int) -> list[int]:
+        s = ShardedBatchSampler(100, 16, shuffle=True, seed=3, num_replicas=2, rank=rank)
+        s.set_epoch(epoch)
+        return [int(i) for b in s for i in b]
+
+    assert sorted(rows(0, 0) + rows(1, 0)) == list(range(100))
+    assert rows(0, 0) == rows(0, 0) and rows(0, 0) != rows(0, 1)
+
+
+# ---------------------------------------------------------------------- CSV
+def test_csv_reads_features_labels_and_columns(tmp_path: Path) -> None:
+    path = _csv(tmp_path)
+    dm = CSVDataModule(path=str(path), label_column="species", batch_size=4, seed=0)
+    assert dm.dims == {"n_features": 3, "n_classes": 2}
+    assert dm.class_names == ["cat", "dog"] and dm.feature_names == ["a", "b", "c"]
+    x, y = dm.split("train")
+    assert x.shape == (14, 3) and set(y.tolist()) <= {0, 1}
+    sub = CSVDataModule(path=str(path), label_column="species", columns=["c", "a"])
+    assert sub.dims["n_features"] == 2
+    assert sub.parse_inputs(["1,2"]).shape == (1, 2)  # width from the columns, before setup
+    unlabelled = CSVDataModule(path=str(path), columns=["a", "b"])
+    assert unlabelled.dims == {"n_features": 2, "n_classes": None}
+    assert (unlabelled.split("test")[1] == -1).all()
+
+
+def test_csv_parse_inputs_width_comes_from_header_without_setup(tmp_path: Path) -> None:
+    dm = CSVDataModule(path=str(_csv(tmp_path)), label_column="species")
+    with pytest.raises(ValueError, match="expected 3 comma-separated values, got 2"):
+        dm.parse_inputs(["1,2"])
+
+
+def test_csv_numeric_labels_sorted_numerically(tmp_path: Path) -> None:
+    path = _write(tmp_path / "n.csv", "x,label\n" + "\n".join(f"{i},{[10, 2, ''][i % 3]}" for i in range(30)) + "\n")
+    dm = CSVDataModule(path=str(path), label_column="label", val_fraction=0.0, test_fraction=0.0)
+    x, y = dm.split("train")
+    assert dm.class_names == ["2", "10"]
+    for xi, yi in zip(x.tolist(), y.tolist()):
+        assert yi == {0: 1, 1: 0, 2: -1}[int(xi[0]) % 3]  # empty label → unlabelled (-1)
+
+
+def _error(tmp_path: Path, text: str | bytes | None, **kw: object) -> str:
+    path = tmp_path / "bad.csv"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    elif text is not None:
+        _write(path, text)
+    dm = CSVDataModule(path=str(path), **kw)
+    with pytest.raises((ValueError, FileNotFoundError)) as info:
+        dm.setup("fit")
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message  # one line, naming the file
+    return message
+
+
+def test_csv_errors_name_the_file_and_the_problem(tmp_path: Path) -> None:
+    good = "a,b\n" + "\n".join(f"{i},{i * 2}" for i in range(10)) + "\n"
+    assert "no such file" in _error(tmp_path, None)
+    assert "empty file" in _error(tmp_path, "")
+    assert "empty file" in _error(tmp_path, "\n\n")
+    assert "no data rows" in _error(tmp_path, "a,b\n")
+    assert "binary" in _error(tmp_path, b"a,b\n1,2\x00\x01\n")
+    assert "not UTF-8" in _error(tmp_path, b"a,b\n1,\xff\xfe\n")
+    msg = _error(tmp_path, good.replace("3,6", "3,six"))
+    assert re.search(r"row 5, column 'b': 'six' is not a number", msg), msg
+    msg = _error(tmp_path, good.replace("4,8", "4,"))
+    assert "row 6, column 'b': an empty cell" in msg
+    assert "row 3 has 3 cells, the header has 2" in _error(tmp_path, good.replace("1,2", "1,2,3"))
+    msg = _error(tmp_path, good, label_column="species")
+    assert "label_column 'species' is not a column; columns are: a, b" in msg
+    assert "unknown column(s) 'z'" in _error(tmp_path, good, columns=["a", "z"])
+    msg = _error(tmp_path, "a,b\n1,2\n3,4\n")
+    assert "2 data rows are too few" in msg and "need at least" in msg
+
+
+def test_csv_row_numbers_count_blank_lines_and_header(tmp_path: Path) -> None:
+    text = "a,b\n1,2\n\n3,4\n5,oops\n" + "".join(f"{i},{i}\n" for i in range(10))
+    assert "row 5, column 'b': 'oops'" in _error(tmp_path, text)
+
+
+def test_csv_splits_deterministic(tmp_path: Path) -> None:
+    path = str(_csv(tmp_path, n=50))
+    a, b, c = (CSVDataModule(path=path, label_column="species", seed=s) for s in (1, 1, 2))
+    assert torch.equal(a.split("val")[0], b.split("val")[0])
+    assert not torch.equal(a.split("val")[0], c.split("val")[0])
