@@ -131,7 +131,9 @@ class TabularDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-            raise ValueError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in [0, 1) with sum < 1")
+            raise ValueError(
+                f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in [0, 1) with sum < 1"
+            )
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.seed = int(seed)
@@ -402,7 +404,9 @@ class CSVDataModule(TabularDataModule):
         label_idx = None
         if self.label_column is not None:
             if self.label_column not in header:
-                raise self._fail(f"label_column {self.label_column!r} is not a column; columns are: {', '.join(header)}")
+                raise self._fail(
+                    f"label_column {self.label_column!r} is not a column; columns are: {', '.join(header)}"
+                )
             label_idx = header.index(self.label_column)
         if self.columns is not None:
             unknown = [c for c in self.columns if c not in header]

@@ -51,8 +51,8 @@ _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 # A component whose total responsibility is below this (in units of samples) has no data to
 # estimate a mean or a covariance from.
 _EMPTY_MASS = 1e-8
-# Keep the [rows, D²] outer-product block of one GEMM below ~64 MB in float64.
-_MAX_OUTER_ELEMENTS = 1 << 23
+# Rows per E-step chunk keep each [rows, columns] temporary at ~8 MB in float64, small enough to stay in cache.
+_MAX_CHUNK_ELEMENTS = 1 << 20
 _REPORT_SAMPLE = 2000
 
 
@@ -336,7 +336,8 @@ class GaussianMixtureEM(pl.LightningModule):
         """Per-parameter constants of the E-step, in the compute dtype, cached until the next M-step.
 
         With x̃ = x − c and m_k = μ_k − c:
-        full/tied: y_nk = x̃_n U_k − m_k U_k, computed for all k by one GEMM x̃ [B, D] @ W [D, K·D].
+        full/tied: y_nk = x̃_n U_k − m_k U_k for all k as one GEMM x̃ [B, D] @ W [D, K·D] plus
+        b = −[m_1 U_1, …, m_K U_K] [K·D], then ‖y_nk‖² by one contraction over d.
         diag/spherical: ‖y_nk‖² = Σ_d p_kd x̃_d² − 2 p_kd m_kd x̃_d + p_kd m_kd² with p = U², i.e.
         one GEMM [x̃², x̃, 1] [B, 2D+1] @ Q [2D+1, K] (scikit-learn's expansion).
         const_k = −½ D log 2π + Σ log diag U_k + log π_k.
@@ -360,7 +361,7 @@ class GaussianMixtureEM(pl.LightningModule):
             prec = U**2 if ct == "diag" else (U**2)[:, None].expand(K, D)
             log_det = torch.log(U).sum(-1) if ct == "diag" else D * torch.log(U)
             Q = torch.cat([prec, -2.0 * m * prec, (m * m * prec).sum(1, keepdim=True)], dim=1)
-            plan = {"Q": (-0.5 * Q).T.contiguous()}
+            plan = {"Q": (-0.5 * Q).T}
         plan["const"] = -0.5 * D * math.log(2 * math.pi) + log_det + torch.log(self.weights)
         plan = {k: v.to(dt).contiguous() for k, v in plan.items()}
         plan["shift"] = shift.to(dt)
@@ -368,19 +369,43 @@ class GaussianMixtureEM(pl.LightningModule):
         self._plan = plan
         return plan
 
-    def _weighted_log_prob(self, x: Tensor, plan: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
-        """log π_k + log N(x_n | μ_k, Σ_k) [B, K] in the compute dtype, x̃ [B, D], and features F.
+    def _n_moments(self) -> int:
+        """Columns of the feature matrix F: second moments, D first moments and a constant."""
+        D = self.n_features
+        return (D * (D + 1) // 2 if self.covariance_type in ("full", "tied") else D) + D + 1
 
-        F is [x̃², x̃, 1] [B, 2D+1] for diag/spherical (reused by the statistics), else None.
+    def _chunk_rows(self) -> int:
+        """Rows per E-step chunk, bounding the [rows, max(F columns, K·D)] temporaries."""
+        return max(1, _MAX_CHUNK_ELEMENTS // max(self._n_moments(), self.n_components * self.n_features))
+
+    def _features(self, x: Tensor, plan: dict[str, Tensor], second_moments: bool) -> Tensor:
+        """F [B, M] = [second moments of x̃, x̃, 1] in the compute dtype, x̃ = x − c.
+
+        full/tied: the upper triangle x̃_i x̃_j (i ≤ j), D(D+1)/2 columns, only when
+        ``second_moments`` (the E-step itself only reads [x̃, 1]); diag/spherical: x̃² always.
         """
-        n, K, D = x.shape[0], self.n_components, self.n_features
+        n, D = x.shape[0], self.n_features
         xt = x.to(self._compute_dtype) - plan["shift"]
-        if "W" in plan:
-            y = torch.addmm(plan["b"], xt, plan["W"])
-            lp = y.square_().view(n, K, D).sum(-1)
-            return lp.mul_(-0.5).add_(plan["const"]), xt, None
-        F = torch.cat([xt * xt, xt, torch.ones(n, 1, dtype=xt.dtype, device=xt.device)], dim=1)
-        return torch.addmm(plan["const"], F, plan["Q"]), xt, F
+        if "Q" in plan:
+            return torch.cat([xt * xt, xt, torch.ones(n, 1, dtype=xt.dtype, device=xt.device)], dim=1)
+        P = D * (D + 1) // 2 if second_moments else 0
+        F = torch.empty(n, P + D + 1, dtype=xt.dtype, device=xt.device)
+        col = 0
+        for i in range(D if second_moments else 0):
+            torch.mul(xt[:, i : i + 1], xt[:, i:], out=F[:, col : col + D - i])
+            col += D - i
+        F[:, P : P + D] = xt
+        F[:, -1] = 1.0
+        return F
+
+    def _log_prob(self, F: Tensor, plan: dict[str, Tensor]) -> Tensor:
+        """log π_k + log N(x_n | μ_k, Σ_k) [B, K] from the features F (compute dtype)."""
+        if "Q" in plan:
+            return torch.addmm(plan["const"], F, plan["Q"])
+        n, K, D = F.shape[0], self.n_components, self.n_features
+        y = torch.addmm(plan["b"], F[:, -(D + 1) : -1], plan["W"]).view(n, K, D)
+        # einsum contracts d without materialising y², which matters on memory-bound CPUs.
+        return torch.einsum("nkd,nkd->nk", y, y).mul_(-0.5).add_(plan["const"])
 
     @staticmethod
     def _normalise(lp: Tensor) -> tuple[Tensor, Tensor]:
@@ -390,72 +415,69 @@ class GaussianMixtureEM(pl.LightningModule):
         cancellation even when lp is large and negative.
         """
         log_resp = torch.log_softmax(lp, dim=1)
-        best = lp.argmax(dim=1, keepdim=True)
-        log_norm = (lp.gather(1, best) - log_resp.gather(1, best)).squeeze(1)
-        return log_resp, log_norm
+        top, best = lp.max(dim=1, keepdim=True)
+        return log_resp, (top - log_resp.gather(1, best)).squeeze(1)
 
-    def _e_step(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """log r [B, K], log p(x) [B], x̃ [B, D] and diag/spherical features F (else None)."""
+    def _e_step(self, x: Tensor, second_moments: bool = False) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """Per row chunk of x [B, D]: (log r [b, K], log p(x) [b], features F [b, M])."""
         if not bool(self.initialized):
             raise RuntimeError("GaussianMixtureEM is not fitted yet (parameters are uninitialised)")
-        lp, xt, F = self._weighted_log_prob(x, self._e_plan())
-        log_resp, log_norm = self._normalise(lp)
-        return log_resp, log_norm, xt, F
+        plan = self._e_plan()
+        out = []
+        # A mixed-precision Trainer would otherwise run these matmuls in bf16/fp16.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            for chunk in torch.split(x, self._chunk_rows()):
+                F = self._features(chunk, plan, second_moments)
+                out.append((*self._normalise(self._log_prob(F, plan)), F))
+        return out
 
-    def _accumulate(self, log_resp: Tensor, log_norm: Tensor, xt: Tensor, F: Tensor | None) -> None:
-        """Add this batch's N_k [K], S1_k [K, D], S2_k ([K, D, D] or [K, D]) and Σ log p(x_n)."""
+    def _log_resp(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        parts = self._e_step(x)
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def _accumulate(self, x: Tensor) -> None:
+        """Add this batch's Σ_n r_nk F_n = [S2_k, S1_k, N_k] [K, M] and Σ log p(x_n) to the sums."""
         st = self._train_stats
         assert st is not None
-        n, K, D = xt.shape[0], self.n_components, self.n_features
-        r = log_resp.exp()
-        st["ll"] += log_norm.sum(dtype=torch.float64)
-        st["count"] += n
-        if F is not None:
-            # [x̃², x̃, 1] gives S2 (diagonal), S1 and N_k in one GEMM.
-            moments = (r.T @ F).to(torch.float64)
-            st["S2"] += moments[:, :D]
-            st["S1"] += moments[:, D : 2 * D]
-            st["N"] += moments[:, 2 * D]
-            return
-        st["N"] += r.sum(0, dtype=torch.float64)
-        st["S1"] += (r.T @ xt).to(torch.float64)
-        if self.covariance_type == "tied":
-            # Σ_k r_nk = 1, so the pooled second moment needs no responsibilities.
-            st["S2"] += (xt.T @ xt).to(torch.float64)
-            return
-        # Σ_n r_nk x̃_n x̃_nᵀ for all k as one GEMM r [K, B] @ (x̃ ⊗ x̃) [B, D²].
-        step = max(1, _MAX_OUTER_ELEMENTS // (D * D))
-        for s in range(0, n, step):
-            xs = xt[s : s + step]
-            outer = (xs[:, :, None] * xs[:, None, :]).reshape(xs.shape[0], D * D)
-            st["S2"] += (r[s : s + step].T @ outer).to(torch.float64).view(K, D, D)
+        for log_resp, log_norm, F in self._e_step(x, second_moments=True):
+            st["moments"] += (log_resp.exp_().T @ F).to(torch.float64)
+            st["ll"] += log_norm.sum(dtype=torch.float64)
+        st["count"] += x.shape[0]
 
     def _new_train_stats(self) -> dict[str, Tensor]:
-        K, D = self.n_components, self.n_features
         z = lambda *s: torch.zeros(s, dtype=torch.float64, device=self.device)  # noqa: E731
-        s2 = {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K, D)}[self.covariance_type]
-        return {"N": z(K), "S1": z(K, D), "S2": z(*s2), "ll": z(), "count": z()}
+        return {"moments": z(self.n_components, self._n_moments()), "ll": z(), "count": z()}
 
     # ------------------------------------------------------------------ M-step
     def _m_step(self, st: dict[str, Tensor], shift: Tensor) -> None:
         """Update π, μ, Σ, U from summed statistics (equations in the module docstring)."""
-        N, S1, S2 = st["N"], st["S1"], st["S2"]
         ct = self.covariance_type
+        D = self.n_features
+        moments = st["moments"]
+        N, S1, S2 = moments[:, -1], moments[:, -(D + 1) : -1], moments[:, : -(D + 1)]
+        if ct in ("full", "tied"):
+            iu = torch.triu_indices(D, D, device=moments.device)
+            packed, S2 = S2, moments.new_zeros(moments.shape[0], D, D)
+            S2[:, iu[0], iu[1]] = packed
+            S2[:, iu[1], iu[0]] = packed
+            if ct == "tied":
+                S2 = S2.sum(0)
         eps = 10 * torch.finfo(torch.float64).eps
         nk = N + eps
         m = S1 / nk[:, None]
         empty = N < _EMPTY_MASS
-        D = self.n_features
         eye = torch.eye(D, dtype=torch.float64, device=N.device)
         reg = self.hparams.reg_covar
         if ct == "full":
-            scatter = S2 - S1[:, :, None] * m[:, None, :] - m[:, :, None] * S1[:, None, :] + N[:, None, None] * m[:, :, None] * m[:, None, :]
+            cross = S1[:, :, None] * m[:, None, :]
+            scatter = S2 - cross - cross.mT + N[:, None, None] * m[:, :, None] * m[:, None, :]
             cov = scatter / nk[:, None, None]
             cov = 0.5 * (cov + cov.mT) + reg * eye
             cov = torch.where(empty[:, None, None], self.covariances, cov)
         elif ct == "tied":
             # Σ_k Σ_n r_nk (x̃ − m_k)(x̃ − m_k)ᵀ = Σ_n x̃ x̃ᵀ − Σ_k (S1_k m_kᵀ + m_k S1_kᵀ − N_k m_k m_kᵀ)
-            scatter = S2 - torch.einsum("ki,kj->ij", S1, m) - torch.einsum("ki,kj->ij", m, S1) + torch.einsum("k,ki,kj->ij", N, m, m)
+            cross = S1.T @ m
+            scatter = S2 - cross - cross.T + torch.einsum("k,ki,kj->ij", N, m, m)
             cov = scatter / nk.sum()
             cov = 0.5 * (cov + cov.T) + reg * eye
         else:
@@ -576,7 +598,7 @@ class GaussianMixtureEM(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> None:
         x, _ = _split_batch(batch)
         with torch.no_grad():
-            self._accumulate(*self._e_step(x))
+            self._accumulate(x)
         return None
 
     def on_train_epoch_end(self) -> None:
@@ -637,7 +659,7 @@ class GaussianMixtureEM(pl.LightningModule):
             return None  # e.g. Lightning's sanity check before the first epoch initialises the model
         x, y = _split_batch(batch)
         with torch.no_grad():
-            log_resp, log_norm, _, _ = self._e_step(x)
+            log_resp, log_norm = self._log_resp(x)
         st = self._eval_stats
         st["ll"] += log_norm.sum(dtype=torch.float64)
         st["count"] += x.shape[0]
@@ -649,7 +671,8 @@ class GaussianMixtureEM(pl.LightningModule):
                 raise ValueError(f"label {int(y.max())} out of range for n_classes={C}")
             pred = log_resp.argmax(1)[labelled]
             flat = pred * C + y[labelled]
-            st["table"] += torch.bincount(flat, minlength=self.n_components * C).view(self.n_components, C).to(torch.float64)
+            counts = torch.bincount(flat, minlength=self.n_components * C)
+            st["table"] += counts.view(self.n_components, C).to(torch.float64)
         return log_resp
 
     def _eval_end(self, stage: str) -> dict[str, float]:
@@ -712,18 +735,17 @@ class GaussianMixtureEM(pl.LightningModule):
     @torch.no_grad()
     def predict_proba(self, x: Tensor | np.ndarray) -> Tensor:
         """Responsibilities r_nk [N, K] (float64)."""
-        out = [self._e_step(c)[0].exp() for c in self._chunks(x)]
-        return torch.cat(out).to(torch.float64)
+        return torch.cat([self._log_resp(c)[0].exp() for c in self._chunks(x)]).to(torch.float64)
 
     @torch.no_grad()
     def predict(self, x: Tensor | np.ndarray) -> Tensor:
         """Most responsible component argmax_k r_nk, LongTensor [N]."""
-        return torch.cat([self._e_step(c)[0].argmax(1) for c in self._chunks(x)])
+        return torch.cat([self._log_resp(c)[0].argmax(1) for c in self._chunks(x)])
 
     @torch.no_grad()
     def score_samples(self, x: Tensor | np.ndarray) -> Tensor:
         """log p(x_n) [N] (float64)."""
-        return torch.cat([self._e_step(c)[1] for c in self._chunks(x)]).to(torch.float64)
+        return torch.cat([self._log_resp(c)[1] for c in self._chunks(x)]).to(torch.float64)
 
     @torch.no_grad()
     def score(self, x: Tensor | np.ndarray) -> float:

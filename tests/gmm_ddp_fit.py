@@ -50,7 +50,8 @@ def main() -> None:
     model, trainer, _ = fit(args.devices)
     if trainer.global_rank == 0:
         metrics = {k.replace("/", "__"): np.float64(v) for k, v in model.last_metrics.items()}
-        np.savez(args.out, **model.parameters_dict(), n_iter=int(model.n_iter), world_size=trainer.world_size, **metrics)
+        params = model.parameters_dict()
+        np.savez(args.out, **params, n_iter=int(model.n_iter), world_size=trainer.world_size, **metrics)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import math
 import os
@@ -77,7 +78,9 @@ def test_em_iterations_match_sklearn(covariance_type: str) -> None:
     dm = _blobs()
     X = dm.split("train")[0].double().numpy()
     means_init = X[np.random.default_rng(0).choice(len(X), 4, replace=False)]
-    model = GaussianMixtureEM(covariance_type=covariance_type, n_components=4, tol=0.0, means_init=means_init, **dm.dims)
+    model = GaussianMixtureEM(
+        covariance_type=covariance_type, n_components=4, tol=0.0, means_init=means_init, **dm.dims
+    )
     model.initialize_from(dm.train_dataloader())
     # Documented start: the given means, equal weights, the data covariance + reg_covar.
     np.testing.assert_allclose(model.means.numpy(), means_init)
@@ -99,6 +102,22 @@ def test_em_iterations_match_sklearn(covariance_type: str) -> None:
     np.testing.assert_allclose(model.means.numpy(), g.means_, atol=1e-4)
     np.testing.assert_allclose(model.covariances.numpy(), g.covariances_, atol=1e-4)
     np.testing.assert_allclose(model.precisions_cholesky.numpy(), g.precisions_cholesky_, atol=1e-4)
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_row_chunking_inside_a_batch_changes_nothing(covariance_type: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lightning_modules.gmm as gmm
+
+    dm = _blobs()
+    fits = []
+    for budget in (gmm._MAX_CHUNK_ELEMENTS, 500):  # 500 elements → a few rows per chunk
+        monkeypatch.setattr(gmm, "_MAX_CHUNK_ELEMENTS", budget)
+        model = GaussianMixtureEM(n_components=4, covariance_type=covariance_type, tol=0.0, **dm.dims)
+        _trainer(3).fit(model, datamodule=dm)
+        fits.append(model)
+    assert fits[1]._chunk_rows() < 50 < 300  # several chunks per 300-row batch
+    for name, value in fits[0].parameters_dict().items():
+        np.testing.assert_allclose(fits[1].parameters_dict()[name], value, rtol=1e-10, atol=1e-12)
 
 
 def test_fit_initialises_with_kmeanspp_deterministically() -> None:
@@ -291,21 +310,21 @@ def test_contract_attributes() -> None:
 
 
 def test_ddp_two_processes_match_one(tmp_path: Path) -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
-    try:
-        from gmm_ddp_fit import EPOCHS, fit
-    finally:
-        sys.path.pop(0)
+    script = Path(__file__).parent / "gmm_ddp_fit.py"
+    spec = importlib.util.spec_from_file_location("gmm_ddp_fit", script)
+    assert spec is not None and spec.loader is not None
+    helper = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helper)
     out = tmp_path / "ddp.npz"
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     proc = subprocess.run(
-        [sys.executable, str(Path(__file__).parent / "gmm_ddp_fit.py"), "--devices", "2", "--out", str(out)],
+        [sys.executable, str(script), "--devices", "2", "--out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ddp = np.load(out)
-    assert int(ddp["world_size"]) == 2 and int(ddp["n_iter"]) == EPOCHS
-    model, _, _ = fit(1)
+    assert int(ddp["world_size"]) == 2 and int(ddp["n_iter"]) == helper.EPOCHS
+    model, _, _ = helper.fit(1)
     for name, value in model.parameters_dict().items():
         np.testing.assert_allclose(ddp[name], value, atol=1e-6, err_msg=name)
     for name in ("train/log_likelihood", "val/log_likelihood", "test/log_likelihood", "test/ari", "test/accuracy"):
