@@ -261,6 +261,10 @@ class Transformer(pl.LightningModule):
             self._report_src = batch[0][: self.hparams.n_report].detach().cpu()
         self._evaluate(batch, "test")
 
+    def predict_step(self, batch: tuple[torch.Tensor, ...] | torch.Tensor, batch_idx: int) -> torch.Tensor:
+        src = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self.generate(src)
+
     def configure_optimizers(self) -> Any:
         factory = self.hparams.optimizer or functools.partial(torch.optim.AdamW, lr=3e-3)
         opt = factory(self.parameters())
@@ -287,7 +291,7 @@ class Transformer(pl.LightningModule):
         weights = [w.mean(1).cpu() for w in self.cross_attention_weights(src, out)]  # (B, T, S) per layer
         self.train(was_training)
         out = out.cpu()
-        itos = self.hparams.itos or [str(i) for i in range(self.hparams.vocab_size)]
+        itos = [c if c != " " else "␣" for c in self.hparams.itos or map(str, range(self.hparams.vocab_size))]
         figures: dict[str, object] = {}
         for k in range(src.shape[0]):
             ids = [i for i in src[k].tolist() if i != self.hparams.pad_id]

@@ -103,7 +103,8 @@ def test_parse_predict_format_round_trip(dm: DatesDataModule) -> None:
 
 def test_metrics_and_report(dm: DatesDataModule) -> None:
     model = small_model(dm, n_report=2)
-    trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, limit_test_batches=2)
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, limit_test_batches=2,
+                            limit_predict_batches=1)
     trainer.fit(model, dm)
     assert {"train/loss_step", "train/loss_epoch", "val/exact_match"} <= set(trainer.callback_metrics)
     val = trainer.validate(model, dm, verbose=False)[0]
@@ -111,6 +112,8 @@ def test_metrics_and_report(dm: DatesDataModule) -> None:
     test = trainer.test(model, dm, verbose=False)[0]
     assert {"test/loss", "test/token_accuracy", "test/exact_match"} <= set(test)
     assert 0.0 <= test["test/exact_match"] <= test["test/token_accuracy"] <= 1.0
+    preds = trainer.predict(model, dm.test_dataloader())
+    assert preds[0].shape == (32, 10) and preds[0].dtype == torch.long
     figures = model.report()
     assert sorted(figures) == ["attention_0", "attention_1"]
     import matplotlib.figure

@@ -144,11 +144,14 @@ def test_parse_predict_format_round_trip(dm: DatesDataModule) -> None:
 
 def test_metrics_and_report(dm: DatesDataModule) -> None:
     model = small_model(dm, n_report=3)
-    trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, limit_test_batches=2)
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, limit_test_batches=2,
+                            limit_predict_batches=1)
     trainer.fit(model, dm)
     assert {"train/loss_step", "train/loss_epoch", "val/exact_match"} <= set(trainer.callback_metrics)
     test = trainer.test(model, dm, verbose=False)[0]
     assert {"test/loss", "test/token_accuracy", "test/exact_match"} <= set(test)
+    preds = trainer.predict(model, dm.test_dataloader())
+    assert preds[0].shape == (32, 10) and preds[0].dtype == torch.long
     figures = model.report()
     assert sorted(figures) == ["attention_0", "attention_1", "attention_2"]
     assert len(figures["attention_0"].axes) == 2  # one panel per decoder layer
