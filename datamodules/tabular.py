@@ -155,6 +155,10 @@ class TabularDataModule(pl.LightningDataModule):
         """D when known without loading the data (used by ``parse_inputs``)."""
         return self._n_features
 
+    def _declared_classes(self) -> int | None:
+        """C when the source defines it (a class may be absent from a small sample)."""
+        return None
+
     # splits -----------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self._splits is not None:
@@ -173,7 +177,7 @@ class TabularDataModule(pl.LightningDataModule):
             self._n_classes = None
         else:
             y = np.asarray(y, dtype=np.int64)
-            self._n_classes = int(y.max()) + 1 if (y >= 0).any() else None
+            self._n_classes = self._declared_classes() or (int(y.max()) + 1 if (y >= 0).any() else None)
         self._n_features = X.shape[1]
         perm = np.random.default_rng(self.seed).permutation(n)
         n_train, n_val, _ = _split_counts(n, self.val_fraction, self.test_fraction)
@@ -295,6 +299,9 @@ class BlobsDataModule(TabularDataModule):
         self.n_samples, self.n_centers, self.cluster_std = int(n_samples), int(n_centers), float(cluster_std)
         self._n_features = int(n_features)
 
+    def _declared_classes(self) -> int | None:
+        return self.n_centers
+
     def _load(self) -> tuple[np.ndarray, np.ndarray]:
         return make_blobs(self.n_samples, self._n_features, self.n_centers, self.cluster_std, self.seed)
 
@@ -335,6 +342,9 @@ class IrisDataModule(TabularDataModule):
         super().__init__(batch_size, num_workers, seed, val_fraction, test_fraction, standardize, shuffle)
         self._n_features = 4
         self.class_names: list[str] = ["setosa", "versicolor", "virginica"]
+
+    def _declared_classes(self) -> int | None:
+        return 3
 
     def _load(self) -> tuple[np.ndarray, np.ndarray]:
         from sklearn.datasets import load_iris
@@ -471,6 +481,9 @@ class CSVDataModule(TabularDataModule):
             y = np.array([code[v] if v else -1 for v in labels], dtype=np.int64)
         self.feature_names = [header[i] for i in feature_idx]
         return X, y
+
+    def _declared_classes(self) -> int | None:
+        return len(self.class_names) or None
 
 
 def _label_sort_key(value: str) -> tuple[int, float, str]:

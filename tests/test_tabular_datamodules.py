@@ -52,6 +52,11 @@ def test_blobs_dims_splits_and_batches() -> None:
     assert torch.equal(xs, dm.split("train")[0]) and torch.equal(ys, dm.split("train")[1])
 
 
+def test_blobs_n_classes_is_declared_even_if_a_blob_is_unsampled() -> None:
+    dm = BlobsDataModule(n_samples=12, n_centers=10, seed=0)
+    assert dm.dims["n_classes"] == 10
+
+
 def test_blobs_are_deterministic_by_seed() -> None:
     a = BlobsDataModule(n_samples=500, seed=4)
     b = BlobsDataModule(n_samples=500, seed=4)
