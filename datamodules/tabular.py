@@ -272,7 +272,8 @@ class TabularDataModule(pl.LightningDataModule):
 class BlobsDataModule(TabularDataModule):
     """Synthetic Gaussian mixture: ``n_centers`` anisotropic blobs in ``n_features`` dimensions.
 
-    Centres are uniform in [−10, 10]^D; blob k has covariance R_k diag(s_k²) R_kᵀ with a random
+    Centres are spread over [−10, 10]^D (each the best of 32 uniform candidates at maximising the
+    distance to the centres before it, so blobs rarely overlap); blob k has covariance R_k diag(s_k²) R_kᵀ with a random
     rotation R_k and scales s_k = cluster_std · U(0.5, 1.5)^D; sizes are multinomial with
     Dirichlet(5)-distributed proportions. y is the blob that generated the row.
     """
@@ -312,6 +313,10 @@ def make_blobs(
     """X [n_samples, n_features] float64 and y [n_samples] int64 (see ``BlobsDataModule``)."""
     rng = np.random.default_rng(seed)
     centres = rng.uniform(-10.0, 10.0, size=(n_centers, n_features))
+    for k in range(1, n_centers):
+        candidates = rng.uniform(-10.0, 10.0, size=(32, n_features))
+        gaps = np.linalg.norm(candidates[:, None, :] - centres[None, :k, :], axis=-1).min(axis=1)
+        centres[k] = candidates[gaps.argmax()]
     q, r = np.linalg.qr(rng.normal(size=(n_centers, n_features, n_features)))
     # Sign fix makes the QR rotation Haar-distributed rather than biased.
     rot = q * np.sign(np.diagonal(r, axis1=1, axis2=2))[:, None, :]

@@ -838,7 +838,11 @@ class GaussianMixtureEM(pl.LightningModule):
             if sample.shape[0]:
                 pred = self.predict(sample).cpu().numpy()
                 pts = ((sample - centre) @ basis).numpy()
-                ax.scatter(pts[:, 0], pts[:, 1], s=4, c=[colours[p] for p in pred], alpha=0.5, linewidths=0)
+                sparse = pts.shape[0] < 300  # few points must stay visible
+                ax.scatter(
+                    pts[:, 0], pts[:, 1], s=14 if sparse else 4, c=[colours[p] for p in pred],
+                    alpha=0.8 if sparse else 0.5, linewidths=0,
+                )
             mu2 = ((means - centre) @ basis).numpy()
             cov2 = (basis.T @ covs @ basis).numpy()
             for k in range(K):
