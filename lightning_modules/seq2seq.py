@@ -49,7 +49,11 @@ class AttentionSeq2Seq(pl.LightningModule):
         The defaults (the book's sizes; a 10× higher peak lr than the book's 1e-3, annealed by OneCycle)
         reach >= 99.9% test exact-match in one epoch of 45,000 questions (batch 64, grad clip 5)."""
         super().__init__()
-        self.save_hyperparameters()
+        # Plain types only in hparams (no optimizer partial, no OmegaConf ListConfig from Hydra), so
+        # checkpoints load under torch.load(weights_only=True).
+        itos = [str(c) for c in itos] if itos is not None else None
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.optimizer_factory = optimizer
         V, D, H = vocab_size, wordvec_size, hidden_size
         self.encoder_embed = nn.Embedding(V, D, padding_idx=pad_id)
         self.encoder_lstm = nn.LSTM(D, H, batch_first=True)
@@ -159,7 +163,7 @@ class AttentionSeq2Seq(pl.LightningModule):
         return self.generate(src)
 
     def configure_optimizers(self) -> Any:
-        factory = self.hparams.optimizer or functools.partial(torch.optim.Adam, lr=1e-2)
+        factory = self.optimizer_factory or functools.partial(torch.optim.Adam, lr=1e-2)
         opt = factory(self.parameters())
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
         if not self.hparams.one_cycle or not math.isfinite(total):

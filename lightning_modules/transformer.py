@@ -155,7 +155,11 @@ class Transformer(pl.LightningModule):
         The defaults reach >= 99.9% test exact-match in one epoch of 45,000 generated questions (batch 128,
         grad clip 1) in a few CPU minutes. Dropout is off: every question is seen once, nothing to overfit."""
         super().__init__()
-        self.save_hyperparameters()
+        # Plain types only in hparams (no optimizer partial, no OmegaConf ListConfig from Hydra), so
+        # checkpoints load under torch.load(weights_only=True).
+        itos = [str(c) for c in itos] if itos is not None else None
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.optimizer_factory = optimizer
         self.embed = nn.Embedding(vocab_size, d_model, padding_idx=pad_id)
         nn.init.normal_(self.embed.weight, std=d_model ** -0.5)  # × sqrt(d_model) then gives unit scale
         self.register_buffer("pe", sinusoidal_encoding(max(src_len, tgt_len), d_model), persistent=False)
@@ -266,7 +270,7 @@ class Transformer(pl.LightningModule):
         return self.generate(src)
 
     def configure_optimizers(self) -> Any:
-        factory = self.hparams.optimizer or functools.partial(torch.optim.AdamW, lr=3e-3)
+        factory = self.optimizer_factory or functools.partial(torch.optim.AdamW, lr=3e-3)
         opt = factory(self.parameters())
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
         if not self.hparams.one_cycle or not math.isfinite(total):
