@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules.dates import DatesDataModule
@@ -128,3 +130,18 @@ def test_tiny_overfit(dm: DatesDataModule) -> None:
     model = small_model(dm, optimizer=functools.partial(torch.optim.Adam, lr=1e-2))
     quiet_trainer(max_steps=250, gradient_clip_val=5.0).fit(model, loader)
     assert (model.predict(src) == tgt).all(1).float().mean().item() == 1.0
+
+
+def test_checkpoint_loads_with_weights_only(dm: DatesDataModule, tmp_path: Path) -> None:
+    # Hydra hands dims over as OmegaConf containers and the optimizer as a partial: neither may reach
+    # the checkpoint, which labbook loads with torch.load(weights_only=True).
+    dims = {**dm.dims, "itos": OmegaConf.create(dm.dims["itos"])}
+    model = small_model(dm, **dims, optimizer=functools.partial(torch.optim.SGD, lr=0.1))
+    trainer = quiet_trainer(max_steps=1, limit_val_batches=0)
+    trainer.fit(model, dm)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    ckpt = torch.load(tmp_path / "m.ckpt", weights_only=True)
+    assert "optimizer" not in ckpt["hyper_parameters"] and type(ckpt["hyper_parameters"]["itos"]) is list
+    loaded = AttentionSeq2Seq.load_from_checkpoint(tmp_path / "m.ckpt")
+    x = dm.parse_inputs(["Aug 19, 2003"])
+    assert torch.equal(loaded.predict(x), model.predict(x))
