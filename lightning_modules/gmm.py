@@ -227,14 +227,15 @@ class GaussianMixtureEM(pl.LightningModule):
             raise ValueError(f"compute_dtype must be one of {tuple(_DTYPES)}, got {compute_dtype!r}")
         if n_components < 1 or n_features < 1:
             raise ValueError("n_components and n_features must be positive")
-        if isinstance(means_init, Tensor):
-            means_init = means_init.detach().cpu().tolist()
-        elif isinstance(means_init, np.ndarray):
-            means_init = means_init.tolist()
-        if means_init is not None and np.asarray(means_init).shape != (n_components, n_features):
-            raise ValueError(
-                f"means_init must have shape ({n_components}, {n_features}), got {np.asarray(means_init).shape}"
-            )
+        if means_init is not None:
+            if isinstance(means_init, Tensor):
+                means_init = means_init.detach().cpu().numpy()
+            # Plain nested floats (not arrays or OmegaConf lists) keep checkpoints loadable with
+            # torch.load(weights_only=True).
+            means_init = [[float(v) for v in row] for row in means_init]
+            shape = np.asarray(means_init).shape
+            if shape != (n_components, n_features):
+                raise ValueError(f"means_init must have shape ({n_components}, {n_features}), got {shape}")
         self.save_hyperparameters(ignore=["optimizer"])
         self.automatic_optimization = False
 

@@ -279,11 +279,13 @@ def test_float32_estep_close_to_float64() -> None:
 
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
     dm = _blobs()
-    model = GaussianMixtureEM(n_components=4, tol=0.0, covariance_type="diag", **dm.dims)
+    means_init = dm.split("train")[0][:4].numpy()
+    model = GaussianMixtureEM(n_components=4, tol=0.0, covariance_type="diag", means_init=means_init, **dm.dims)
     trainer = _trainer(3, enable_checkpointing=True, default_root_dir=str(tmp_path))
     trainer.fit(model, datamodule=dm)
     path = tmp_path / "gmm.ckpt"
     trainer.save_checkpoint(str(path))
+    torch.load(str(path), weights_only=True)  # hparams hold plain Python values only
     loaded = GaussianMixtureEM.load_from_checkpoint(str(path))
     X = dm.split("test")[0]
     assert loaded.covariances.shape == (4, 3)
