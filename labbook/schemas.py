@@ -82,8 +82,10 @@ class GMMConfig:
     reg_covar: float = 1e-6
     init: str = "kmeans++"
     seed: int = 0
+    compute_dtype: str = "float64"  # float32: a faster E-step; statistics stay float64
 
     def __post_init__(self) -> None:
+        check_choice("model.compute_dtype", self.compute_dtype, ("float64", "float32"))
         check_range("model.n_components", self.n_components, low=1, integer=True)
         check_choice("model.covariance_type", self.covariance_type, ("full", "diag", "spherical", "tied"))
         check_range("model.tol", self.tol, low=0)
@@ -115,12 +117,12 @@ class Seq2SeqConfig:
 @dataclass
 class TransformerConfig:
     _target_: str = "lightning_modules.transformer.Transformer"
-    d_model: int = 128
+    d_model: int = 64
     n_heads: int = 4
     n_encoder_layers: int = 2
     n_decoder_layers: int = 2
-    d_ff: int = 512
-    dropout: float = 0.1
+    d_ff: int = 256
+    dropout: float = 0.0
     optimizer: Any = None
     one_cycle: bool = True
     n_report: int = 3
@@ -157,6 +159,7 @@ class _TabularConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     standardize: bool = False
+    shuffle: bool = False
 
     def __post_init__(self) -> None:
         check_range("datamodule.batch_size", self.batch_size, low=1, integer=True)
@@ -336,6 +339,7 @@ class TrainConfig:
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 0
+    threads: Optional[int] = None  # torch intra-op threads; null keeps torch's default
     test: bool = True  # evaluate the best checkpoint on the test split after fitting
     ckpt_path: Optional[str] = None  # a checkpoint to start fitting from
 
@@ -365,6 +369,8 @@ def validate(cfg: Any) -> None:
     """Run every group's range and choice checks (``__post_init__``) on the composed config."""
     from omegaconf import OmegaConf
 
+    if cfg.get("threads") is not None:
+        check_range("threads", cfg.threads, low=1, integer=True)
     for group in ("trainer", "model", "datamodule", "logger", "callbacks"):
         node = cfg.get(group)
         if node is not None and OmegaConf.get_type(node) not in (dict, None):

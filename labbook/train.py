@@ -16,6 +16,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from labbook.callbacks import build_callbacks
 from labbook.errors import ConfigValueError, UserError
 from labbook.schemas import validate
 from labbook.store import resolve_tracking_uri, ui_command
@@ -66,28 +67,6 @@ def build_data_and_model(cfg: DictConfig) -> tuple[Any, Any]:
     return datamodule, model
 
 
-def build_callbacks(cfg: DictConfig, model: Any) -> list[Any]:
-    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-
-    callbacks: list[Any] = []
-    monitor = getattr(model, "monitor", None)
-    mode = getattr(model, "monitor_mode", "min")
-    ck = cfg.callbacks.checkpoint
-    if ck.enabled:
-        callbacks.append(ModelCheckpoint(
-            dirpath=cfg.paths.checkpoint_dir, filename="best", monitor=ck.monitor or monitor,
-            mode=ck.mode or mode, save_last=ck.save_last, save_top_k=1, auto_insert_metric_name=False))
-    es = cfg.callbacks.early_stopping
-    if es.enabled:
-        if not (es.monitor or monitor):
-            raise ConfigValueError("callbacks.early_stopping.monitor", None, "the model names no metric to monitor; set one")
-        callbacks.append(EarlyStopping(monitor=es.monitor or monitor, mode=es.mode or mode,
-                                       patience=es.patience, min_delta=es.min_delta))
-    if cfg.callbacks.learning_rate_monitor:
-        callbacks.append(LearningRateMonitor(logging_interval="step"))
-    return callbacks
-
-
 def experiment_name(cfg: DictConfig, choices: Mapping[str, Any] | None) -> str:
     if cfg.logger.experiment_name:
         return str(cfg.logger.experiment_name)
@@ -113,6 +92,8 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, choices: Mapping[st
 
     import pytorch_lightning as pl
 
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, model = build_data_and_model(cfg)
     callbacks = build_callbacks(cfg, model)

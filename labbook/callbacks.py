@@ -1,0 +1,53 @@
+"""The callbacks a run gets from ``conf/callbacks``: best/last checkpoints, early stopping, LR monitor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor
+from pytorch_lightning.callbacks import ModelCheckpoint as _LightningModelCheckpoint
+
+from labbook.errors import ConfigValueError
+
+
+class ModelCheckpoint(_LightningModelCheckpoint):
+    """Lightning's ModelCheckpoint, but "already saved" means the same epoch *and* step.
+
+    Lightning skips a save when the global step has not moved since the last one. Models fitted without
+    optimizer steps (EM: one epoch is one M-step) never move it, so no best checkpoint would ever be kept.
+    """
+
+    _last_epoch_saved: int | None = None
+
+    def _should_skip_saving_checkpoint(self, trainer: Any) -> bool:
+        if not super()._should_skip_saving_checkpoint(trainer):
+            return False
+        step_only = self._last_global_step_saved == trainer.global_step and not (
+            trainer.fast_dev_run or trainer.sanity_checking or trainer.state.fn != "fit")
+        return not (step_only and self._last_epoch_saved != trainer.current_epoch)
+
+    def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        self._last_epoch_saved = trainer.current_epoch
+
+
+def build_callbacks(cfg: DictConfig, model: Any) -> list[Any]:
+    """Checkpointing and early stopping follow the model's own ``monitor``/``monitor_mode`` unless set."""
+    callbacks: list[Any] = []
+    monitor = getattr(model, "monitor", None)
+    mode = getattr(model, "monitor_mode", "min")
+    ck = cfg.callbacks.checkpoint
+    if ck.enabled:
+        callbacks.append(ModelCheckpoint(
+            dirpath=cfg.paths.checkpoint_dir, filename="best", monitor=ck.monitor or monitor,
+            mode=ck.mode or mode, save_last=ck.save_last, save_top_k=1, auto_insert_metric_name=False))
+    es = cfg.callbacks.early_stopping
+    if es.enabled:
+        if not (es.monitor or monitor):
+            raise ConfigValueError("callbacks.early_stopping.monitor", None, "the model names no metric to monitor; set one")
+        callbacks.append(EarlyStopping(monitor=es.monitor or monitor, mode=es.mode or mode,
+                                       patience=es.patience, min_delta=es.min_delta))
+    if cfg.callbacks.learning_rate_monitor:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    return callbacks
