@@ -22,11 +22,13 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return uri
 
 
-def labbook(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+def labbook(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None,
+            stdin: str | None = None) -> subprocess.CompletedProcess:
     """Run the installed `labbook` console script as a user would, capturing its output."""
     full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([LABBOOK, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    return subprocess.run([LABBOOK, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env,
+                          input=stdin if stdin is not None else "")
 
 
 def runs(uri: str) -> list:

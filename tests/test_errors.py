@@ -35,7 +35,7 @@ def test_bad_input_is_one_clear_line(tmp_path: Path, store: str, name: str, over
                                      file: tuple[str, bytes] | None, words: list[str]) -> None:
     if file:
         (tmp_path / file[0]).write_bytes(file[1])
-    out = labbook("train", *overrides, "debug=quiet", "trainer.max_epochs=2", cwd=tmp_path)
+    out = labbook("train", "debug=quiet", "trainer.max_epochs=2", *overrides, cwd=tmp_path)  # the bad one last
     assert out.returncode != 0
     assert "Traceback" not in out.stderr
     errors = [line for line in out.stderr.splitlines() if line.startswith("labbook: error:")]
