@@ -30,6 +30,8 @@ The store is $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working direc
 
 
 def _quiet_libraries() -> None:
+    # stdout/stderr belong to labbook's own answers and errors, not to download progress bars.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
                  "lightning_fabric.utilities.rank_zero", "pytorch_lightning.accelerators.cuda",
                  "alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):

@@ -25,8 +25,8 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 def labbook(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None,
             stdin: str | None = None) -> subprocess.CompletedProcess:
     """Run the installed `labbook` console script as a user would, capturing its output."""
-    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
-    full_env.pop("HYDRA_FULL_ERROR", None)
+    full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    full_env.update({"PYTHONWARNINGS": "ignore", **(env or {})})
     return subprocess.run([LABBOOK, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env,
                           input=stdin if stdin is not None else "")
 

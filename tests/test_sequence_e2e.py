@@ -27,7 +27,7 @@ def test_seq2seq_ddp_then_predict_round_trip(tmp_path: Path, store: str) -> None
     assert run.info.status == "FINISHED"
     client = MlflowClient(store)
     assert client.get_experiment(run.info.experiment_id).name == "dates"
-    for key in ("train/loss", "val/loss", "val/exact_match", "val/token_accuracy", "test/exact_match", "test/token_accuracy"):
+    for key in ("train/loss_epoch", "val/loss", "val/exact_match", "val/token_accuracy", "test/exact_match", "test/token_accuracy"):
         assert key in run.data.metrics, key
     assert 0.0 <= run.data.metrics["test/exact_match"] <= 1.0
     assert {"checkpoints/best.ckpt", "plots/attention_0.png"} <= artifacts(client, run.info.run_id)
