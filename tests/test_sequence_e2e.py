@@ -88,3 +88,10 @@ def test_date_presets_reach_the_books_accuracy(tmp_path: Path, store: str, prese
     _train(tmp_path, f"experiment={preset}")
     run = only_run(store)
     assert run.data.metrics["test/exact_match"] >= 0.999, run.data.metrics
+
+
+@pytest.mark.slow
+def test_polynomial_under_ddp_is_one_run(tmp_path: Path, store: str) -> None:
+    _train(tmp_path, "experiment=polynomial", "trainer=ddp_cpu", "trainer.max_epochs=20")
+    run = only_run(store)
+    assert run.info.status == "FINISHED" and "test/loss" in run.data.metrics

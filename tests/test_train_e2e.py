@@ -134,7 +134,8 @@ def test_exception_during_training_marks_failed_with_message(tmp_path: Path, sto
     assert last.startswith("labbook: error:") and run.info.run_id in last and "Traceback" not in out.stderr
 
 
-def test_sigterm_marks_killed(tmp_path: Path, store: str) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_marks_killed(tmp_path: Path, store: str, signum: int) -> None:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen([LABBOOK, "train", "experiment=gmm_blobs", "model.tol=0", "trainer.max_epochs=100000",
                              "datamodule.n_samples=200000", QUIET], cwd=tmp_path, env=env,
@@ -149,12 +150,12 @@ def test_sigterm_marks_killed(tmp_path: Path, store: str) -> None:
     else:
         proc.kill()
         pytest.fail("the run never started logging")
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert proc.returncode == 128 + signum, err[-2000:]
     run = only_run(store)
     assert run.info.status == "KILLED"
-    assert run.data.tags["error"] == "interrupted by SIGTERM"
+    assert run.data.tags["error"] == f"interrupted by {signal.Signals(signum).name}"
     assert "marked KILLED" in err.strip().splitlines()[-1]
 
 
