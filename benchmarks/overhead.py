@@ -1,0 +1,305 @@
+"""What does labbook (Lightning + the MLflow logger + checkpoints) cost per training step over plain PyTorch?
+
+For each model it trains the SAME model (same constructor arguments, same initial state_dict) on the SAME
+data (one datamodule, one ``train_dataloader()`` per run, seeded shuffle), same batch size, for the same
+number of optimizer steps, two ways in this one process:
+
+  labbook  what ``labbook train`` does: the config composed by Hydra from the experiment preset plus
+           ``debug=quiet`` (no progress bar), the datamodule and model built by ``labbook.train``'s own
+           ``build_data_and_model``, the labbook ``ModelCheckpoint`` (best + last) from
+           ``labbook.callbacks.build_callbacks``, ``logger=`` the ``MLflowMetricsLogger`` of a real
+           ``TrackedRun`` in a temporary SQLite store (``prepare_store`` + ``TrackedRun.start``), the
+           trainer instantiated from ``cfg.trainer`` (default ``log_every_n_steps=50``) with
+           ``max_steps=N``; timed: ``Trainer(...)`` + ``trainer.fit`` + the logger's final flush.
+  plain    a hand-written loop over a DataLoader from the same datamodule: ``model.train()``, the module's
+           own forward + loss (what its ``training_step`` computes, minus ``self.log``), ``backward``,
+           ``clip_grad_norm_`` with the preset's ``gradient_clip_val`` (Lightning's default "norm"
+           algorithm), ``optimizer.step()``, ``zero_grad``; optimizer from ``model.configure_optimizers()``.
+
+Both sides, identically:
+  - validation OFF (``trainer.limit_val_batches=0``; the plain loop validates nothing). The test stage is
+    not run either: the benchmark measures training steps.
+  - no LR schedule: ``model.one_cycle=false`` for seq2seq/transformer (their presets use OneCycle; the
+    LSTM has none), so the plain loop needs no scheduler.
+  - ``torch.set_num_threads(1)`` (the presets' ``threads: 1``; the 2-core machine is shared, and one
+    thread makes the timings far less noisy).
+  - presets: ``lstm_sunspots`` (batch 16, hidden 32, clip 1.0), ``seq2seq_dates`` (batch 64, clip 5.0),
+    ``transformer_dates`` (batch 128, clip 1.0).
+
+The order is warm-up (a short run of each way), then plain, labbook, plain, labbook, ...; the table gives
+the minimum and median of each way, min/min ratios on wall-clock and on process CPU time, and the paired
+ratio: the median over repeats of labbook / the plain run just before it. R, on the last line, is that
+paired wall-clock ratio: on this shared 2-core machine identical 150-step runs of the date models vary by
+±6% from run to run (14.1 to 15.9 s), which makes min/min swing from 0.95 to 1.11 while the paired median
+stays within 1.02-1.04. After the runs it checks that both ways end with the same weights (same steps, same
+batches, same clipping; the difference is exactly 0 for all three). The last line is
+
+    overhead: lstm=R seq2seq=R transformer=R
+
+Measured (2 shared cores, load ~1.7, 1 thread): lstm 1.83 (plain 0.63 s, labbook 1.14 s for 300 steps),
+seq2seq 1.04 (16.0-17.5 s vs 17.8-18.2 s, 150 steps), transformer 1.02 (16.3-17.4 s vs 16.7-17.2 s).
+--breakdown, lstm (min/min, 300 steps): Lightning with the model's self.log made a no-op 1.35 (+0.6 ms/step),
+Lightning as is 1.66 (the module's per-step self.log(on_epoch=True) alone +0.6 ms/step), + labbook's
+checkpoint 1.69, labbook 1.72, labbook + progress bar 1.90. Before MLflowMetricsLogger.save() stopped
+flushing, labbook was 2.18 against 1.84 with the checkpoint alone: 24 SQLite commits, one per 13-step epoch.
+The date models' steps take 100-120 ms, so the same ~1-2 ms per step is 1-2%, inside the noise.
+
+    python benchmarks/overhead.py                      # all three (about 4-5 minutes on 2 shared cores)
+    python benchmarks/overhead.py --models lstm --repeats 5
+    python benchmarks/overhead.py --breakdown          # also: Lightning alone without/with the model's
+                                                       # self.log, + checkpoint, labbook + progress bar
+    python benchmarks/overhead.py --profile lstm       # cProfile of one labbook fit, top functions
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import cProfile
+import io
+import logging
+import os
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import pytorch_lightning as pl  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+from hydra.utils import get_class, instantiate  # noqa: E402
+
+from labbook import schemas  # noqa: E402
+from labbook.callbacks import build_callbacks  # noqa: E402
+from labbook.cli import CONF_DIR  # noqa: E402
+from labbook.store import prepare_store  # noqa: E402
+from labbook.tracking import TrackedRun  # noqa: E402
+from labbook.train import accepted_kwargs, build_data_and_model  # noqa: E402
+
+
+def _lstm_loss(model: Any, batch: Any) -> torch.Tensor:  # LSTMForecaster.training_step without self.log
+    x, y = batch
+    return F.mse_loss(model(x), y)
+
+
+def _seq_loss(model: Any, batch: Any) -> torch.Tensor:  # AttentionSeq2Seq / Transformer.training_step
+    src, tgt = batch
+    return model.loss(model(src, tgt), tgt)
+
+
+CASES: dict[str, dict[str, Any]] = {
+    "lstm": {"overrides": ["experiment=lstm_sunspots"], "steps": 300, "repeats": 7, "loss": _lstm_loss},
+    "seq2seq": {"overrides": ["experiment=seq2seq_dates", "model.one_cycle=false"], "steps": 150, "repeats": 3,
+                "loss": _seq_loss},
+    "transformer": {"overrides": ["experiment=transformer_dates", "model.one_cycle=false"], "steps": 150, "repeats": 3,
+                    "loss": _seq_loss},
+}
+
+
+def quiet() -> None:
+    """No Lightning banners ("GPU available", "LitLogger tip") and no one-off warnings about workers or
+    the checkpoint's monitor being absent (validation is off on purpose)."""
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning", "alembic", "mlflow"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+
+def compose_cfg(overrides: list[str], steps: int, workdir: Path, uri: str) -> Any:
+    schemas.register()
+    GlobalHydra.instance().clear()
+    paths = [f"paths.root_dir={workdir}", f"paths.output_dir={workdir}/out", f"paths.log_dir={workdir}/logs",
+             f"paths.checkpoint_dir={workdir}/checkpoints"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[
+            *overrides, "debug=quiet", "threads=1", f"trainer.max_steps={steps}", "trainer.max_epochs=100000",
+            "trainer.limit_val_batches=0", f"logger.tracking_uri={uri}", *paths])
+    schemas.validate(cfg)
+    return cfg
+
+
+class Case:
+    """One model: its config, its datamodule (set up once) and its initial weights."""
+
+    def __init__(self, name: str, steps: int, workdir: Path, uri: str) -> None:
+        spec = CASES[name]
+        self.name, self.steps, self.uri, self.loss = name, steps, uri, spec["loss"]
+        self.cfg = compose_cfg(spec["overrides"], steps, workdir, uri)
+        torch.set_num_threads(int(self.cfg.threads))
+        pl.seed_everything(self.cfg.seed, workers=True, verbose=False)
+        self.datamodule, model = build_data_and_model(self.cfg)
+        self.init_state = copy.deepcopy(model.state_dict())
+        self.dims = dict(self.datamodule.dims)
+        self.clip = self.cfg.trainer.gradient_clip_val
+        self.batch_size = self.cfg.datamodule.batch_size
+        self.final: dict[str, dict[str, torch.Tensor]] = {}
+
+    def fresh_model(self) -> Any:
+        model_cls = get_class(self.cfg.model._target_)
+        model = instantiate(self.cfg.model, **accepted_kwargs(model_cls, self.dims))
+        model.load_state_dict(self.init_state)
+        return model
+
+    # ------------------------------------------------------------------------------------ plain
+    def plain(self, steps: int) -> tuple[float, float]:
+        pl.seed_everything(self.cfg.seed, workers=True, verbose=False)
+        model = self.fresh_model()
+        loader = self.datamodule.train_dataloader()
+        t0, c0 = time.perf_counter(), time.process_time()
+        model.train()
+        opt = model.configure_optimizers()
+        assert isinstance(opt, torch.optim.Optimizer), "the plain loop expects no LR scheduler"
+        params = [p for g in opt.param_groups for p in g["params"]]
+        step = 0
+        while step < steps:
+            for batch in loader:
+                loss = self.loss(model, batch)
+                loss.backward()
+                if self.clip:
+                    torch.nn.utils.clip_grad_norm_(params, self.clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                if step >= steps:
+                    break
+        elapsed = time.perf_counter() - t0, time.process_time() - c0
+        self.final["plain"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return elapsed
+
+    # ---------------------------------------------------------------------------------- labbook
+    def labbook(self, steps: int, variant: str = "labbook") -> tuple[float, float]:
+        """variant: "labbook" (as `labbook train ... debug=quiet`), or for --breakdown "bare" (no logger,
+        no checkpoint), "nolog" (as "bare", with the model's ``self.log`` made a no-op on this instance: what
+        the module's per-step ``self.log`` costs), "ckpt" (checkpoint, no logger), "progress" (labbook with the progress bar that
+        `labbook train` shows without debug=quiet, written to /dev/null: a lower bound for a terminal)."""
+        cfg = self.cfg
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        model = self.fresh_model()
+        if variant == "nolog":
+            model.log = lambda *args, **kwargs: None  # diagnosis only; the model file is untouched
+        trainer_kwargs: dict[str, Any] = {"max_steps": steps}
+        with contextlib.ExitStack() as stack:
+            if variant == "progress":
+                trainer_kwargs["enable_progress_bar"] = True
+                sink = stack.enter_context(open(os.devnull, "w"))
+                stack.enter_context(contextlib.redirect_stdout(sink))
+                stack.enter_context(contextlib.redirect_stderr(sink))
+            if variant in ("labbook", "progress"):
+                tracked = TrackedRun.start(self.uri, f"overhead-{self.name}")
+                stack.enter_context(tracked)
+                logger: Any = tracked.lightning_logger(cfg.logger.flush_every_s)
+            else:
+                tracked, logger = None, False
+            callbacks = build_callbacks(cfg, model) if variant not in ("bare", "nolog") else []
+            if variant in ("bare", "nolog"):
+                trainer_kwargs["enable_checkpointing"] = False
+            t0, c0 = time.perf_counter(), time.process_time()
+            trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **trainer_kwargs)
+            trainer.fit(model, datamodule=self.datamodule)
+            if logger:
+                logger.flush()
+            elapsed = time.perf_counter() - t0, time.process_time() - c0
+        assert trainer.global_step == steps, (trainer.global_step, steps)
+        if variant == "labbook":
+            self.final["labbook"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return elapsed
+
+    def same_weights(self) -> float:
+        a, b = self.final.get("plain"), self.final.get("labbook")
+        if not a or not b:
+            return float("nan")
+        return max(float((a[k] - b[k]).abs().max()) for k in a if a[k].is_floating_point())
+
+
+def profile(case: Case, steps: int, top: int = 35) -> None:
+    case.labbook(max(10, steps // 10))  # warm-up
+    prof = cProfile.Profile()
+    prof.enable()
+    t = case.labbook(steps)[0]
+    prof.disable()
+    t_plain = case.plain(steps)[0]
+    print(f"\n{case.name}: labbook {t:.3f} s (under cProfile), plain {t_plain:.3f} s, {steps} steps")
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out).strip_dirs()
+    stats.sort_stats("cumulative").print_stats(top)
+    stats.sort_stats("tottime").print_stats(top)
+    print(out.getvalue())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", choices=list(CASES), default=list(CASES))
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: per model)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="timed runs of each way, alternating (default: 7 for lstm, 3 for the others)")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also time Lightning alone (no logger/checkpoint) and with the checkpoint only")
+    ap.add_argument("--profile", choices=list(CASES), help="cProfile one labbook fit of this model and exit")
+    args = ap.parse_args()
+    quiet()
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, pytorch-lightning {pl.__version__}, threads {torch.get_num_threads()}, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="labbook-overhead-") as tmp:
+        workdir = Path(tmp)
+        uri = f"sqlite:///{workdir / 'mlflow.db'}"
+        prepare_store(uri)
+        if args.profile:
+            case = Case(args.profile, args.steps or CASES[args.profile]["steps"], workdir, uri)
+            profile(case, case.steps)
+            return
+
+        ways: list[tuple[str, Callable[[Case, int], tuple[float, float]]]] = [("plain", Case.plain), ("labbook", Case.labbook)]
+        if args.breakdown:
+            ways[1:1] = [("lightning -log", lambda c, n: c.labbook(n, "nolog")),
+                         ("lightning", lambda c, n: c.labbook(n, "bare")),
+                         ("+checkpoint", lambda c, n: c.labbook(n, "ckpt"))]
+            ways.append(("+progress bar", lambda c, n: c.labbook(n, "progress")))
+        rows, ratios = [], {}
+        for name in args.models:
+            steps = args.steps or CASES[name]["steps"]
+            case = Case(name, steps, workdir, uri)
+            for _, fn in ways:  # warm-up: imports, allocator, first SQLite connection, thread pools
+                fn(case, max(10, steps // 10))
+            times: dict[str, list[tuple[float, float]]] = {w: [] for w, _ in ways}
+            for _ in range(args.repeats or CASES[name]["repeats"]):
+                for way, fn in ways:
+                    times[way].append(fn(case, steps))
+            diff = case.same_weights()
+            wall = {w: [t[0] for t in v] for w, v in times.items()}
+            cpu = {w: [t[1] for t in v] for w, v in times.items()}
+            base, base_cpu = min(wall["plain"]), min(cpu["plain"])
+            for way, _ in ways:
+                t = min(wall[way])
+                paired = statistics.median(a / b for a, b in zip(wall[way], wall["plain"]))
+                rows.append((name, way, steps, case.batch_size, t, statistics.median(wall[way]), steps / t,
+                             1000 * (t - base) / steps, t / base, paired, min(cpu[way]) / base_cpu))
+            ratios[name] = statistics.median(a / b for a, b in zip(wall["labbook"], wall["plain"]))
+            print(f"{name}: done (wall s: {'; '.join(f'{w} ' + ' '.join(f'{x:.2f}' for x in v) for w, v in wall.items())});"
+                  f" max |weight difference| plain vs labbook after {steps} steps: {diff:.2e}", flush=True)
+
+    print()
+    print("min s, median s: wall-clock of the timed runs; steps/s and +ms/step (over plain) from the minimum;")
+    print("ratio = min / min(plain); paired = median over repeats of run / the plain run just before it;")
+    print("cpu = the same min/min ratio on process CPU time (insensitive to other jobs on the shared cores).")
+    print(f"{'model':<12} {'way':<14} {'steps':>5} {'batch':>5} {'min s':>8} {'median s':>8} {'steps/s':>8} "
+          f"{'+ms/step':>8} {'ratio':>6} {'paired':>6} {'cpu':>6}")
+    for name, way, steps, bs, t, med, sps, extra, r, pr, rc in rows:
+        print(f"{name:<12} {way:<14} {steps:>5} {bs:>5} {t:>8.3f} {med:>8.3f} {sps:>8.1f} {extra:>8.2f} {r:>6.3f}"
+              f" {pr:>6.3f} {rc:>6.3f}")
+    print()
+    print("overhead: " + " ".join(f"{name}={ratios[name]:.2f}" for name in args.models))
+
+
+if __name__ == "__main__":
+    main()
