@@ -70,7 +70,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
