@@ -176,10 +176,13 @@ def test_ddp_cpu_matches_one_process_with_one_run(tmp_path: Path) -> None:
     assert abs(m1["train/log_likelihood"] - m2["train/log_likelihood"]) < 1e-6
 
 
-def test_multirun_sweep_records_one_run_per_job(tmp_path: Path, store: str) -> None:
-    out = labbook("train", "-m", "experiment=gmm_blobs", "model.covariance_type=full,diag", "trainer.max_epochs=3",
+def test_multirun_sweep_under_ddp_records_one_run_per_job(tmp_path: Path, store: str) -> None:
+    """A sweep of 2-process jobs: worker ranks must neither re-run the sweep nor create runs."""
+    out = labbook("train", "-m", "experiment=gmm_blobs", "trainer=ddp_cpu", "model.covariance_type=full,diag",
+                  "trainer.max_epochs=3",
                   "datamodule.n_samples=3000", QUIET, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     found = runs(store)
+    assert out.stdout.count("run id: ") == 2
     assert sorted(r.data.params["model.covariance_type"] for r in found) == ["diag", "full"]
     assert all(r.info.status == "FINISHED" for r in found)
