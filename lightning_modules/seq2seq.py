@@ -12,21 +12,16 @@ Trained with teacher forcing (cross-entropy over the answer characters), decoded
 from __future__ import annotations
 
 import functools
-import math
-from typing import Any, Callable
+from typing import Callable
 
-import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-from torchmetrics import MeanMetric
+from lightning_modules.char_seq2seq import CharSeq2SeqTask
 
 
-class AttentionSeq2Seq(pl.LightningModule):
-    monitor = "val/exact_match"
-    monitor_mode = "max"
-    headline_metric = "test/exact_match"
+class AttentionSeq2Seq(CharSeq2SeqTask):
+    default_optimizer = functools.partial(torch.optim.Adam, lr=1e-2)
 
     def __init__(
         self,
@@ -48,22 +43,18 @@ class AttentionSeq2Seq(pl.LightningModule):
 
         The defaults (the book's sizes; a 10× higher peak lr than the book's 1e-3, annealed by OneCycle)
         reach >= 99.9% test exact-match in one epoch of 45,000 questions (batch 64, grad clip 5)."""
-        super().__init__()
+        super().__init__(optimizer)
         # Plain types only in hparams (no optimizer partial, no OmegaConf ListConfig from Hydra), so
         # checkpoints load under torch.load(weights_only=True).
         itos = [str(c) for c in itos] if itos is not None else None
         self.save_hyperparameters(ignore=["optimizer"])
-        self.optimizer_factory = optimizer
         V, D, H = vocab_size, wordvec_size, hidden_size
         self.encoder_embed = nn.Embedding(V, D, padding_idx=pad_id)
         self.encoder_lstm = nn.LSTM(D, H, batch_first=True)
         self.decoder_embed = nn.Embedding(V, D)
         self.decoder_lstm = nn.LSTM(D, H, batch_first=True)
         self.affine = nn.Linear(2 * H, V)
-        self.metrics = nn.ModuleDict({f"{stage}_{name}": MeanMetric() for stage in ("val", "test")
-                                      for name in ("loss", "token_accuracy", "exact_match")})
         self.attention_weights: torch.Tensor | None = None  # (B, T, S) from the last decode
-        self._report_src: torch.Tensor | None = None
 
     # ---- model ---------------------------------------------------------------------------------
     def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -116,61 +107,6 @@ class AttentionSeq2Seq(pl.LightningModule):
             weights.append(a)
         self.attention_weights = torch.cat(weights, dim=1)
         return torch.cat(out, dim=1)
-
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Questions (B, S) -> answer ids (B, tgt_len); eval mode, no grad."""
-        was_training = self.training
-        self.eval()
-        try:
-            return self.generate(x.to(self.device))
-        finally:
-            self.train(was_training)
-
-    # ---- training ------------------------------------------------------------------------------
-    def loss(self, logits: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1))
-
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        src, tgt = batch
-        loss = self.loss(self(src, tgt), tgt)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True,
-                 batch_size=src.shape[0])
-        return loss
-
-    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
-        src, tgt = batch
-        loss = self.loss(self(src, tgt), tgt)
-        correct = self.generate(src) == tgt  # (B, T) under greedy decoding, not teacher forcing
-        # MeanMetric sums and counts across DDP processes, so unequal last batches average correctly.
-        m = self.metrics
-        m[f"{stage}_loss"].update(loss, weight=src.shape[0])
-        m[f"{stage}_token_accuracy"].update(correct.float().mean(1))
-        m[f"{stage}_exact_match"].update(correct.all(1).float())
-        for name in ("loss", "token_accuracy", "exact_match"):
-            self.log(f"{stage}/{name}", m[f"{stage}_{name}"], on_step=False, on_epoch=True,
-                     prog_bar=name == "exact_match")
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        if batch_idx == 0:
-            self._report_src = batch[0][: self.hparams.n_report].detach().cpu()
-        self._evaluate(batch, "test")
-
-    def predict_step(self, batch: tuple[torch.Tensor, ...] | torch.Tensor, batch_idx: int) -> torch.Tensor:
-        src = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self.generate(src)
-
-    def configure_optimizers(self) -> Any:
-        factory = self.optimizer_factory or functools.partial(torch.optim.Adam, lr=1e-2)
-        opt = factory(self.parameters())
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
-        if not self.hparams.one_cycle or not math.isfinite(total):
-            return opt
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
-                                                    total_steps=int(total))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ---- report --------------------------------------------------------------------------------
     def report(self) -> dict[str, object]:
