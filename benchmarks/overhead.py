@@ -62,7 +62,6 @@ import logging
 import os
 import pstats
 import statistics
-import sys
 import tempfile
 import time
 import warnings

@@ -255,19 +255,8 @@ class SunspotsDataModule(WindowedSeriesDataModule):
     """Yearly mean sunspot numbers 1700-2008 from statsmodels (public domain; SIDC via NOAA NGDC).
 
     With the default 70/15/15 split the years divide into train 1700-1916, val 1917-1962, test 1963-2008.
+    Its constructor is the base class's: the series itself has nothing to configure.
     """
-
-    def __init__(
-        self,
-        window: int = 20,
-        horizon: int = 1,
-        val_fraction: float = 0.15,
-        test_fraction: float = 0.15,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(window, horizon, val_fraction, test_fraction, batch_size, num_workers, seed)
 
     @staticmethod
     def load_frame() -> pd.DataFrame:

@@ -197,10 +197,6 @@ class TrackedRun:
         run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
         return cls(client, run.info.run_id, uri)
 
-    @property
-    def experiment_id(self) -> str:
-        return self.client.get_run(self.run_id).info.experiment_id
-
     def __enter__(self) -> "TrackedRun":
         for signum in (signal.SIGINT, signal.SIGTERM):
             try:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import labbook, runs
+from tests.conftest import labbook
 from tests.test_train_e2e import artifacts, only_run
 
 QUIET = "debug=quiet"
