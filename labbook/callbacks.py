@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import DictConfig
-from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor
+from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor
 from pytorch_lightning.callbacks import ModelCheckpoint as _LightningModelCheckpoint
 
 from labbook.errors import ConfigValueError
@@ -30,6 +30,25 @@ class ModelCheckpoint(_LightningModelCheckpoint):
     def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
         self._last_epoch_saved = trainer.current_epoch
+
+
+class ReclaimSignals(Callback):
+    """Give SIGTERM back to labbook's run at the start of every stage.
+
+    Lightning installs a SIGTERM handler when a stage starts, and under DDP that handler runs a
+    collective (``dist.broadcast``) from inside the signal handler. Rank 0 is then usually in the middle
+    of another collective, the ranks disagree on the order of collectives, and the job hangs instead of
+    stopping (seen often with ``trainer=ddp_cpu``). labbook's handler instead ends
+    the run KILLED, and Lightning's interrupt handling stops the workers.
+    """
+
+    def __init__(self, claim: Callable[[], None]) -> None:
+        self._claim = claim
+
+    def _reclaim(self, *args: Any) -> None:
+        self._claim()
+
+    on_sanity_check_start = on_train_start = on_validation_start = on_test_start = on_predict_start = _reclaim
 
 
 def build_callbacks(cfg: DictConfig, model: Any) -> list[Any]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+ENV_USER_FULL_ERROR = "LABBOOK_FULL_ERROR"
 INFO_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--version", "--shell-completion", "-sc")
 
 USAGE = """\
@@ -69,6 +70,8 @@ def train_main(args: Sequence[str]) -> int:
     from labbook.train import run, summary
 
     full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))
+    # Hydra needs HYDRA_FULL_ERROR=1 below and DDP workers inherit it: they learn the user's choice here.
+    os.environ[ENV_USER_FULL_ERROR] = "1" if full_error else ""
     informational = any(a in INFO_FLAGS or a.startswith("--cfg=") for a in args)
     _quiet_libraries()
     if not informational:
@@ -131,10 +134,15 @@ def worker_main(config_path: Path) -> int:
     from omegaconf import OmegaConf
 
     from labbook.train import run
+    from labbook.workers import die_with_parent
 
+    die_with_parent()
     _quiet_libraries()
     cfg = OmegaConf.create(yaml.safe_load(config_path.read_text()))
-    run(cfg)
+    try:
+        run(cfg)
+    except Exception as exc:  # noqa: BLE001 - rank 0 reports the job; this line says what this rank met
+        return _fail(exc, bool(os.environ.get(ENV_USER_FULL_ERROR)), prefix=f"rank {os.environ.get('LOCAL_RANK')}: ")
     return 0
 
 

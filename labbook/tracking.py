@@ -198,12 +198,21 @@ class TrackedRun:
         return cls(client, run.info.run_id, uri)
 
     def __enter__(self) -> "TrackedRun":
+        self.claim_signals()
+        return self
+
+    def claim_signals(self) -> None:
+        """(Re)install the SIGINT/SIGTERM handlers that end the run KILLED.
+
+        Lightning installs its own SIGTERM handler at the start of every stage (see
+        :class:`labbook.callbacks.ReclaimSignals`, which calls this again right after).
+        """
         for signum in (signal.SIGINT, signal.SIGTERM):
             try:
-                self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+                previous = signal.signal(signum, self._on_signal)
             except ValueError:  # not the main thread: the caller owns signal handling
-                pass
-        return self
+                continue
+            self._previous_handlers.setdefault(signum, previous)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.signal_received is None:

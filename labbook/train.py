@@ -16,12 +16,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from labbook.callbacks import build_callbacks
+from labbook.callbacks import ReclaimSignals, build_callbacks
 from labbook.errors import ConfigValueError, UserError
 from labbook.schemas import validate
 from labbook.store import resolve_tracking_uri, ui_command
 from labbook.tracking import TrackedRun
-from labbook.workers import ENV_RUN_ID, hand_off, is_rank_zero
+from labbook.workers import ENV_RUN_ID, hand_off, is_rank_zero, process_group
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,17 +104,19 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, choices: Mapping[st
         tracked = TrackedRun.start(uri, cfg.logger.experiment_name, cfg.logger.run_name, dict(cfg.logger.tags or {}))
     if tracked is None:  # a worker rank: no logger, no store; the same fit and test as rank 0
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-        if cfg.test:
-            trainer.test(model, datamodule=datamodule, ckpt_path=_test_ckpt(trainer), verbose=False)
+        with process_group():
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+            if cfg.test:
+                trainer.test(model, datamodule=datamodule, ckpt_path=_test_ckpt(trainer), verbose=False)
         return {"run_id": os.environ.get(ENV_RUN_ID), "metrics": {}, "headline": None}
 
     with tracked:
         tracked.log_config(resolved, overrides or [])
         tracked.log_git(PACKAGE_ROOT)
         logger = tracked.lightning_logger(cfg.logger.flush_every_s)
-        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
-        with hand_off(resolved, Path(cfg.paths.output_dir), tracked.run_id):
+        trainer = instantiate(cfg.trainer, callbacks=[*callbacks, ReclaimSignals(tracked.claim_signals)], logger=logger)
+        with hand_off(resolved, Path(cfg.paths.output_dir), tracked.run_id, trainer,
+                      on_abandon=lambda error: tracked.end("FAILED", error)):
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
             # Read before testing: loading the best checkpoint restores the callback's older state.
             checkpoints = _checkpoint_state(trainer)

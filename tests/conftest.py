@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,11 +25,22 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 def labbook(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None,
             stdin: str | None = None) -> subprocess.CompletedProcess:
-    """Run the installed `labbook` console script as a user would, capturing its output."""
+    """Run the installed `labbook` console script as a user would, capturing its output.
+
+    It runs in a session of its own, so that on a timeout every process it started is killed with it.
+    """
     full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     full_env.update({"PYTHONWARNINGS": "ignore", **(env or {})})
-    return subprocess.run([LABBOOK, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env,
-                          input=stdin if stdin is not None else "")
+    command = [LABBOOK, *args]
+    with subprocess.Popen(command, cwd=cwd, env=full_env, text=True, start_new_session=True,
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        try:
+            out, err = proc.communicate(stdin if stdin is not None else "", timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            raise subprocess.TimeoutExpired(command, timeout, out, err) from None
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
 
 def runs(uri: str) -> list:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -132,22 +133,71 @@ def test_exception_during_training_marks_failed_with_message(tmp_path: Path, sto
     assert last.startswith("labbook: error:") and run.info.run_id in last and "Traceback" not in out.stderr
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_marks_killed(tmp_path: Path, store: str, signum: int) -> None:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen([LABBOOK, "train", "experiment=gmm_blobs", "model.tol=0", "trainer.max_epochs=100000",
-                             "datamodule.n_samples=200000", QUIET], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    client = MlflowClient(store)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        found = runs(store) if (tmp_path / "mlflow.db").exists() else []
-        if found and client.get_metric_history(found[0].info.run_id, "train/log_likelihood"):
-            break
-        time.sleep(0.5)
-    else:
+@pytest.fixture
+def start_training(tmp_path: Path, store: str):
+    """Start `labbook train ARGS` in the background; returns once its first run has logged a training metric.
+
+    Whatever the test's outcome, no process it started outlives it.
+    """
+    started: list[subprocess.Popen] = []
+
+    def start(*args: str) -> subprocess.Popen:
+        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+        proc = subprocess.Popen([LABBOOK, "train", *args, QUIET], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        started.append(proc)
+        client = MlflowClient(store)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            found = runs(store) if (tmp_path / "mlflow.db").exists() else []
+            if found and client.get_metric_history(found[0].info.run_id, "train/log_likelihood"):
+                return proc
+            time.sleep(0.5)
         proc.kill()
-        pytest.fail("the run never started logging")
+        _, err = proc.communicate(timeout=60)
+        pytest.fail(f"the run never started logging: {err[-2000:]}")
+
+    yield start
+    for proc in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the session: rank 0 and any worker it started
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (state, ppid, ...); None once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def alive(pid: int) -> bool:
+    stat = _proc_stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X")
+
+
+def labbook_workers(pid: int) -> list[int]:
+    """The living `labbook` processes whose parent is ``pid``: the DDP worker ranks it started."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _proc_stat(int(entry.name))) and int(stat[1]) == pid:
+            try:
+                if b"labbook" in (entry / "cmdline").read_bytes() and alive(int(entry.name)):
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+LONG_GMM = ("experiment=gmm_blobs", "model.tol=0", "datamodule.n_samples=200000")
+
+
+@pytest.mark.parametrize("signum,trainer", [(signal.SIGTERM, "cpu"), (signal.SIGINT, "cpu"), (signal.SIGTERM, "ddp_cpu")],
+                         ids=["SIGTERM", "SIGINT", "SIGTERM-ddp_cpu"])
+def test_signal_marks_killed(start_training, store: str, signum: int, trainer: str) -> None:
+    proc = start_training(*LONG_GMM, "trainer.max_epochs=100000", f"trainer={trainer}")
+    workers = labbook_workers(proc.pid)
+    assert len(workers) == (1 if trainer == "ddp_cpu" else 0)
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signum, err[-2000:]
@@ -155,6 +205,34 @@ def test_signal_marks_killed(tmp_path: Path, store: str, signum: int) -> None:
     assert run.info.status == "KILLED"
     assert run.data.tags["error"] == f"interrupted by {signal.Signals(signum).name}"
     assert "marked KILLED" in err.strip().splitlines()[-1]
+    assert not [w for w in workers if alive(w)]
+
+
+def test_a_dead_worker_fails_its_run_and_the_sweep_goes_on(start_training, store: str) -> None:
+    """Lightning would SIGKILL the whole sweep here, leaving the run RUNNING and the next job's workers orphaned."""
+    proc = start_training("-m", *LONG_GMM, "trainer=ddp_cpu", "trainer.max_epochs=100000,2")
+    (worker,) = labbook_workers(proc.pid)
+    os.kill(worker, signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err[-3000:]
+    first, second = sorted(runs(store), key=lambda r: r.info.start_time)
+    assert first.info.status == "FAILED", first.data.tags.get("error")
+    message = f"DDP worker rank 1 (pid {worker}) was killed by SIGKILL"
+    assert message in first.data.tags["error"]
+    assert second.info.status == "FINISHED" and second.data.params["trainer.max_epochs"] == "2"
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("labbook: error:") and message in last and "Traceback" not in err
+
+
+def test_workers_die_with_rank_zero(start_training) -> None:
+    proc = start_training(*LONG_GMM, "trainer=ddp_cpu", "trainer.max_epochs=100000")
+    (worker,) = labbook_workers(proc.pid)
+    proc.kill()
+    proc.communicate(timeout=60)  # returns once no process holds the output pipes: no orphan is left waiting
+    deadline = time.time() + 10
+    while alive(worker) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not alive(worker)
 
 
 def test_ddp_cpu_matches_one_process_with_one_run(tmp_path: Path) -> None:
