@@ -15,7 +15,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from datamodules.series import SineDataModule
 from lightning_modules.lstm import LSTMForecaster
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -142,7 +141,7 @@ def test_ddp_two_processes_match_one(tmp_path):
 
     script = tmp_path / "ddp_test.py"
     script.write_text(textwrap.dedent(DDP_SCRIPT))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(script), str(tmp_path)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -215,7 +215,7 @@ DDP_SCRIPT = textwrap.dedent('''
 def test_ddp_step_matches_single_process(tmp_path: Path) -> None:
     script = tmp_path / "ddp_check.py"
     script.write_text(DDP_SCRIPT)
-    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(script)], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
