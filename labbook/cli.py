@@ -57,6 +57,17 @@ def _fail(exc: BaseException, full_error: bool, prefix: str = "") -> int:
     return 1
 
 
+def _prepare_store(uri: str) -> None:
+    """Create or upgrade the store, or say in one line why it cannot be used."""
+    from labbook.errors import UserError, one_line
+    from labbook.store import prepare_store
+
+    try:
+        prepare_store(uri)
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"tracking store {uri}: {one_line(exc)}") from exc
+
+
 def train_main(args: Sequence[str]) -> int:
     """Hand the overrides to Hydra; errors from composing or training come back to us as exceptions."""
     import hydra
@@ -65,23 +76,25 @@ def train_main(args: Sequence[str]) -> int:
     from omegaconf import DictConfig
 
     from labbook import schemas
-    from labbook.store import ENV_URI, prepare_store, resolve_tracking_uri
-    from labbook.tracking import RunKilled
-    from labbook.train import run, summary
+    from labbook.errors import RunKilled
+    from labbook.store import ENV_URI, resolve_tracking_uri
 
     full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))
     # Hydra needs HYDRA_FULL_ERROR=1 below and DDP workers inherit it: they learn the user's choice here.
     os.environ[ENV_USER_FULL_ERROR] = "1" if full_error else ""
     informational = any(a in INFO_FLAGS or a.startswith("--cfg=") for a in args)
     _quiet_libraries()
+    uri, store_ready = "", False
     if not informational:
-        # One process creates or upgrades the store before any sweep job or DDP worker exists.
         uri = resolve_tracking_uri()
         os.environ[ENV_URI] = uri
-        try:
-            prepare_store(uri)
-        except Exception as exc:  # noqa: BLE001
-            return _fail(exc, full_error, prefix=f"tracking store {uri}: ")
+        if any(a in ("-m", "--multirun") for a in args):
+            # Sweep jobs may run in parallel (joblib, SLURM): one process creates the store before any starts.
+            try:
+                _prepare_store(uri)
+            except Exception as exc:  # noqa: BLE001
+                return _fail(exc, full_error)
+            store_ready = True
 
     schemas.register()
 
@@ -89,8 +102,16 @@ def train_main(args: Sequence[str]) -> int:
 
     @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
     def _task(cfg: DictConfig) -> Any:
+        nonlocal store_ready
         hc = HydraConfig.get()
         try:
+            # A bad config is reported before torch, Lightning and MLflow are even imported (~5 s).
+            schemas.validate(cfg)
+            if not store_ready:  # one run: this process is the only one, and DDP workers start later
+                _prepare_store(uri)
+                store_ready = True
+            from labbook.train import run, summary
+
             result = run(cfg, overrides=list(hc.overrides.task), choices=dict(hc.runtime.choices))
         except Exception as exc:  # noqa: BLE001
             if full_error:

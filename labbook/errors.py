@@ -22,6 +22,18 @@ class ConfigValueError(UserError, ValueError):
         super().__init__(f"{key}={value!r} is not allowed: {allowed}")
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Raised from the run's SIGTERM/SIGINT handler so that Lightning shuts down as for Ctrl-C."""
+
+
+class RunKilled(SystemExit):
+    """The run was stopped by a signal and marked KILLED; exits with 128 + the signal number."""
+
+    def __init__(self, code: int, run_id: str, signal_name: str) -> None:
+        super().__init__(code)
+        self.run_id, self.signal_name = run_id, signal_name
+
+
 def check_choice(key: str, value: Any, choices: Iterable[Any]) -> None:
     choices = list(choices)
     if value not in choices:

@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 from pytorch_lightning.loggers.logger import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
+from labbook.errors import RunInterrupted, RunKilled
 from labbook.store import artifact_root
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -34,18 +35,6 @@ EXPERIMENT_KIND = "custom_model_development"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit for a param value
 MAX_TAG_LENGTH = 5000
 _BATCH = 100  # MLflow accepts at most 100 params/tags and 1000 metrics per log_batch
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """Raised from our SIGTERM/SIGINT handler so that Lightning shuts down as for Ctrl-C."""
-
-
-class RunKilled(SystemExit):
-    """The run was stopped by a signal and marked KILLED; exits with 128 + the signal number."""
-
-    def __init__(self, code: int, run_id: str, signal_name: str) -> None:
-        super().__init__(code)
-        self.run_id, self.signal_name = run_id, signal_name
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
