@@ -128,7 +128,6 @@ if trainer.global_rank == 0:
 """
 
 
-@pytest.mark.slow
 def test_ddp_two_processes_match_one(tmp_path):
     torch.manual_seed(0)
     dm = SineDataModule(length=207, window=10, batch_size=4)

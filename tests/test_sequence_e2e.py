@@ -63,7 +63,6 @@ def test_polynomial_reaches_the_least_squares_cubic(tmp_path: Path, store: str) 
     assert abs(zero) < 0.05 and abs(top - 1) < 0.1
 
 
-@pytest.mark.slow
 def test_transformer_ddp_records_cross_attention(tmp_path: Path, store: str) -> None:
     _train(tmp_path, "experiment=transformer_dates", "trainer=ddp_cpu", *TINY_DATES)
     run = only_run(store)
@@ -71,7 +70,6 @@ def test_transformer_ddp_records_cross_attention(tmp_path: Path, store: str) -> 
     assert "plots/attention_0.png" in artifacts(MlflowClient(store), run.info.run_id)
 
 
-@pytest.mark.slow
 def test_lstm_ddp_on_sunspots_beats_persistence(tmp_path: Path, store: str) -> None:
     _train(tmp_path, "experiment=lstm_sunspots", "trainer=ddp_cpu")
     run = only_run(store)
@@ -90,7 +88,6 @@ def test_date_presets_reach_the_books_accuracy(tmp_path: Path, store: str, prese
     assert run.data.metrics["test/exact_match"] >= 0.999, run.data.metrics
 
 
-@pytest.mark.slow
 def test_polynomial_under_ddp_is_one_run(tmp_path: Path, store: str) -> None:
     _train(tmp_path, "experiment=polynomial", "trainer=ddp_cpu", "trainer.max_epochs=20")
     run = only_run(store)

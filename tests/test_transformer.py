@@ -211,7 +211,6 @@ DDP_SCRIPT = textwrap.dedent('''
 ''')
 
 
-@pytest.mark.slow
 def test_ddp_step_matches_single_process(tmp_path: Path) -> None:
     script = tmp_path / "ddp_check.py"
     script.write_text(DDP_SCRIPT)
