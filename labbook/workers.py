@@ -200,9 +200,10 @@ def _destroy_process_group() -> None:
 def process_group() -> Iterator[None]:
     """A worker's fit and test: its process group is torn down before the interpreter exits.
 
-    Left to interpreter shutdown, gloo's threads are destroyed while still joinable and the worker dies
-    with SIGABRT ("terminate called without an active exception") whenever it exits before rank 0 has
-    destroyed its own group — a race that a loaded machine loses about one time in four.
+    Left to interpreter shutdown, the group's C++ threads are destroyed while still joinable and the worker
+    dies with SIGABRT ("terminate called without an active exception") whenever it exits before rank 0 has
+    destroyed its own group: 2 sweeps in 8 here once rank 0 waited for its workers, and the cause of a CI
+    run that hung.
     """
     try:
         yield
