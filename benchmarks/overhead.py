@@ -78,7 +78,7 @@ from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from hydra.utils import get_class, instantiate  # noqa: E402
 
 from labbook import schemas  # noqa: E402
-from labbook.callbacks import build_callbacks  # noqa: E402
+from labbook.callbacks import ReclaimSignals, build_callbacks  # noqa: E402
 from labbook.cli import CONF_DIR  # noqa: E402
 from labbook.store import prepare_store  # noqa: E402
 from labbook.tracking import TrackedRun  # noqa: E402
@@ -198,6 +198,8 @@ class Case:
             else:
                 tracked, logger = None, False
             callbacks = build_callbacks(cfg, model) if variant not in ("bare", "nolog") else []
+            if tracked is not None:  # as labbook.train.run gives its trainer
+                callbacks.append(ReclaimSignals(tracked.claim_signals))
             if variant in ("bare", "nolog"):
                 trainer_kwargs["enable_checkpointing"] = False
             t0, c0 = time.perf_counter(), time.process_time()
