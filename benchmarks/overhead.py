@@ -36,9 +36,12 @@ batches, same clipping; the difference is exactly 0 for all three). The last lin
 
     overhead: lstm=R seq2seq=R transformer=R
 
-Measured (2 shared cores, load ~1.7, 1 thread): lstm 1.83 (plain 0.63 s, labbook 1.14 s for 300 steps),
-seq2seq 1.04 (16.0-17.5 s vs 17.8-18.2 s, 150 steps), transformer 1.02 (16.3-17.4 s vs 16.7-17.2 s).
---breakdown, lstm (min/min, 300 steps): Lightning with the model's self.log made a no-op 1.35 (+0.6 ms/step),
+Measured (2 cores, otherwise idle, 1 thread; README): lstm 1.57 (plain 0.36 s, labbook 0.56 s for 300 steps),
+seq2seq 1.03 (9.3 s vs 9.5 s, 150 steps), transformer 1.02 (10.7 s vs 10.9 s). --breakdown, lstm, idle:
+Lightning with the model's self.log made a no-op 1.46 (+0.53 ms/step), Lightning as is 1.51, + checkpoint
+1.53, labbook 1.57, + progress bar 1.76.
+Earlier, on 2 shared cores (load ~1.7): lstm 1.83 (plain 0.63 s, labbook 1.14 s); --breakdown, lstm (min/min,
+300 steps): Lightning with the model's self.log made a no-op 1.35 (+0.6 ms/step),
 Lightning as is 1.66 (the module's per-step self.log(on_epoch=True) alone +0.6 ms/step), + labbook's
 checkpoint 1.69, labbook 1.72, labbook + progress bar 1.90. Before MLflowMetricsLogger.save() stopped
 flushing, labbook was 2.18 against 1.84 with the checkpoint alone: 24 SQLite commits, one per 13-step epoch.
