@@ -212,7 +212,7 @@ def process_group() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def hand_off(resolved: Mapping[str, Any], output_dir: Path, run_id: str | None, trainer: Any = None,
+def hand_off(resolved: Mapping[str, Any], output_dir: Path, run_id: str | None, trainer: Any,
              on_abandon: Callable[[str], None] | None = None, reap_timeout_s: float = 120.0) -> Iterator[None]:
     """While fitting and testing, let worker processes find the config and the run id, and watch them.
 
@@ -226,8 +226,7 @@ def hand_off(resolved: Mapping[str, Any], output_dir: Path, run_id: str | None, 
     path = output_dir / ".labbook_worker_config.yaml"
     path.write_text(yaml.safe_dump(dict(resolved), sort_keys=False))
     watch = WorkerWatch(on_abandon)
-    if trainer is not None:
-        _supervise(trainer, watch)
+    _supervise(trainer, watch)
     saved = dict(os.environ)
     os.environ[ENV_CONFIG] = str(path)
     os.environ[ENV_PARENT_PID] = str(os.getpid())
