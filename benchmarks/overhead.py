@@ -81,11 +81,11 @@ from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from hydra.utils import get_class, instantiate  # noqa: E402
 
 from labbook import schemas  # noqa: E402
-from labbook.callbacks import ReclaimSignals, build_callbacks  # noqa: E402
+from labbook.callbacks import build_callbacks  # noqa: E402
 from labbook.cli import CONF_DIR  # noqa: E402
 from labbook.store import prepare_store  # noqa: E402
 from labbook.tracking import TrackedRun  # noqa: E402
-from labbook.train import accepted_kwargs, build_data_and_model  # noqa: E402
+from labbook.train import accepted_kwargs, build_data_and_model, build_trainer  # noqa: E402
 
 
 def _lstm_loss(model: Any, batch: Any) -> torch.Tensor:  # LSTMForecaster.training_step without self.log
@@ -194,22 +194,17 @@ class Case:
                 sink = stack.enter_context(open(os.devnull, "w"))
                 stack.enter_context(contextlib.redirect_stdout(sink))
                 stack.enter_context(contextlib.redirect_stderr(sink))
+            tracked = None
             if variant in ("labbook", "progress"):
-                tracked = TrackedRun.start(self.uri, f"overhead-{self.name}")
-                stack.enter_context(tracked)
-                logger: Any = tracked.lightning_logger(cfg.logger.flush_every_s)
-            else:
-                tracked, logger = None, False
+                tracked = stack.enter_context(TrackedRun.start(self.uri, f"overhead-{self.name}"))
             callbacks = build_callbacks(cfg, model) if variant not in ("bare", "nolog") else []
-            if tracked is not None:  # as labbook.train.run gives its trainer
-                callbacks.append(ReclaimSignals(tracked.claim_signals))
             if variant in ("bare", "nolog"):
                 trainer_kwargs["enable_checkpointing"] = False
             t0, c0 = time.perf_counter(), time.process_time()
-            trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **trainer_kwargs)
+            trainer = build_trainer(cfg, callbacks, tracked, **trainer_kwargs)  # as labbook.train.run builds it
             trainer.fit(model, datamodule=self.datamodule)
-            if logger:
-                logger.flush()
+            if trainer.logger:
+                trainer.logger.flush()
             elapsed = time.perf_counter() - t0, time.process_time() - c0
         assert trainer.global_step == steps, (trainer.global_step, steps)
         if variant == "labbook":

@@ -103,7 +103,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, choices: Mapping[st
         uri = resolve_tracking_uri(cfg.logger.tracking_uri)
         tracked = TrackedRun.start(uri, cfg.logger.experiment_name, cfg.logger.run_name, dict(cfg.logger.tags or {}))
     if tracked is None:  # a worker rank: no logger, no store; the same fit and test as rank 0
-        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
+        trainer = build_trainer(cfg, callbacks)
         with process_group():
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
             if cfg.test:
@@ -113,8 +113,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, choices: Mapping[st
     with tracked:
         tracked.log_config(resolved, overrides or [])
         tracked.log_git(PACKAGE_ROOT)
-        logger = tracked.lightning_logger(cfg.logger.flush_every_s)
-        trainer = instantiate(cfg.trainer, callbacks=[*callbacks, ReclaimSignals(tracked.claim_signals)], logger=logger)
+        trainer = build_trainer(cfg, callbacks, tracked)
         with hand_off(resolved, Path(cfg.paths.output_dir), tracked.run_id, trainer,
                       on_abandon=lambda error: tracked.end("FAILED", error)):
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
@@ -124,7 +123,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, choices: Mapping[st
             if cfg.test:
                 trainer.test(model, datamodule=datamodule, ckpt_path=_test_ckpt(trainer), verbose=False)
                 metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-        logger.flush()
+        trainer.logger.flush()
         if cfg.logger.log_checkpoints:
             _log_checkpoints(tracked, checkpoints)
         report = getattr(model, "report", None)
@@ -135,6 +134,16 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, choices: Mapping[st
         if headline:
             tracked.set_tags({"headline_metric": headline_key})
     return {"run_id": tracked.run_id, "metrics": metrics, "headline": headline, "uri": tracked.uri}
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[Any], tracked: TrackedRun | None = None,
+                  **overrides: Any) -> Any:
+    """The run's trainer: on rank 0 it logs into ``tracked`` and hands SIGTERM back to it at every stage
+    start; elsewhere (worker ranks) it has no logger. ``overrides`` go to the Trainer as they are."""
+    if tracked is None:
+        return instantiate(cfg.trainer, callbacks=callbacks, logger=False, **overrides)
+    return instantiate(cfg.trainer, callbacks=[*callbacks, ReclaimSignals(tracked.claim_signals)],
+                       logger=tracked.lightning_logger(cfg.logger.flush_every_s), **overrides)
 
 
 def _test_ckpt(trainer: Any) -> str | None:
