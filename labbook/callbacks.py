@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 from omegaconf import DictConfig
@@ -19,6 +20,19 @@ class ModelCheckpoint(_LightningModelCheckpoint):
     """
 
     _last_epoch_saved: int | None = None
+
+    @functools.cached_property
+    def state_key(self) -> str:
+        # Lightning formats this key (a repr of five settings) on every callback hook it dispatches, six
+        # times a training step (a few us each); the settings never change after construction.
+        return super().state_key
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any, **kwargs: Any) -> None:
+        # Without a step or time trigger Lightning's method returns without saving after ~10 us of checks,
+        # every training step; labbook's checkpoints are per epoch unless the user sets a trigger.
+        if self._every_n_train_steps < 1 and self._train_time_interval is None:
+            return
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
 
     def _should_skip_saving_checkpoint(self, trainer: Any) -> bool:
         if not super()._should_skip_saving_checkpoint(trainer):

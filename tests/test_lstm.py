@@ -151,3 +151,17 @@ def test_ddp_two_processes_match_one(tmp_path):
     gathered = np.load(tmp_path / "report.npz")
     for key, value in single_arrays.items():
         np.testing.assert_allclose(gathered[key], value, rtol=1e-5)  # all 31 windows, in time order
+
+
+def test_epoch_train_loss_is_the_sample_weighted_mean_of_the_steps():
+    # lr = 0 keeps the weights fixed, so the epoch's loss must equal the loss over all its windows at once;
+    # 10 windows in batches of 4 end with a batch of 2, which an unweighted mean of step losses would miss.
+    torch.manual_seed(0)
+    x, y = torch.randn(10, 6, 1), torch.randn(10, 2)
+    model = LSTMForecaster(horizon=2, hidden_size=8, optimizer=lambda params: torch.optim.SGD(params, lr=0.0))
+    expected = torch.nn.functional.mse_loss(model(x), y).item()
+    trainer = quiet_trainer(max_epochs=2)
+    trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=4))
+    assert trainer.callback_metrics["train/loss"].item() == pytest.approx(expected, rel=1e-6)
+    step_losses = [torch.nn.functional.mse_loss(model(x[i:i + 4]), y[i:i + 4]).item() for i in (0, 4, 8)]
+    assert abs(sum(step_losses) / 3 - expected) > 1e-3  # the unweighted mean is distinguishable

@@ -1,0 +1,37 @@
+"""labbook's ModelCheckpoint: Lightning's, with a cached state key and a per-step fast path that must not
+change what gets saved."""
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint as LightningModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
+
+from labbook.callbacks import ModelCheckpoint
+from lightning_modules.lstm import LSTMForecaster
+
+
+def fit(tmp_path, **checkpoint_kwargs) -> tuple[ModelCheckpoint, list[str]]:
+    torch.manual_seed(0)
+    data = DataLoader(TensorDataset(torch.randn(12, 5, 1), torch.randn(12, 1)), batch_size=4)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, **checkpoint_kwargs)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=2, logger=False, callbacks=[ckpt],
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(LSTMForecaster(hidden_size=4), data)
+    return ckpt, sorted(p.name for p in tmp_path.iterdir())
+
+
+def test_state_key_is_lightnings(tmp_path):
+    ours = ModelCheckpoint(dirpath=tmp_path, monitor="val/loss", mode="max", every_n_train_steps=3)
+    theirs = LightningModelCheckpoint(dirpath=tmp_path, monitor="val/loss", mode="max", every_n_train_steps=3)
+    assert ours.state_key == theirs.state_key  # checkpoints written by either load into the other
+
+
+def test_per_epoch_saves_without_a_step_trigger(tmp_path):
+    _, files = fit(tmp_path, filename="{epoch}-{step}", monitor="train/loss")
+    assert files == ["epoch=0-step=3.ckpt", "epoch=1-step=6.ckpt"]
+
+
+def test_step_trigger_still_saves_every_n_steps(tmp_path):
+    # no monitor: Lightning would defer a step save until a monitored metric exists
+    _, files = fit(tmp_path, filename="{step}", every_n_train_steps=2, save_on_train_epoch_end=False)
+    assert files == ["step=2.ckpt", "step=4.ckpt", "step=6.ckpt"]
