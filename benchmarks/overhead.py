@@ -26,31 +26,32 @@ Both sides, identically:
   - presets: ``lstm_sunspots`` (batch 16, hidden 32, clip 1.0), ``seq2seq_dates`` (batch 64, clip 5.0),
     ``transformer_dates`` (batch 128, clip 1.0).
 
-The order is warm-up (a short run of each way), then plain, labbook, plain, labbook, ...; the table gives
-the minimum and median of each way, min/min ratios on wall-clock and on process CPU time, and the paired
-ratio: the median over repeats of labbook / the plain run just before it. R, on the last line, is that
-paired wall-clock ratio: on this shared 2-core machine identical 150-step runs of the date models vary by
-±6% from run to run (14.1 to 15.9 s), which makes min/min swing from 0.95 to 1.11 while the paired median
-stays within 1.02-1.04. After the runs it checks that both ways end with the same weights (same steps, same
-batches, same clipping; the difference is exactly 0 for all three). The last line is
+The order is warm-up (a short run of each way), then the timed runs in ABBA order (plain, labbook, then
+labbook, plain, ...), so a drift of the machine's speed favours neither way. The table gives the minimum and
+median of each way, min/min ratios on wall-clock and on process CPU time, and the paired ratio: the median
+over repeats of labbook / the plain run of the same repeat. R, on the last line, is that paired wall-clock
+ratio: on this 2-core machine identical 150-step runs of the date models vary by ±3-5% from run to run,
+which moves R for them between 1.01 and 1.06 over runs of the same code. After the runs it checks that
+both ways end with the same weights (same steps, same batches, same clipping; the difference is exactly 0
+for all three). The last line is
 
     overhead: lstm=R seq2seq=R transformer=R
 
-Measured (2 cores, otherwise idle, 1 thread; README): lstm 1.57 (plain 0.36 s, labbook 0.56 s for 300 steps),
-seq2seq 1.03 (9.3 s vs 9.5 s, 150 steps), transformer 1.02 (10.7 s vs 10.9 s). --breakdown, lstm, idle:
-Lightning with the model's self.log made a no-op 1.46 (+0.53 ms/step), Lightning as is 1.51, + checkpoint
-1.53, labbook 1.57, + progress bar 1.76.
-Earlier, on 2 shared cores (load ~1.7): lstm 1.83 (plain 0.63 s, labbook 1.14 s); --breakdown, lstm (min/min,
-300 steps): Lightning with the model's self.log made a no-op 1.35 (+0.6 ms/step),
-Lightning as is 1.66 (the module's per-step self.log(on_epoch=True) alone +0.6 ms/step), + labbook's
-checkpoint 1.69, labbook 1.72, labbook + progress bar 1.90. Before MLflowMetricsLogger.save() stopped
-flushing, labbook was 2.18 against 1.84 with the checkpoint alone: 24 SQLite commits, one per 13-step epoch.
-The date models' steps take 100-120 ms, so the same ~1-2 ms per step is 1-2%, inside the noise.
+Measured (2 cores, otherwise idle, 1 thread, 2026-11-25; README): lstm 1.46 (plain 0.36 s, labbook 0.54 s
+for 300 steps, medians), seq2seq 1.01 (8.7 s vs 8.9 s, 150 steps), transformer 1.05 (10.2 s vs 10.7 s).
+--breakdown, lstm: Lightning with the model's self.log made a no-op 1.39, Lightning as is 1.41,
++ checkpoint 1.45, labbook 1.51, + progress bar 1.69; the same plain loop on Lightning Fabric 1.12.
+The Trainer's own per-step work (hook dispatch, closure, bookkeeping: ~0.47 ms on a 1.2 ms LSTM step) is
+the floor for small steps; the date models' steps take 60-70 ms, where it is under 1%.
+Earlier, on 2 shared cores (load ~1.7): lstm 1.83; labbook was 2.18 against 1.84 with the checkpoint alone
+before MLflowMetricsLogger.save() stopped flushing (24 SQLite commits, one per 13-step epoch), and the
+LSTM's per-step self.log(on_epoch=True) cost +0.6 ms/step before it summed its loss per epoch.
 
     python benchmarks/overhead.py                      # all three (about 4-5 minutes on 2 shared cores)
     python benchmarks/overhead.py --models lstm --repeats 5
     python benchmarks/overhead.py --breakdown          # also: Lightning alone without/with the model's
-                                                       # self.log, + checkpoint, labbook + progress bar
+                                                       # self.log, + checkpoint, labbook + progress bar,
+                                                       # and the plain loop on Lightning Fabric
     python benchmarks/overhead.py --profile lstm       # cProfile of one labbook fit, top functions
 """
 
@@ -100,9 +101,9 @@ def _seq_loss(model: Any, batch: Any) -> torch.Tensor:  # AttentionSeq2Seq / Tra
 
 CASES: dict[str, dict[str, Any]] = {
     "lstm": {"overrides": ["experiment=lstm_sunspots"], "steps": 300, "repeats": 7, "loss": _lstm_loss},
-    "seq2seq": {"overrides": ["experiment=seq2seq_dates", "model.one_cycle=false"], "steps": 150, "repeats": 3,
+    "seq2seq": {"overrides": ["experiment=seq2seq_dates", "model.one_cycle=false"], "steps": 150, "repeats": 5,
                 "loss": _seq_loss},
-    "transformer": {"overrides": ["experiment=transformer_dates", "model.one_cycle=false"], "steps": 150, "repeats": 3,
+    "transformer": {"overrides": ["experiment=transformer_dates", "model.one_cycle=false"], "steps": 150, "repeats": 5,
                     "loss": _seq_loss},
 }
 
@@ -151,7 +152,10 @@ class Case:
         return model
 
     # ------------------------------------------------------------------------------------ plain
-    def plain(self, steps: int) -> tuple[float, float]:
+    def plain(self, steps: int, fabric: bool = False) -> tuple[float, float]:
+        """fabric=True (--breakdown): the same loop through Lightning Fabric (``fabric.setup``,
+        ``fabric.backward``, ``fabric.clip_gradients``): what a loop of our own on Lightning's thin layer
+        would cost, against the Trainer's."""
         pl.seed_everything(self.cfg.seed, workers=True, verbose=False)
         model = self.fresh_model()
         loader = self.datamodule.train_dataloader()
@@ -160,20 +164,29 @@ class Case:
         opt = model.configure_optimizers()
         assert isinstance(opt, torch.optim.Optimizer), "the plain loop expects no LR scheduler"
         params = [p for g in opt.param_groups for p in g["params"]]
+        backward, clip = (lambda loss: loss.backward()), (lambda: torch.nn.utils.clip_grad_norm_(params, self.clip))
+        if fabric:
+            from lightning_fabric import Fabric
+
+            fab = Fabric(accelerator="cpu", devices=1)
+            model, opt = fab.setup(model, opt)
+            loader = fab.setup_dataloaders(loader)
+            backward, clip = fab.backward, (lambda: fab.clip_gradients(model, opt, max_norm=self.clip))
         step = 0
         while step < steps:
             for batch in loader:
                 loss = self.loss(model, batch)
-                loss.backward()
+                backward(loss)
                 if self.clip:
-                    torch.nn.utils.clip_grad_norm_(params, self.clip)
+                    clip()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 step += 1
                 if step >= steps:
                     break
         elapsed = time.perf_counter() - t0, time.process_time() - c0
-        self.final["plain"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if not fabric:
+            self.final["plain"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         return elapsed
 
     # ---------------------------------------------------------------------------------- labbook
@@ -263,6 +276,7 @@ def main() -> None:
                          ("lightning", lambda c, n: c.labbook(n, "bare")),
                          ("+checkpoint", lambda c, n: c.labbook(n, "ckpt"))]
             ways.append(("+progress bar", lambda c, n: c.labbook(n, "progress")))
+            ways.append(("fabric loop", lambda c, n: c.plain(n, fabric=True)))
         rows, ratios = [], {}
         for name in args.models:
             steps = args.steps or CASES[name]["steps"]
@@ -270,8 +284,10 @@ def main() -> None:
             for _, fn in ways:  # warm-up: imports, allocator, first SQLite connection, thread pools
                 fn(case, max(10, steps // 10))
             times: dict[str, list[tuple[float, float]]] = {w: [] for w, _ in ways}
-            for _ in range(args.repeats or CASES[name]["repeats"]):
-                for way, fn in ways:
+            for i in range(args.repeats or CASES[name]["repeats"]):
+                # ABBA order (plain, labbook, then labbook, plain, ...): a drift of the machine's speed
+                # during the runs then favours neither way
+                for way, fn in (ways if i % 2 == 0 else ways[::-1]):
                     times[way].append(fn(case, steps))
             diff = case.same_weights()
             wall = {w: [t[0] for t in v] for w, v in times.items()}
@@ -288,7 +304,7 @@ def main() -> None:
 
     print()
     print("min s, median s: wall-clock of the timed runs; steps/s and +ms/step (over plain) from the minimum;")
-    print("ratio = min / min(plain); paired = median over repeats of run / the plain run just before it;")
+    print("ratio = min / min(plain); paired = median over repeats of run / the plain run of the same repeat (ABBA order);")
     print("cpu = the same min/min ratio on process CPU time (insensitive to other jobs on the shared cores).")
     print(f"{'model':<12} {'way':<14} {'steps':>5} {'batch':>5} {'min s':>8} {'median s':>8} {'steps/s':>8} "
           f"{'+ms/step':>8} {'ratio':>6} {'paired':>6} {'cpu':>6}")
