@@ -98,10 +98,10 @@ class LSTMForecaster(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         if self._epoch_count:
-            # the epoch's mean with weight n: MeanMetric then holds (Σ loss·n, Σ n) exactly as per-step updates would
+            # MeanMetric then holds (Σ loss·n, Σ n), as per-step updates would; compute() sums both across
+            # processes before dividing
             self.train_loss.update(self._epoch_loss_sum / self._epoch_count, weight=self._epoch_count)
         self._epoch_loss_sum, self._epoch_count = None, 0
-        # compute() sums (Σ loss·n, Σ n) across processes before dividing.
         self.log("train/loss", self.train_loss.compute(), prog_bar=True)
         self.train_loss.reset()
 

@@ -10,14 +10,15 @@ from labbook.callbacks import ModelCheckpoint
 from lightning_modules.lstm import LSTMForecaster
 
 
-def fit(tmp_path, **checkpoint_kwargs) -> tuple[ModelCheckpoint, list[str]]:
+def fit(tmp_path, **checkpoint_kwargs) -> list[str]:
+    """The checkpoint files a 2-epoch, 3-steps-per-epoch fit leaves behind."""
     torch.manual_seed(0)
     data = DataLoader(TensorDataset(torch.randn(12, 5, 1), torch.randn(12, 1)), batch_size=4)
     ckpt = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, **checkpoint_kwargs)
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=2, logger=False, callbacks=[ckpt],
                          enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(LSTMForecaster(hidden_size=4), data)
-    return ckpt, sorted(p.name for p in tmp_path.iterdir())
+    return sorted(p.name for p in tmp_path.iterdir())
 
 
 def test_state_key_is_lightnings(tmp_path):
@@ -27,11 +28,11 @@ def test_state_key_is_lightnings(tmp_path):
 
 
 def test_per_epoch_saves_without_a_step_trigger(tmp_path):
-    _, files = fit(tmp_path, filename="{epoch}-{step}", monitor="train/loss")
+    files = fit(tmp_path, filename="{epoch}-{step}", monitor="train/loss")
     assert files == ["epoch=0-step=3.ckpt", "epoch=1-step=6.ckpt"]
 
 
 def test_step_trigger_still_saves_every_n_steps(tmp_path):
     # no monitor: Lightning would defer a step save until a monitored metric exists
-    _, files = fit(tmp_path, filename="{step}", every_n_train_steps=2, save_on_train_epoch_end=False)
+    files = fit(tmp_path, filename="{step}", every_n_train_steps=2, save_on_train_epoch_end=False)
     assert files == ["step=2.ckpt", "step=4.ckpt", "step=6.ckpt"]
