@@ -18,7 +18,7 @@ ENV_USER_FULL_ERROR = "LABBOOK_FULL_ERROR"
 INFO_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--version", "--shell-completion", "-sc")
 
 USAGE = """\
-usage: labbook COMMAND [ARGS]
+usage: labbook COMMAND [ARGS]      (labbook --version: the version and the checkout it runs from)
 
 commands:
   train [OVERRIDES ...]      compose conf/train.yaml with Hydra overrides, train, test, record in MLflow
@@ -167,6 +167,17 @@ def worker_main(config_path: Path) -> int:
     return 0
 
 
+def version_line() -> str:
+    """``labbook X.Y.Z from /path/to/checkout``: which code this command runs (the suite checks it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        number = version("labbook")
+    except PackageNotFoundError:
+        number = "(not installed)"
+    return f"labbook {number} from {CONF_DIR.parent}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from labbook.workers import worker_config
 
@@ -177,6 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0 if argv else 2
+    if argv[0] == "--version":
+        print(version_line())
+        return 0
     command, rest = argv[0], argv[1:]
     if command == "train":
         return train_main(rest)

@@ -1,18 +1,63 @@
-"""Shared fixtures: a fresh MLflow store per test and a way to drive the real `labbook` command."""
+"""Shared fixtures: a fresh MLflow store per test, a way to drive the real `labbook` command, and the checks
+that keep the suite honest (it tests this checkout; every process it starts dies with its test)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 LABBOOK = str(Path(sys.executable).parent / "labbook")
-BOOK_DATES = REPO.parent / "shared" / "datasets" / "dlfs2" / "date.txt"
+BOOK_DATES = Path(os.environ.get("LABBOOK_BOOK_DATES") or REPO.parent / "shared" / "datasets" / "dlfs2" / "date.txt")
+# CI sets this: there the book's file must be present, and its absence fails the claims it backs.
+REQUIRE_BOOK = bool(os.environ.get("LABBOOK_REQUIRE_BOOK"))
+_unchecked: list[str] = []
+
+
+def run_process(command: Sequence[str], *, timeout: float, cwd: Path | str | None = None, env: dict | None = None,
+                stdin: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``command`` in a process group of its own and capture its output.
+
+    On a timeout, and on anything else that ends the wait (pytest-timeout, Ctrl-C), the whole group is
+    SIGKILLed: DDP workers a `labbook` or a helper script started never outlive the test.
+    """
+    with subprocess.Popen(list(command), cwd=cwd, env=env, text=True, start_new_session=True,
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        try:
+            out, err = proc.communicate(stdin if stdin is not None else "", timeout=timeout)
+        except BaseException as exc:
+            kill_group(proc.pid)
+            out, err = proc.communicate()
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise subprocess.TimeoutExpired(command, timeout, out, err) from None
+            raise
+    return subprocess.CompletedProcess(list(command), proc.returncode, out, err)
+
+
+def kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def labbook(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None,
+            stdin: str | None = None) -> subprocess.CompletedProcess:
+    """Run the `labbook` console script of this test's environment as a user would."""
+    full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    full_env.update({"PYTHONWARNINGS": "ignore", **(env or {})})
+    return run_process([LABBOOK, *args], timeout=timeout, cwd=cwd, env=full_env, stdin=stdin)
+
+
+def python_script(script: Path | str, *args: str, cwd: Path | str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a helper script with this test's interpreter (DDP helpers: Lightning re-launches the script)."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    return run_process([sys.executable, str(script), *args], timeout=timeout, cwd=cwd, env=env)
 
 
 @pytest.fixture
@@ -23,29 +68,52 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return uri
 
 
-def labbook(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None,
-            stdin: str | None = None) -> subprocess.CompletedProcess:
-    """Run the installed `labbook` console script as a user would, capturing its output.
-
-    It runs in a session of its own, so that on a timeout every process it started is killed with it.
-    """
-    full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    full_env.update({"PYTHONWARNINGS": "ignore", **(env or {})})
-    command = [LABBOOK, *args]
-    with subprocess.Popen(command, cwd=cwd, env=full_env, text=True, start_new_session=True,
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
-        try:
-            out, err = proc.communicate(stdin if stdin is not None else "", timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
-            raise subprocess.TimeoutExpired(command, timeout, out, err) from None
-    return subprocess.CompletedProcess(command, proc.returncode, out, err)
-
-
 def runs(uri: str) -> list:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
     exps = client.search_experiments()
     return client.search_runs([e.experiment_id for e in exps]) if exps else []
+
+
+@pytest.fixture(scope="session")
+def book_dates() -> Path:
+    """The book's own date.txt (../shared); without it, the claims it backs are reported as NOT CHECKED."""
+    if not BOOK_DATES.is_file():
+        message = (f"NOT CHECKED: the book's date.txt is not at {BOOK_DATES} (set LABBOOK_BOOK_DATES=PATH); "
+                   "what the README claims about it (the generator's likeness to it, the date models' accuracy "
+                   "on the book's file and split) is unverified")
+        if REQUIRE_BOOK:
+            pytest.fail(message + " and LABBOOK_REQUIRE_BOOK is set", pytrace=False)
+        _unchecked.append(message)
+        pytest.skip(message)
+    return BOOK_DATES
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest's hook signature
+    for message in dict.fromkeys(_unchecked):
+        terminalreporter.write_sep("!", message, red=True, bold=True)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to run when the `labbook` command or `import labbook` would test another checkout.
+
+    End-to-end tests run the console script beside ``sys.executable``, helper scripts run with that
+    interpreter, and in-process tests import from this checkout: all three must be the same code.
+    """
+    import labbook
+
+    where = {"import labbook (in pytest)": Path(labbook.__file__).resolve().parents[1]}
+    try:
+        out = subprocess.run([LABBOOK, "--version"], capture_output=True, text=True, timeout=120, cwd="/")
+        where[f"{LABBOOK} --version"] = Path(out.stdout.split(" from ", 1)[1].strip()) if " from " in out.stdout else None
+    except OSError as exc:
+        where[f"{LABBOOK} ({exc.strerror})"] = None
+    out = subprocess.run([sys.executable, "-c", "import labbook; print(labbook.__file__)"], capture_output=True,
+                         text=True, timeout=120, cwd="/")
+    where[f"{sys.executable} -c 'import labbook'"] = Path(out.stdout.strip()).resolve().parents[1] if out.stdout.strip() else None
+    wrong = {k: v for k, v in where.items() if v != REPO}
+    if wrong:
+        lines = "; ".join(f"{k} -> {v or 'not found'}" for k, v in wrong.items())
+        pytest.exit(f"the tests live in {REPO} but would run other code: {lines}. "
+                    f"Install this checkout (python3 dev.py setup, or pip install -e {REPO}).", returncode=3)

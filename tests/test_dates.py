@@ -14,8 +14,6 @@ import torch
 from datamodules.dates import (FIRST_DAY, LAST_DAY, PAD_ID, SRC_LEN, START_ID, TGT_LEN, DatesDataModule,
                                book_split, generate_dates, read_date_file)
 
-BOOK_FILE = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "dlfs2" / "date.txt"
-needs_book = pytest.mark.skipif(not BOOK_FILE.is_file(), reason=f"the book's date.txt is not at {BOOK_FILE}")
 
 # An independent parser (not the generator's tables) so a wrong table in the generator shows up.
 MONTHS = "january february march april may june july august september october november december".split()
@@ -115,14 +113,21 @@ def test_generator_is_deterministic_by_seed() -> None:
     assert torch.equal(next(iter(a.train_dataloader()))[0], next(iter(b.train_dataloader()))[0])
 
 
-@needs_book
-def test_distribution_close_to_the_books_file(sample: tuple[list[str], list[str]]) -> None:
-    book_q, _ = read_date_file(BOOK_FILE)
+def test_distribution_close_to_the_books_file(sample: tuple[list[str], list[str]], book_dates: Path) -> None:
+    book_q, _ = read_date_file(book_dates)
     ours_f, ours_c = distribution(sample[0])
     book_f, book_c = distribution(book_q[:20000])
     for k in PATTERNS:
         assert ours_f.get(k, 0) == pytest.approx(book_f.get(k, 0), abs=0.025), k
     assert ours_c == pytest.approx(book_c, abs=0.03)
+
+
+def test_default_split_is_45000_train_5000_test() -> None:
+    """The README: 45,000 / 5,000 train/test, validation carved from train, by default."""
+    dm = DatesDataModule()
+    dm.setup("fit")
+    assert (len(dm.train_idx) + len(dm.val_idx), len(dm.test_idx)) == (45000, 5000)
+    assert len(dm.val_idx) == 4500
 
 
 def test_splits_and_batches() -> None:
@@ -224,9 +229,8 @@ def test_book_split_reproduces_the_books_shuffle() -> None:
     assert test[:3].tolist() == [27156, 41538, 82] and train[0] == 21921
 
 
-@needs_book
-def test_book_file_with_book_split() -> None:
-    dm = DatesDataModule(path=str(BOOK_FILE), split="book", val_fraction=0.0)
+def test_book_file_with_book_split(book_dates: Path) -> None:
+    dm = DatesDataModule(path=str(book_dates), split="book", val_fraction=0.0)
     dm.setup("fit")
     assert len(dm.questions) == 50000 and (len(dm.train_idx), len(dm.test_idx)) == (45000, 5000)
     first_test = int(dm.test_idx[0])

@@ -1,10 +1,6 @@
 import json
 import math
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules.series import SineDataModule
 from lightning_modules.lstm import LSTMForecaster
+from tests.conftest import python_script
 
 
 
@@ -140,9 +137,7 @@ def test_ddp_two_processes_match_one(tmp_path):
 
     script = tmp_path / "ddp_test.py"
     script.write_text(textwrap.dedent(DDP_SCRIPT))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = python_script(script, str(tmp_path), cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     double = json.loads((tmp_path / "metrics.json").read_text())
 

@@ -1,5 +1,4 @@
 import math
-import time
 
 import numpy as np
 import pytest
@@ -71,9 +70,7 @@ def test_gradient_descent_reaches_the_least_squares_cubic():
     dm, model = SineCurveDataModule(), CubicPolynomial()
     trainer = pl.Trainer(max_epochs=130, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)
-    start = time.perf_counter()
     trainer.fit(model, dm)
-    elapsed = time.perf_counter() - start
     a, b, c, d = least_squares_cubic()
     assert b == pytest.approx(0.857, abs=1e-3) and d == pytest.approx(-0.0933, abs=1e-4)
     coefs = model.coefficients()
@@ -81,7 +78,6 @@ def test_gradient_descent_reaches_the_least_squares_cubic():
     assert coefs["d"] == pytest.approx(d, abs=1e-3)
     assert abs(coefs["a"]) < 1e-2 and abs(coefs["c"]) < 1e-2  # the even part converges a little slower
     assert trainer.callback_metrics["coef/b"].item() == pytest.approx(coefs["b"])
-    assert elapsed < 60, f"fit took {elapsed:.1f}s"  # typically a few seconds; generous for a loaded machine
 
     metrics = trainer.test(model, dm, verbose=False)[0]
     grid = np.linspace(-math.pi, math.pi, 2000)

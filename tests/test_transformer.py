@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import functools
-import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules.dates import DatesDataModule
 from lightning_modules.transformer import MultiHeadAttention, Transformer, sinusoidal_encoding
+from tests.conftest import python_script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -185,10 +184,18 @@ DDP_SCRIPT = textwrap.dedent('''
             return AttentionSeq2Seq(**dims, wordvec_size=8, hidden_size=16, optimizer=sgd, one_cycle=False)
         return Transformer(**dims, d_model=16, n_heads=2, d_ff=32, dropout=0.0, optimizer=sgd, one_cycle=False)
 
+    class DestroyGroup(pl.Callback):
+        # A spawned rank that exits with its gloo group still up can die of SIGABRT ("terminate called
+        # without an active exception") when the other rank tore its group down first.
+        def teardown(self, trainer, pl_module, stage):
+            if torch.distributed.is_initialized():
+                torch.distributed.barrier()
+                torch.distributed.destroy_process_group()
+
     def step(model, loader, devices):
         trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
                              max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                             enable_model_summary=False, limit_val_batches=0)
+                             enable_model_summary=False, limit_val_batches=0, callbacks=[DestroyGroup()])
         trainer.fit(model, loader)
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -214,9 +221,7 @@ DDP_SCRIPT = textwrap.dedent('''
 def test_ddp_step_matches_single_process(tmp_path: Path) -> None:
     script = tmp_path / "ddp_check.py"
     script.write_text(DDP_SCRIPT)
-    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(script)], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = python_script(script, cwd=REPO, timeout=600)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 

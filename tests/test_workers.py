@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from labbook.workers import WorkerWatch
+from tests.conftest import python_script
 
 
 def worker(code: str) -> subprocess.Popen:
@@ -76,7 +77,9 @@ ABANDON = textwrap.dedent("""
 
 def test_rank_zero_stuck_after_a_worker_died_records_the_failure_and_ends(tmp_path: Path) -> None:
     record = tmp_path / "record.txt"
-    proc = subprocess.run([sys.executable, "-c", ABANDON, str(record)], capture_output=True, text=True, timeout=60)
+    script = tmp_path / "abandon.py"
+    script.write_text(ABANDON)
+    proc = python_script(script, str(record), cwd=tmp_path, timeout=60)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert record.read_text().startswith("WorkerFailed: DDP worker rank 1 (pid ")
     assert record.read_text().endswith("exited with code 7")
