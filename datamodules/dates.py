@@ -21,6 +21,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from datamodules.sharding import sharded_loader
+
 SRC_LEN = 29  # longest question: "WEDNESDAY, SEPTEMBER 28, 1988" (the book's left-justify width)
 TGT_LEN = 10  # yyyy-mm-dd
 PAD = "<pad>"
@@ -193,21 +195,25 @@ class DatesDataModule(pl.LightningDataModule):
         self._src = torch.tensor([encode_question(q, self.reverse_input) for q in self.questions])
         self._tgt = torch.tensor([[STOI[c] for c in a] for a in self.answers])
 
-    def _loader(self, idx: np.ndarray, shuffle: bool) -> DataLoader:
+    def _tensors(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         idx_t = torch.as_tensor(idx, dtype=torch.long)
-        ds = TensorDataset(self._src[idx_t], self._tgt[idx_t])
-        g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          generator=g if shuffle else None, persistent_workers=self.num_workers > 0)
+        return self._src[idx_t], self._tgt[idx_t]
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_idx, shuffle=True)
+        g = torch.Generator().manual_seed(self.seed)
+        return DataLoader(TensorDataset(*self._tensors(self.train_idx)), batch_size=self.batch_size, shuffle=True,
+                          num_workers=self.num_workers, generator=g, persistent_workers=self.num_workers > 0)
+
+    def _eval_loader(self, idx: np.ndarray) -> DataLoader:
+        # Under DDP each process scores a disjoint, unpadded slice (datamodules.sharding): Lightning's
+        # default sampler would score some questions twice and bias exact_match.
+        return sharded_loader(*self._tensors(idx), batch_size=self.batch_size, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_idx, shuffle=False)
+        return self._eval_loader(self.val_idx)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_idx, shuffle=False)
+        return self._eval_loader(self.test_idx)
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()

@@ -27,41 +27,17 @@ Batches are ``(x, y)`` with x: (B, window, 1) and y: (B, horizon), both scaled.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
+
+from datamodules.sharding import sharded_loader
 
 if TYPE_CHECKING:
     import pandas as pd
-
-
-class _ContiguousShardSampler(DistributedSampler):
-    """Evaluation sampler for DDP: rank r gets one contiguous, *unpadded* slice of the dataset.
-
-    Lightning's default DistributedSampler pads the dataset by repeating samples so that every rank gets the
-    same count, which biases summed metrics. Here slice sizes differ by at most one, so summed squared errors
-    over ranks equal the single-process sums exactly, and concatenating ranks in order restores time order.
-    Being a DistributedSampler subclass, Lightning leaves it in place.
-    """
-
-    def __init__(self, dataset: TensorDataset, num_replicas: int | None = None, rank: int | None = None) -> None:
-        super().__init__(dataset, num_replicas, rank, shuffle=False)  # None: read from the process group
-        n = len(dataset)
-        self.start = self.rank * n // self.num_replicas
-        self.stop = (self.rank + 1) * n // self.num_replicas
-        self.num_samples = self.stop - self.start
-        self.total_size = n
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.start, self.stop))
-
-    def __len__(self) -> int:
-        return self.num_samples
 
 
 def make_windows(
@@ -177,9 +153,9 @@ class WindowedSeriesDataModule(pl.LightningDataModule):
         )
 
     def _eval_loader(self, ds: TensorDataset) -> DataLoader:
-        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        sampler = _ContiguousShardSampler(ds) if distributed else None
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=False, sampler=sampler, num_workers=self.num_workers)
+        # Under DDP each process gets one contiguous, unpadded slice of the windows (datamodules.sharding):
+        # summed errors equal the single-process sums, and rank order is time order.
+        return sharded_loader(*ds.tensors, batch_size=self.batch_size, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.val_set)

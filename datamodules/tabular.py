@@ -6,8 +6,9 @@ label y (−1 when unlabelled), split once into train/val/test by a permutation 
 
 The loaders cut each split into contiguous batches themselves (no per-row collation, which
 dominates the cost of large tabular batches) and partition rows across DDP processes without
-the duplicate padding of ``DistributedSampler``: every process gets a disjoint shard and the
-same number of batches, so sums over all processes are exactly the sums over the split.
+the duplicate padding of ``DistributedSampler`` (``datamodules.sharding``): every process gets a
+disjoint shard and the same number of batches, so sums over all processes are exactly the sums
+over the split.
 """
 
 from __future__ import annotations
@@ -16,80 +17,15 @@ import csv
 import io
 import math
 import os
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-import torch.distributed as dist
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader
 
-
-class _RowsDataset(Dataset):
-    """Map-style dataset whose items are whole batches: ``ds[idx]`` → (x[idx], y[idx])."""
-
-    def __init__(self, x: Tensor, y: Tensor) -> None:
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return self.x.shape[0]
-
-    def __getitem__(self, idx: slice | Tensor) -> tuple[Tensor, Tensor]:
-        return self.x[idx], self.y[idx]
-
-
-class ShardedBatchSampler(DistributedSampler):
-    """Yields one index set per batch (a ``slice``, or a LongTensor when shuffling).
-
-    Rows are split into ``num_replicas`` contiguous shards whose sizes differ by at most one,
-    with no padding. Each shard is cut into batches of ``batch_size``; a shard that would get
-    one batch fewer than the largest splits its last batch in two, so every process runs the
-    same number of steps (DDP collectives must stay in lock-step). Being a
-    ``DistributedSampler``, Lightning leaves it in place instead of injecting its own.
-    """
-
-    def __init__(
-        self,
-        n_rows: int,
-        batch_size: int,
-        shuffle: bool = False,
-        seed: int = 0,
-        num_replicas: int | None = None,
-        rank: int | None = None,
-    ) -> None:
-        if num_replicas is None:
-            num_replicas = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        if rank is None:
-            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        super().__init__(range(n_rows), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
-        self.n_rows, self.batch_size = n_rows, max(1, int(batch_size))
-
-    def _bounds(self) -> list[tuple[int, int]]:
-        base, extra = divmod(self.n_rows, self.num_replicas)
-        start = self.rank * base + min(self.rank, extra)
-        stop = start + base + (1 if self.rank < extra else 0)
-        largest = base + (1 if extra else 0)
-        n_batches = max(1, math.ceil(largest / self.batch_size))
-        cuts = list(range(start, stop, self.batch_size)) + [stop]
-        bounds = list(zip(cuts[:-1], cuts[1:])) or [(start, stop)]
-        while len(bounds) < n_batches:
-            a, b = bounds.pop()
-            mid = (a + b + 1) // 2
-            bounds += [(a, mid), (mid, b)]
-        return bounds
-
-    def __iter__(self) -> Iterator[slice | Tensor]:  # type: ignore[override]
-        bounds = self._bounds()
-        if not self.shuffle:
-            return iter([slice(a, b) for a, b in bounds])
-        # Same permutation on every rank: seeded by seed and epoch only.
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        perm = torch.randperm(self.n_rows, generator=g)
-        return iter([perm[a:b] for a, b in bounds])
-
-    def __len__(self) -> int:
-        return len(self._bounds())
+from datamodules.sharding import sharded_loader
 
 
 def _split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
@@ -206,14 +142,8 @@ class TabularDataModule(pl.LightningDataModule):
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         x, y = self.split(name)
-        sampler = ShardedBatchSampler(x.shape[0], self.batch_size, shuffle=shuffle, seed=self.seed)
-        return DataLoader(
-            _RowsDataset(x, y),
-            batch_size=None,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return sharded_loader(x, y, batch_size=self.batch_size, shuffle=shuffle, seed=self.seed,
+                              num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.shuffle)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules.dates import DatesDataModule
 from lightning_modules.seq2seq import AttentionSeq2Seq
+from tests.conftest import python_script
 
 
 @pytest.fixture(autouse=True)
@@ -145,3 +147,65 @@ def test_checkpoint_loads_with_weights_only(dm: DatesDataModule, tmp_path: Path)
     loaded = AttentionSeq2Seq.load_from_checkpoint(tmp_path / "m.ckpt")
     x = dm.parse_inputs(["Aug 19, 2003"])
     assert torch.equal(loaded.predict(x), model.predict(x))
+
+
+# ---- exact_match and token_accuracy against a hand computation, in one process and over uneven DDP shards
+N_TEST = 37  # odd: 2 processes get 19 and 18 questions; Lightning's default sampler would score one twice
+
+
+def scored_dates(tmp_path: Path) -> tuple[DatesDataModule, AttentionSeq2Seq, float, float]:
+    """A datamodule whose test answers are the model's own greedy output with ``i % 4`` of row i's ten
+    characters changed: the true exact match and token accuracy follow by hand, whatever the weights."""
+    dm = DatesDataModule(n_samples=400, n_test=N_TEST, val_fraction=0.1, batch_size=8, seed=0)
+    dm.setup("fit")
+    model = small_model(dm)
+    idx = torch.as_tensor(dm.test_idx)
+    tgt = model.predict(dm._src[idx])
+    wrong = torch.arange(N_TEST) % 4
+    for i, k in enumerate(wrong.tolist()):
+        tgt[i, :k] = (tgt[i, :k] + 1) % dm.dims["vocab_size"]
+    dm._tgt[idx] = tgt
+    torch.save({"weights": model.state_dict(), "tgt": tgt}, tmp_path / "scored.pt")
+    exact = (wrong == 0).sum().item() / N_TEST  # 10 of 37
+    token = 1 - wrong.sum().item() / (10 * N_TEST)
+    return dm, model, exact, token
+
+
+def test_exact_match_and_token_accuracy_by_hand(tmp_path: Path) -> None:
+    dm, model, exact, token = scored_dates(tmp_path)
+    metrics = quiet_trainer().test(model, dm, verbose=False)[0]
+    assert metrics["test/exact_match"] == pytest.approx(exact, rel=1e-6)
+    assert metrics["test/token_accuracy"] == pytest.approx(token, rel=1e-6)
+
+
+DDP_SCORE = """
+import json, sys, warnings
+warnings.filterwarnings("ignore")
+import pytorch_lightning as pl, torch
+from datamodules.dates import DatesDataModule
+from lightning_modules.seq2seq import AttentionSeq2Seq
+
+out = sys.argv[1]
+saved = torch.load(out + "/scored.pt")
+dm = DatesDataModule(n_samples=400, n_test=%d, val_fraction=0.1, batch_size=8, seed=0)
+dm.setup("fit")
+dm._tgt[torch.as_tensor(dm.test_idx)] = saved["tgt"]
+model = AttentionSeq2Seq(**{**dm.dims, "wordvec_size": 16, "hidden_size": 64})
+model.load_state_dict(saved["weights"])
+trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False)
+metrics = trainer.test(model, dm, verbose=False)[0]
+if trainer.global_rank == 0:
+    json.dump(metrics, open(out + "/metrics.json", "w"))
+""" % N_TEST
+
+
+def test_exact_match_and_token_accuracy_over_uneven_ddp_shards(tmp_path: Path) -> None:
+    _, _, exact, token = scored_dates(tmp_path)
+    script = tmp_path / "ddp_score.py"
+    script.write_text(DDP_SCORE)
+    proc = python_script(script, str(tmp_path), cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["test/exact_match"] == pytest.approx(exact, rel=1e-6)
+    assert metrics["test/token_accuracy"] == pytest.approx(token, rel=1e-6)

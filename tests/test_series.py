@@ -1,13 +1,11 @@
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import TensorDataset
 
 from datamodules.series import (
     SineDataModule,
     SunspotsDataModule,
     WindowedSeriesDataModule,
-    _ContiguousShardSampler,
     make_windows,
 )
 
@@ -144,10 +142,3 @@ def test_parse_inputs_errors(lines, message):
 def test_too_short_split_is_a_value_error():
     with pytest.raises(ValueError, match="too short"):
         SineDataModule(length=40, window=30).setup("fit")  # 28 training steps < one window
-
-
-def test_contiguous_shard_sampler_is_unpadded_and_in_order():
-    ds = TensorDataset(torch.arange(7))
-    shards = [list(_ContiguousShardSampler(ds, num_replicas=2, rank=r)) for r in range(2)]
-    assert shards == [[0, 1, 2], [3, 4, 5, 6]]
-    assert [len(_ContiguousShardSampler(ds, num_replicas=2, rank=r)) for r in range(2)] == [3, 4]

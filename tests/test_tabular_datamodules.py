@@ -1,4 +1,4 @@
-"""Blobs, iris and CSV datamodules: splits, dims, loaders, DDP sharding, user-file errors."""
+"""Blobs, iris and CSV datamodules: splits, dims, loaders, user-file errors."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from datamodules.tabular import (
     BlobsDataModule,
     CSVDataModule,
     IrisDataModule,
-    ShardedBatchSampler,
     make_blobs,
 )
 
@@ -111,32 +110,6 @@ def test_parse_inputs_and_format_outputs() -> None:
     with pytest.raises(ValueError, match=r"line 1: 'nan' is not a finite number"):
         dm.parse_inputs(["nan,1"])
     assert dm.format_outputs(torch.tensor([2, 0, 1])) == ["2", "0", "1"]
-
-
-# ---------------------------------------------------------------------- DDP sharding
-@pytest.mark.parametrize("n_rows,batch_size,world", [(1000, 128, 2), (1001, 100, 2), (257, 128, 2), (10, 3, 3)])
-def test_sharded_sampler_partitions_without_padding(n_rows: int, batch_size: int, world: int) -> None:
-    per_rank = []
-    for rank in range(world):
-        sampler = ShardedBatchSampler(n_rows, batch_size, num_replicas=world, rank=rank)
-        batches = list(sampler)
-        assert len(batches) == len(sampler)
-        per_rank.append([i for b in batches for i in range(n_rows)[b]])
-        assert all(0 < len(range(n_rows)[b]) <= batch_size for b in batches)
-    counts = {len(ShardedBatchSampler(n_rows, batch_size, num_replicas=world, rank=r)) for r in range(world)}
-    assert len(counts) == 1  # same number of steps on every rank
-    everything = sorted(i for rows in per_rank for i in rows)
-    assert everything == list(range(n_rows))  # each row exactly once
-
-
-def test_sharded_sampler_shuffles_by_epoch_identically_on_all_ranks() -> None:
-    def rows(rank: int, epoch: int) -> list[int]:
-        s = ShardedBatchSampler(100, 16, shuffle=True, seed=3, num_replicas=2, rank=rank)
-        s.set_epoch(epoch)
-        return [int(i) for b in s for i in b]
-
-    assert sorted(rows(0, 0) + rows(1, 0)) == list(range(100))
-    assert rows(0, 0) == rows(0, 0) and rows(0, 0) != rows(0, 1)
 
 
 # ---------------------------------------------------------------------- CSV
