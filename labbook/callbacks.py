@@ -13,13 +13,18 @@ from labbook.errors import ConfigValueError
 
 
 class ModelCheckpoint(_LightningModelCheckpoint):
-    """Lightning's ModelCheckpoint, but "already saved" means the same epoch *and* step.
+    """Lightning's ModelCheckpoint, with two corrections:
 
-    Lightning skips a save when the global step has not moved since the last one. Models fitted without
-    optimizer steps (EM: one epoch is one M-step) never move it, so no best checkpoint would ever be kept.
+    - "already saved" means the same epoch *and* step. Lightning skips a save when the global step has not
+      moved since the last one; models fitted without optimizer steps (EM: one epoch is one M-step) never
+      move it, so no best checkpoint would ever be kept.
+    - ``last.ckpt`` is the state at the end of every epoch. Lightning 2.6 rewrites it only in a step where
+      it also saved a top-k checkpoint, so with a monitor it held the last *improvement* (epoch 9 of 12),
+      and ``predict``'s fallback or a resume would have started from an older state than the run reached.
     """
 
     _last_epoch_saved: int | None = None
+    _last_ckpt_at: tuple[int, int] | None = None  # (epoch, global step) of the newest last.ckpt
 
     @functools.cached_property
     def state_key(self) -> str:
@@ -44,6 +49,28 @@ class ModelCheckpoint(_LightningModelCheckpoint):
     def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
         self._last_epoch_saved = trainer.current_epoch
+
+    def _save_last_checkpoint(self, trainer: Any, monitor_candidates: dict[str, Any]) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        if self.save_last:
+            self._last_ckpt_at = (trainer.current_epoch, trainer.global_step)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_behind(trainer)
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_behind(trainer)
+
+    def _save_last_if_behind(self, trainer: Any) -> None:
+        if not self.save_last or self._last_ckpt_at == (trainer.current_epoch, trainer.global_step):
+            return
+        if trainer.fast_dev_run or trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class ReclaimSignals(Callback):
