@@ -4,6 +4,8 @@ from __future__ import annotations
 
 
 import pytest
+import torch
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
@@ -66,10 +68,59 @@ def test_ddp_cpu_preset_is_two_gloo_processes() -> None:
 
 
 def test_trainer_presets_inherit_the_default() -> None:
-    default = _compose([]).trainer
+    default = OmegaConf.to_container(_compose(["trainer=default"]).trainer)
     for preset in options("trainer"):
-        t = _compose([f"trainer={preset}"]).trainer
-        # A key the presets never touch comes from trainer/default.yaml.
-        assert t.log_every_n_steps == default.log_every_n_steps, preset
-        assert _compose([f"trainer={preset}", "trainer.devices=3", "trainer.num_nodes=2",
-                         "trainer.precision=bf16-mixed"]).trainer.num_nodes == 2
+        own = yaml.safe_load((CONF_DIR / "trainer" / f"{preset}.yaml").read_text())
+        assert "default" in own["defaults"] or preset == "default", preset
+        t = OmegaConf.to_container(_compose([f"trainer={preset}"]).trainer)
+        # Every key the preset does not set itself is trainer/default.yaml's value.
+        inherited = {k: v for k, v in t.items() if k not in own}
+        assert inherited == {k: v for k, v in default.items() if k not in own}, preset
+        # Hardware overrides apply on top of any preset and leave its own settings alone.
+        o = _compose([f"trainer={preset}", "trainer.devices=3", "trainer.num_nodes=2", "trainer.precision=bf16-mixed"])
+        assert (o.trainer.devices, o.trainer.num_nodes, o.trainer.precision) == (3, 2, "bf16-mixed"), preset
+        assert o.trainer.strategy == t["strategy"] and o.trainer.accelerator == t["accelerator"], preset
+
+
+GPU_PRESETS = {"gpu": ("gpu", 1, "auto", "32-true"), "ddp": ("gpu", 2, "ddp", "32-true"),
+               "fsdp": ("gpu", "auto", "FSDPStrategy", "bf16-mixed")}
+
+
+def _strategy_name(strategy: object) -> str:
+    return strategy if isinstance(strategy, str) else type(strategy).__name__
+
+
+@pytest.mark.parametrize("preset", sorted(GPU_PRESETS))
+def test_gpu_presets_build_their_strategy(preset: str) -> None:
+    """Without a GPU: each multi-GPU preset's settings and its strategy object (instantiated, as labbook
+    does); the Trainer itself is built with the accelerator switched to CPU where Lightning allows it."""
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    cfg = _compose([f"trainer={preset}"])
+    schemas.validate(cfg)
+    accelerator, devices, strategy, precision = GPU_PRESETS[preset]
+    assert (cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.precision) == (accelerator, devices, precision)
+    built = instantiate(cfg.trainer.strategy) if OmegaConf.is_config(cfg.trainer.strategy) else cfg.trainer.strategy
+    assert _strategy_name(built) == strategy
+    if preset == "fsdp":
+        assert built.sharding_strategy.name == "FULL_SHARD"
+        return  # Lightning refuses FSDP on a CPU accelerator; the GPU test below builds it
+    trainer = instantiate(cfg.trainer, accelerator="cpu", devices=2 if preset == "ddp" else 1, logger=False)
+    assert isinstance(trainer, pl.Trainer) and trainer.num_devices == (2 if preset == "ddp" else 1)
+    if preset == "ddp":
+        assert type(trainer.strategy).__name__ == "DDPStrategy"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("preset", sorted(GPU_PRESETS))
+def test_gpu_presets_instantiate_on_a_gpu(preset: str) -> None:
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    if preset == "ddp" and torch.cuda.device_count() < 2:
+        pytest.skip("trainer=ddp needs 2 GPUs")
+    cfg = _compose([f"trainer={preset}"])
+    trainer = instantiate(cfg.trainer, logger=False)
+    assert isinstance(trainer, pl.Trainer) and type(trainer.accelerator).__name__ == "CUDAAccelerator"
+    assert _strategy_name(trainer.strategy) in ("SingleDeviceStrategy", "DDPStrategy", "FSDPStrategy")

@@ -5,38 +5,59 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import labbook, runs
 
-# (name, overrides, file to write into the working dir or None, words the one line must contain)
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: trainer=gpu is no error here")
+CELLS = b"".join(b"%d,%d,%d\n" % (i, i, i) for i in range(40))
+
+# (name, overrides, file to write into the working dir or None, words the one line must contain): the key or
+# file, the value, and what is allowed.
 CASES = [
-    ("misspelled key", ["model.n_componets=3"], None, ["model.n_componets", "unknown config key", "n_components"]),
-    ("negative n_components", ["model.n_components=-3"], None, ["model.n_components=-3", "integer ≥ 1"]),
-    ("unknown covariance type", ["model.covariance_type=weird"], None, ["model.covariance_type='weird'", "'diag'"]),
+    ("misspelled key", ["model.n_componets=3"], None,
+     ["model.n_componets", "unknown config key", "allowed keys:", "n_components", "covariance_type"]),
+    ("negative n_components", ["model.n_components=-3"], None, ["model.n_components=-3", "is not allowed", "an integer ≥ 1"]),
+    ("unknown covariance type", ["model.covariance_type=weird"], None,
+     ["model.covariance_type='weird'", "expected one of 'full', 'diag', 'spherical', 'tied'"]),
     ("max_epochs=-1", ["trainer.max_epochs=-1"], None, ["trainer.max_epochs=-1", "≥ 1"]),
-    ("wrong type", ["model.tol=abc"], None, ["model.tol", "abc"]),
-    ("unknown group option", ["model=nosuch"], None, ["model/nosuch", "gmm"]),
-    ("unknown root key", ["epochs=3"], None, ["epochs", "unknown config key"]),
-    ("gpu on a machine without one", ["trainer=gpu"], None, ["trainer.accelerator='gpu'", "trainer=cpu"]),
-    ("bad precision", ["trainer.precision=8"], None, ["trainer.precision='8'", "bf16-mixed"]),
+    ("wrong type", ["model.tol=abc"], None, ["model.tol='abc'", "could not be converted to Float"]),
+    ("unknown group option", ["model=nosuch"], None,
+     ["model/nosuch", "Available options:", "gmm", "lstm", "polynomial", "seq2seq", "transformer"]),
+    ("unknown root key", ["epochs=3"], None, ["epochs: unknown config key", "allowed keys:", "trainer", "seed"]),
+    pytest.param("gpu on a machine without one", ["trainer=gpu"], None,
+                 ["trainer.accelerator='gpu'", "no CUDA GPU", "trainer=cpu", "trainer=ddp_cpu"], marks=NO_GPU,
+                 id="gpu on a machine without one"),
+    ("bad precision", ["trainer.precision=8"], None, ["trainer.precision='8'", "32-true", "bf16-mixed"]),
     ("csv path missing from config", ["datamodule=tabular"], None, ["datamodule.path", "missing"]),
-    ("missing csv file", ["datamodule=tabular", "datamodule.path=nope.csv"], None, ["nope.csv"]),
-    ("empty csv file", ["datamodule=tabular", "datamodule.path=empty.csv"], ("empty.csv", b""), ["empty.csv", "empty"]),
+    ("missing csv file", ["datamodule=tabular", "datamodule.path=nope.csv"], None, ["datamodule", "nope.csv: no such file"]),
+    ("empty csv file", ["datamodule=tabular", "datamodule.path=empty.csv"], ("empty.csv", b""),
+     ["empty.csv", "empty file (no header row)"]),
     ("non-numeric cell", ["datamodule=tabular", "datamodule.path=bad.csv"],
-     ("bad.csv", b"a,b\n1,2\n3,oops\n" + b"".join(b"%d,%d\n" % (i, i) for i in range(40))), ["bad.csv", "oops", "b"]),
-    ("binary file", ["datamodule=tabular", "datamodule.path=blob.csv"], ("blob.csv", bytes(range(256)) * 8), ["blob.csv"]),
+     ("bad.csv", b"alpha,beta,gamma\n1,2,3\n4,5,6\n7,oops,9\n" + CELLS),
+     ["bad.csv", "row 4, column 'beta'", "'oops' is not a number"]),
+    ("empty cell", ["datamodule=tabular", "datamodule.path=hole.csv"],
+     ("hole.csv", b"alpha,beta,gamma\n1,2,3\n4,5,\n" + CELLS), ["hole.csv", "row 3, column 'gamma'", "an empty cell"]),
+    ("ragged row", ["datamodule=tabular", "datamodule.path=ragged.csv"],
+     ("ragged.csv", b"alpha,beta\n1,2\n3,4,5\n" + CELLS), ["ragged.csv", "row 3 has 3 cells, the header has 2"]),
+    ("binary file", ["datamodule=tabular", "datamodule.path=blob.csv"], ("blob.csv", bytes(range(256)) * 8),
+     ["blob.csv", "binary file (NUL byte at offset 0)"]),
     ("unknown label column", ["datamodule=tabular", "datamodule.path=ok.csv", "datamodule.label_column=species"],
-     ("ok.csv", b"a,b\n" + b"".join(b"%d,%d\n" % (i, 2 * i) for i in range(60))), ["ok.csv", "species"]),
+     ("ok.csv", b"alpha,beta\n" + b"".join(b"%d,%d\n" % (i, 2 * i) for i in range(60))),
+     ["ok.csv", "label_column 'species' is not a column", "columns are: alpha, beta"]),
+    ("bad date file line", ["experiment=seq2seq_dates", "datamodule.path=dates.txt"],
+     ("dates.txt", b"%-29s_1993-02-10\n%-29s_2003-13-19\n" % (b"2/10/93", b"Aug 19, 2003")),
+     ["dates.txt, line 2", "answer '2003-13-19' is not an ISO date"]),
 ]
 
 
-@pytest.mark.parametrize("name,overrides,file,words", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("name,overrides,file,words", CASES, ids=[c[0] if isinstance(c, tuple) else c.id for c in CASES])
 def test_bad_input_is_one_clear_line(tmp_path: Path, store: str, name: str, overrides: list[str],
                                      file: tuple[str, bytes] | None, words: list[str]) -> None:
     if file:
         (tmp_path / file[0]).write_bytes(file[1])
     out = labbook("train", "debug=quiet", "trainer.max_epochs=2", *overrides, cwd=tmp_path)  # the bad one last
-    assert out.returncode != 0
+    assert out.returncode == 1, (out.returncode, out.stderr[-2000:])
     assert "Traceback" not in out.stderr
     errors = [line for line in out.stderr.splitlines() if line.startswith("labbook: error:")]
     assert len(errors) == 1, out.stderr[-2000:]
@@ -49,7 +70,7 @@ def test_bad_input_is_one_clear_line(tmp_path: Path, store: str, name: str, over
 
 def test_full_error_shows_the_traceback(tmp_path: Path, store: str) -> None:
     out = labbook("train", "model.n_components=-3", cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
-    assert out.returncode != 0 and "Traceback" in out.stderr
+    assert out.returncode == 1 and "Traceback" in out.stderr and "model.n_components=-3" in out.stderr
 
 
 def test_unknown_command_and_usage(tmp_path: Path) -> None:

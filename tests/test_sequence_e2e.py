@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from datamodules.dates import DatesDataModule
+from lightning_modules.seq2seq import AttentionSeq2Seq
 from tests.conftest import labbook
 from tests.test_train_e2e import artifacts, only_run
 
@@ -29,14 +30,18 @@ def test_seq2seq_ddp_then_predict_round_trip(tmp_path: Path, store: str) -> None
     assert client.get_experiment(run.info.experiment_id).name == "dates"
     for key in ("train/loss_epoch", "val/loss", "val/exact_match", "val/token_accuracy", "test/exact_match", "test/token_accuracy"):
         assert key in run.data.metrics, key
-    assert 0.0 <= run.data.metrics["test/exact_match"] <= 1.0
     assert {"checkpoints/best.ckpt", "plots/attention_0.png"} <= artifacts(client, run.info.run_id)
 
+    # A 1-epoch toy model answers wrongly, but predict must give exactly what its best checkpoint gives
+    # (the answers' quality is tested on the full presets, test_dates_quality.py).
     questions = ["September 27, 1994", "2/10/93", "TUESDAY, SEPTEMBER 25, 1984"]
     out = labbook("predict", run.info.run_id, *questions, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     answers = out.stdout.splitlines()
-    assert len(answers) == 3 and all(re.fullmatch(r"[0-9-]{10}|.{0,10}", a) for a in answers), answers
+    model = AttentionSeq2Seq.load_from_checkpoint(
+        MlflowClient(store).download_artifacts(run.info.run_id, "checkpoints/best.ckpt", str(tmp_path)))
+    dates = DatesDataModule()
+    assert answers == dates.format_outputs(model.predict(dates.parse_inputs(questions)))
     piped = labbook("predict", run.info.run_id, cwd=tmp_path, stdin="\n".join(questions) + "\n")
     assert piped.returncode == 0 and piped.stdout.splitlines() == answers
 
@@ -70,22 +75,22 @@ def test_transformer_ddp_records_cross_attention(tmp_path: Path, store: str) -> 
     assert "plots/attention_0.png" in artifacts(MlflowClient(store), run.info.run_id)
 
 
-def test_lstm_ddp_on_sunspots_beats_persistence(tmp_path: Path, store: str) -> None:
-    _train(tmp_path, "experiment=lstm_sunspots", "trainer=ddp_cpu")
-    run = only_run(store)
+# The README's table: (test/rmse_persistence, the largest test/rmse the README's figures allow).
+LSTM_FIGURES = {"lstm_sunspots": (29.3, 15.5), "lstm_sine": (0.152, 0.115)}
+
+
+@pytest.mark.parametrize("preset,trainer", [("lstm_sunspots", "cpu"), ("lstm_sine", "cpu"), ("lstm_sunspots", "ddp_cpu")])
+def test_lstm_presets_beat_persistence_by_the_readme_margin(tmp_path: Path, store: str, preset: str, trainer: str) -> None:
+    _train(tmp_path, f"experiment={preset}", f"trainer={trainer}")
+    run = only_run(store)  # under ddp_cpu too: two processes, one run
     m = run.data.metrics
+    persistence, worst = LSTM_FIGURES[preset]
     assert run.info.status == "FINISHED"
-    assert m["test/rmse"] < m["test/rmse_persistence"], m
+    assert m["test/rmse_persistence"] == pytest.approx(persistence, abs=5e-4 if preset == "lstm_sine" else 0.05)
+    # README: sunspots 14.0 (seeds 0-4: 13.7-15.5) vs 29.3; sine 0.104 vs 0.152
+    assert m["test/rmse"] <= worst, m
+    assert m["test/rmse"] <= (0.6 if preset == "lstm_sunspots" else 0.75) * m["test/rmse_persistence"], m
     assert {"plots/forecast.png", "forecast_arrays.npz"} <= artifacts(MlflowClient(store), run.info.run_id)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("preset", ["seq2seq_dates", "transformer_dates"])
-def test_date_presets_reach_the_books_accuracy(tmp_path: Path, store: str, preset: str) -> None:
-    """The quality goal: ≥ 99.9% exact match on the 5,000 generated test questions after the preset's epochs."""
-    _train(tmp_path, f"experiment={preset}")
-    run = only_run(store)
-    assert run.data.metrics["test/exact_match"] >= 0.999, run.data.metrics
 
 
 def test_polynomial_under_ddp_is_one_run(tmp_path: Path, store: str) -> None:

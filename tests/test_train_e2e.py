@@ -63,11 +63,17 @@ def test_gmm_on_blobs_records_everything(tmp_path: Path, store: str) -> None:
     assert {"config/config.yaml", "config/overrides.yaml", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
             "plots/components.png", "parameters.npz"} <= stored, stored
     tags = run.data.tags
-    assert len(tags["git.commit"]) == 40 and tags["git.dirty"] in ("true", "false")
+    repo = Path(__file__).resolve().parents[1]
+    git = lambda *a: subprocess.run(["git", *a], cwd=repo, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    assert tags["git.commit"] == git("rev-parse", "HEAD")
+    assert tags["git.dirty"] == ("true" if git("status", "--porcelain", "--untracked-files=no") else "false")
     assert tags["command"] == "labbook train experiment=gmm_blobs trainer.max_epochs=8 debug=quiet"
     assert tags["host"] and tags["mlflow.user"]
-    if tags["git.dirty"] == "true":
-        assert "git/diff.patch" in stored
+    if tags["git.dirty"] == "true":  # the patch is the working tree's diff, so the run can be rebuilt
+        patch = Path(client.download_artifacts(run.info.run_id, "git/diff.patch", str(tmp_path))).read_text()
+        assert patch.strip() == git("diff", "HEAD")
+    else:
+        assert "git/diff.patch" not in stored
     import yaml
 
     config = yaml.safe_load(Path(client.download_artifacts(run.info.run_id, "config/config.yaml", str(tmp_path))).read_text())
@@ -206,8 +212,9 @@ def labbook_workers(pid: int) -> list[int]:
 LONG_GMM = ("experiment=gmm_blobs", "model.tol=0", "datamodule.n_samples=200000")
 
 
-@pytest.mark.parametrize("signum,trainer", [(signal.SIGTERM, "cpu"), (signal.SIGINT, "cpu"), (signal.SIGTERM, "ddp_cpu")],
-                         ids=["SIGTERM", "SIGINT", "SIGTERM-ddp_cpu"])
+@pytest.mark.parametrize("signum,trainer", [(signal.SIGTERM, "cpu"), (signal.SIGINT, "cpu"), (signal.SIGTERM, "ddp_cpu"),
+                                            (signal.SIGINT, "ddp_cpu")],
+                         ids=["SIGTERM", "SIGINT", "SIGTERM-ddp_cpu", "SIGINT-ddp_cpu"])
 def test_signal_marks_killed(start_training, store: str, signum: int, trainer: str) -> None:
     proc = start_training(*LONG_GMM, "trainer.max_epochs=100000", f"trainer={trainer}")
     workers = labbook_workers(proc.pid)
