@@ -1,26 +1,45 @@
-"""Where runs are stored: resolving the tracking URI and creating the store exactly once.
+"""Where runs are stored: resolving the tracking URI, in one order, and creating the store exactly once.
 
-Several processes creating a fresh SQLite store at the same time corrupt it, so the CLI calls
-:func:`prepare_store` in the parent process before Hydra starts any job or Lightning any worker, and
-exports the resolved URI so that every later process agrees on it.
+Every command resolves its store with :func:`resolve_tracking_uri` and nothing else: ``labbook train``'s
+``logger.tracking_uri`` or another command's ``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else
+``sqlite:///mlflow.db`` in the working directory. It then calls :func:`prepare_store` once, before any
+sweep job or DDP worker starts, and exports the URI so that every later process agrees on it.
+
+Several processes creating a fresh SQLite store at the same time corrupt it ("table _alembic_tmp_latest_
+metrics already exists", then a store nobody can open), and independent ``labbook`` commands (``&`` in a
+shell, a scheduler's job array) do exactly that. :func:`prepare_store` therefore holds an exclusive lock
+while MLflow creates or upgrades the schema: the first process creates it, the others wait, then find it
+ready.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import os
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 ENV_URI = "MLFLOW_TRACKING_URI"
 DEFAULT_DB = "mlflow.db"
 
 
-def resolve_tracking_uri(uri: str | None = None, cwd: str | os.PathLike | None = None) -> str:
-    """``uri`` if given, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db`` (absolute)."""
-    uri = uri or os.environ.get(ENV_URI)
+def resolve_tracking_uri(explicit: str | None = None, cwd: str | os.PathLike | None = None) -> str:
+    """The store to use: ``explicit`` (``logger.tracking_uri`` / ``--tracking-uri``) if given, else
+    ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``. SQLite paths come back absolute, so the
+    URI means the same store from any working directory; a bare path is taken as a SQLite file."""
+    uri = explicit or os.environ.get(ENV_URI)
+    base = Path(cwd or os.getcwd())
     if not uri:
-        return f"sqlite:///{Path(cwd or os.getcwd()).resolve() / DEFAULT_DB}"
+        return f"sqlite:///{base.resolve() / DEFAULT_DB}"
     if "://" not in uri:  # a bare path to a .db file is what users type most often
-        return f"sqlite:///{Path(uri).resolve()}"
+        return f"sqlite:///{(base / uri).resolve()}"
+    db = sqlite_path(uri)
+    if db is not None and not db.is_absolute():
+        query = uri.split("?", 1)[1] if "?" in uri else ""
+        return f"sqlite:///{(base / db).resolve()}" + (f"?{query}" if query else "")
     return uri
 
 
@@ -37,16 +56,41 @@ def artifact_root(uri: str) -> str | None:
     return (db.parent / "mlartifacts").as_uri() if db is not None else None
 
 
-def prepare_store(uri: str) -> None:
-    """Create or upgrade the tracking store's schema once, in this process."""
-    from mlflow.tracking import MlflowClient
-
+@contextlib.contextmanager
+def _exclusive(uri: str) -> Iterator[None]:
+    """An exclusive lock for creating ``uri``'s schema: on the SQLite file's folder (every process that
+    can open the file sees it), else on a file named after the URI in this host's temporary folder (a
+    server or a database serialises writers from other hosts itself)."""
     db = sqlite_path(uri)
     if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-    # Opening the store runs MLflow's schema migrations for SQL stores; listing one experiment also
-    # proves a server is reachable before any training starts.
-    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        fd = os.open(db.parent, os.O_RDONLY)
+    else:
+        name = f"labbook-store-{hashlib.sha256(uri.encode()).hexdigest()[:16]}.lock"
+        fd = os.open(Path(tempfile.gettempdir()) / name, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def prepare_store(uri: str) -> None:
+    """Create or upgrade the tracking store's schema, one process at a time (see the module's doc), or
+    raise a :class:`~labbook.errors.UserError` saying in one line why the store cannot be used."""
+    from mlflow.tracking import MlflowClient
+
+    from labbook.errors import UserError, one_line
+
+    try:
+        db = sqlite_path(uri)
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        with _exclusive(uri):
+            # Opening the store runs MLflow's schema migrations for SQL stores; listing one experiment also
+            # proves a server is reachable before any training starts.
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"tracking store {uri}: {one_line(exc)}") from exc
 
 
 def ui_command(uri: str) -> str:

@@ -1,0 +1,77 @@
+"""The tracking store: one resolution order for every command, created once, safe when commands collide."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from labbook.store import resolve_tracking_uri
+from tests.conftest import LABBOOK, kill_group, labbook, runs
+from tests.test_train_e2e import QUIET, only_run
+
+TINY = ("experiment=polynomial", "trainer.max_epochs=3", QUIET)
+
+
+def test_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri(cwd=tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert resolve_tracking_uri(cwd=tmp_path) == "http://127.0.0.1:5000"
+    assert resolve_tracking_uri("sqlite:///runs.db", cwd=tmp_path) == f"sqlite:///{tmp_path.resolve()}/runs.db"
+    assert resolve_tracking_uri("sqlite:////abs/x.db?timeout=5", cwd=tmp_path) == "sqlite:////abs/x.db?timeout=5"
+    assert resolve_tracking_uri("runs.db", cwd=tmp_path) == f"sqlite:///{tmp_path.resolve()}/runs.db"
+
+
+def test_logger_tracking_uri_is_the_only_store_touched_and_predict_reaches_it(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = labbook("train", *TINY, "logger.tracking_uri=sqlite:///elsewhere.db", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert not (tmp_path / "mlflow.db").exists(), "a stray ./mlflow.db was created"
+    uri = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    run = only_run(uri)
+    assert run.info.status == "FINISHED" and run.data.params["logger.tracking_uri"] == "sqlite:///elsewhere.db"
+    assert out.stdout.strip().splitlines()[-1] == f"open the UI: mlflow ui --backend-store-uri {uri} --port 5000"
+
+    elsewhere = tmp_path / "other"
+    elsewhere.mkdir()
+    missing = labbook("predict", run.info.run_id, "0.5", cwd=elsewhere)
+    assert missing.returncode == 1 and "--tracking-uri" in missing.stderr
+    answers = set()
+    for flag in (["--tracking-uri", uri], [f"--tracking-uri={tmp_path / 'elsewhere.db'}"]):
+        found = labbook("predict", *flag, run.info.run_id, "0.5", cwd=elsewhere)
+        assert found.returncode == 0, found.stderr
+        answers.add(float(found.stdout))
+    assert len(answers) == 1  # the same run, however the store is named
+    assert not (elsewhere / "mlflow.db").exists()
+
+
+def test_a_sweep_set_up_by_config_uses_and_prepares_its_own_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """hydra.mode=MULTIRUN (what a preset sets) instead of -m: the store is still resolved from the config."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = labbook("train", "hydra.mode=MULTIRUN", *TINY, "seed=1,2", "logger.tracking_uri=sweep.db", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert sorted(r.data.params["seed"] for r in runs(f"sqlite:///{tmp_path / 'sweep.db'}")) == ["1", "2"]
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_four_commands_at_once_on_a_store_that_does_not_exist(tmp_path: Path) -> None:
+    """`&` in a shell or a scheduler's job array: creation is serialised, nothing fails, the store is whole."""
+    uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONWARNINGS": "ignore"}
+    procs = [subprocess.Popen([LABBOOK, "train", *TINY, f"seed={seed}"], cwd=tmp_path, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+             for seed in range(4)]
+    try:
+        errors = [p.communicate(timeout=600)[1] for p in procs]
+        results = [(p.returncode, err) for p, err in zip(procs, errors)]
+    finally:
+        for p in procs:
+            kill_group(p.pid)
+    assert all(code == 0 for code, _ in results), [err[-1500:] for code, err in results if code]
+    found = runs(uri)
+    assert sorted(r.data.params["seed"] for r in found) == ["0", "1", "2", "3"]
+    assert all(r.info.status == "FINISHED" and "test/loss" in r.data.metrics for r in found)
