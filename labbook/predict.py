@@ -15,7 +15,10 @@ from typing import Sequence
 
 from labbook.errors import UserError
 
-USAGE = "usage: labbook predict RUN_ID [INPUT ...]   (inputs from stdin, one per line, when none are given)"
+USAGE = """\
+usage: labbook predict [--tracking-uri URI] RUN_ID [INPUT ...]
+  Inputs come from stdin, one per line, when none are given. The store is URI, else $MLFLOW_TRACKING_URI,
+  else sqlite:///mlflow.db in the working directory."""
 CHECKPOINTS = ("checkpoints/best.ckpt", "checkpoints/last.ckpt")
 
 
@@ -29,7 +32,8 @@ def load_run(run_id: str, uri: str, workdir: Path) -> tuple[dict, Path]:
 
     db = sqlite_path(uri)
     if db is not None and not db.exists():
-        raise UserError(f"no tracking store at {db} (set MLFLOW_TRACKING_URI or run from the directory holding mlflow.db)")
+        raise UserError(f"no tracking store at {db} (pass --tracking-uri URI, set MLFLOW_TRACKING_URI, or run "
+                        "from the directory holding mlflow.db)")
     client = MlflowClient(tracking_uri=uri)
     try:
         client.get_run(run_id)
@@ -73,23 +77,36 @@ def predict(run_id: str, inputs: Sequence[str], uri: str) -> list[str]:
 
 
 def predict_main(args: Sequence[str]) -> int:
-    from labbook.cli import _fail, _quiet_libraries
+    from labbook.console import fail, quiet_libraries
     from labbook.store import resolve_tracking_uri
 
+    args = list(args)
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if args else 2
+    explicit_uri = None
+    if args[0] == "--tracking-uri" or args[0].startswith("--tracking-uri="):
+        name, _, explicit_uri = args.pop(0).partition("=")
+        if not explicit_uri:
+            explicit_uri = args.pop(0) if args else ""
+        if not explicit_uri:
+            print("labbook: error: --tracking-uri needs a URI (sqlite:///path.db, http://host:5000, ...)",
+                  file=sys.stderr)
+            return 2
+    if not args:
+        print(f"labbook: error: no RUN_ID given\n{USAGE}", file=sys.stderr)
+        return 2
     run_id, inputs = args[0], list(args[1:])
     if not inputs:
         inputs = [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not inputs:
         print("labbook: error: no inputs: give them as arguments or on stdin, one per line", file=sys.stderr)
         return 2
-    _quiet_libraries()
+    quiet_libraries()
     full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))
     try:
-        answers = predict(run_id, inputs, resolve_tracking_uri())
+        answers = predict(run_id, inputs, resolve_tracking_uri(explicit_uri))
     except Exception as exc:  # noqa: BLE001
-        return _fail(exc, full_error)
+        return fail(exc, full_error)
     sys.stdout.write("".join(f"{a}\n" for a in answers))
     return 0

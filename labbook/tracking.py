@@ -34,6 +34,7 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit for a param value
 MAX_TAG_LENGTH = 5000
+VERSIONED = ("torch", "pytorch-lightning", "hydra-core", "mlflow", "numpy", "labbook")
 _BATCH = 100  # MLflow accepts at most 100 params/tags and 1000 metrics per log_batch
 
 
@@ -259,6 +260,23 @@ class TrackedRun:
         self.set_tags(tags)
         if state["diff"]:
             self.log_text(state["diff"], "git/diff.patch")
+
+    def log_environment(self) -> None:
+        """Tags ``versions.<package>`` for what decides a run's numbers, and every installed distribution
+        (``name==version``, sorted) as the artifact ``environment/packages.txt``."""
+        from importlib.metadata import distributions
+
+        installed = {}
+        for dist in distributions():
+            name = dist.metadata["Name"]
+            if name:
+                installed.setdefault(name.lower().replace("_", "-"), dist.version)
+        tags = {"versions.python": sys.version.split()[0]}
+        for package in VERSIONED:
+            tags[f"versions.{package}"] = installed.get(package, "not installed")
+        self.set_tags(tags)
+        self.log_text("".join(f"{name}=={version}\n" for name, version in sorted(installed.items())),
+                      "environment/packages.txt")
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         items = [RunTag(k, str(v)[:MAX_TAG_LENGTH]) for k, v in tags.items()]

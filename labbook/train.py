@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from labbook.callbacks import ReclaimSignals, build_callbacks
 from labbook.errors import ConfigValueError, UserError
 from labbook.schemas import validate
-from labbook.store import resolve_tracking_uri, ui_command
+from labbook.store import ui_command
 from labbook.tracking import TrackedRun
 from labbook.workers import ENV_RUN_ID, hand_off, is_rank_zero, process_group
 
@@ -76,8 +76,11 @@ def experiment_name(cfg: DictConfig, choices: Mapping[str, Any] | None) -> str:
     return f"{choices.get('model', 'model')}-{choices.get('datamodule', 'data')}"
 
 
-def run(cfg: DictConfig, overrides: list[str] | None = None, choices: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def run(cfg: DictConfig, uri: str | None = None, overrides: list[str] | None = None,
+        choices: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Train and test one configured job; returns ``{"run_id", "metrics", "headline"}`` on rank 0.
+
+    ``uri`` is the store the CLI resolved and prepared (rank 0 needs it; worker ranks never touch a store).
 
     Validation and everything that can be built before training happen before a run is opened: a bad
     config or a bad file never leaves a run behind.
@@ -100,7 +103,8 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, choices: Mapping[st
 
     tracked: TrackedRun | None = None
     if rank_zero:
-        uri = resolve_tracking_uri(cfg.logger.tracking_uri)
+        if uri is None:
+            raise ValueError("labbook.train.run needs the resolved tracking URI on rank 0")
         tracked = TrackedRun.start(uri, cfg.logger.experiment_name, cfg.logger.run_name, dict(cfg.logger.tags or {}))
     if tracked is None:  # a worker rank: no logger, no store; the same fit and test as rank 0
         trainer = build_trainer(cfg, callbacks)
@@ -113,6 +117,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, choices: Mapping[st
     with tracked:
         tracked.log_config(resolved, overrides or [])
         tracked.log_git(PACKAGE_ROOT)
+        tracked.log_environment()
         trainer = build_trainer(cfg, callbacks, tracked)
         with hand_off(resolved, Path(cfg.paths.output_dir), tracked.run_id, trainer,
                       on_abandon=lambda error: tracked.end("FAILED", error)):

@@ -11,7 +11,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from labbook import schemas
-from labbook.cli import CONF_DIR
+from labbook.console import CONF_DIR
 from labbook.errors import ConfigValueError
 
 GROUPS = ["datamodule", "model", "trainer", "logger", "callbacks", "paths", "experiment", "debug"]

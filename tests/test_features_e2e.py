@@ -74,7 +74,7 @@ def test_early_stopping_without_any_monitor_is_a_config_error() -> None:
 
     from labbook import schemas
     from labbook.callbacks import build_callbacks
-    from labbook.cli import CONF_DIR
+    from labbook.console import CONF_DIR
     from labbook.errors import ConfigValueError
 
     schemas.register()
@@ -197,3 +197,35 @@ def test_a_sweep_with_a_failing_job_names_it_and_finishes_the_others(tmp_path: P
     assert len(job_lines) == 2 and all("ckpt_path=missing.ckpt" in line for line in job_lines), job_lines
     assert out.stderr.strip().splitlines()[-1].startswith("labbook: error: 2 jobs failed; the first: ")
     assert "Traceback" not in out.stderr
+
+
+def test_a_run_records_its_versions_and_packages(tmp_path: Path, store: str) -> None:
+    import platform
+    from importlib.metadata import version
+
+    train(tmp_path, "experiment=polynomial", "trainer.max_epochs=2")
+    run = only_run(store)
+    tags = run.data.tags
+    assert tags["versions.python"] == platform.python_version()
+    for package in ("torch", "pytorch-lightning", "hydra-core", "mlflow", "numpy", "labbook"):
+        assert tags[f"versions.{package}"] == version(package), package
+    packages = download(MlflowClient(store), run.info.run_id, "environment/packages.txt", tmp_path / "dl").read_text()
+    lines = packages.splitlines()
+    names = [line.split("==")[0] for line in lines]
+    assert names == sorted(names) and f"torch=={version('torch')}" in lines and f"mlflow=={version('mlflow')}" in lines
+
+
+@pytest.mark.parametrize("preset", ["gmm_blobs", "lstm_sunspots"])
+def test_same_config_and_seed_give_identical_metric_histories(tmp_path: Path, preset: str) -> None:
+    overrides = [f"experiment={preset}", "trainer.max_epochs=6", "seed=3"]
+    histories = []
+    for attempt in ("a", "b"):
+        uri = f"sqlite:///{tmp_path / attempt}.db"
+        train(tmp_path, *overrides, env={"MLFLOW_TRACKING_URI": uri})
+        run = only_run(uri)
+        client = MlflowClient(uri)
+        histories.append({key: [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, key),
+                                                                  key=lambda m: (m.step, m.timestamp))]
+                          for key in run.data.metrics})
+    assert histories[0] == histories[1]
+    assert sum(len(h) for h in histories[0].values()) > 10

@@ -1,0 +1,42 @@
+"""What every ``labbook`` command shares: where the configs are, quiet libraries, and how an error ends.
+
+Errors a user can fix end with one line on stderr and a non-zero exit; ``HYDRA_FULL_ERROR=1`` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def quiet_libraries() -> None:
+    # stdout/stderr belong to labbook's own answers and errors, not to download progress bars.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
+                 "lightning_fabric.utilities.rank_zero", "pytorch_lightning.accelerators.cuda",
+                 "alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # Advice aimed at Lightning users that labbook already acts on (exact sharded sums, worker counts).
+    for message in (r".*does not have many workers.*", r".*`srun` command is available.*",
+                    r".*recommended to use `self\.log\(.*sync_dist=True.*", r".*Using `DistributedSampler` with the dataloaders.*",
+                    r".*isinstance\(treespec, LeafSpec\).*", r".*The number of training batches .* is smaller than the logging interval.*"):
+        warnings.filterwarnings("ignore", message=message)
+
+
+def fail(exc: BaseException, full_error: bool, prefix: str = "") -> int:
+    from labbook.errors import one_line
+
+    if full_error:
+        raise exc
+    line = prefix + one_line(exc)
+    run_id = getattr(exc, "labbook_run_id", None)
+    if run_id:
+        line += f" (run {run_id} marked FAILED)"
+    print(f"labbook: error: {line}", file=sys.stderr)
+    return 1
