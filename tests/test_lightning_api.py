@@ -1,0 +1,51 @@
+"""The private Lightning API that labbook.workers leans on. If a test here fails after a Lightning upgrade,
+re-read Lightning's ``_SubprocessScriptLauncher.launch`` and update ``labbook/workers.py::_supervise``, whose
+``WatchedLauncher.launch`` repeats it with labbook's worker watch in place of Lightning's process observer;
+then widen the ``pytorch-lightning`` pin in pyproject.toml."""
+
+from __future__ import annotations
+
+import inspect
+import textwrap
+
+import pytorch_lightning as pl
+
+FIX = "Lightning's private launcher API changed: update labbook/workers.py::_supervise (see this file's doc)"
+
+# The statements of _SubprocessScriptLauncher.launch that WatchedLauncher.launch repeats, in order.
+LAUNCH_BODY = [
+    "self.cluster_environment.validate_settings(num_devices=self.num_processes, num_nodes=self.num_nodes)",
+    "if not self.cluster_environment.creates_processes_externally:",
+    "self._call_children_scripts()",
+    "_launch_process_observer(self.procs)",
+    "_set_num_threads_if_needed(num_processes=self.num_processes)",
+    "return function(*args, **kwargs)",
+]
+
+
+def test_subprocess_script_launcher_is_what_labbook_replaces() -> None:
+    from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    params = list(inspect.signature(_SubprocessScriptLauncher.__init__).parameters)
+    assert params == ["self", "cluster_environment", "num_processes", "num_nodes"], (FIX, params)
+    for name in ("_call_children_scripts", "kill", "launch"):
+        assert callable(getattr(_SubprocessScriptLauncher, name, None)), (FIX, name)
+    source = textwrap.dedent(inspect.getsource(_SubprocessScriptLauncher.launch))
+    code = [line.strip() for line in source.split('"""')[-1].splitlines() if line.strip()]
+    assert code == LAUNCH_BODY, (FIX, code)
+
+
+def test_a_ddp_trainer_holds_that_launcher_and_it_knows_its_workers() -> None:
+    from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)
+    launcher = trainer.strategy._launcher
+    assert type(launcher) is _SubprocessScriptLauncher, (FIX, type(launcher))
+    assert (launcher.num_processes, launcher.num_nodes) == (2, 1) and launcher.procs == [], FIX
+    assert launcher.cluster_environment is not None and not launcher.cluster_environment.creates_processes_externally
+
+
+def test_the_private_helpers_labbook_imports_exist() -> None:
+    from lightning_fabric.utilities.distributed import _set_num_threads_if_needed
+
+    assert list(inspect.signature(_set_num_threads_if_needed).parameters) == ["num_processes"], FIX
