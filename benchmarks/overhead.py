@@ -85,7 +85,7 @@ from labbook import schemas  # noqa: E402
 from labbook.callbacks import build_callbacks  # noqa: E402
 from labbook.console import CONF_DIR  # noqa: E402
 from labbook.store import prepare_store  # noqa: E402
-from labbook.tracking import TrackedRun  # noqa: E402
+from labbook.lifecycle import TrackedRun  # noqa: E402
 from labbook.train import accepted_kwargs, build_data_and_model, build_trainer  # noqa: E402
 
 

@@ -10,7 +10,7 @@ exactly the single-process sums, and concatenating the shards in rank order rest
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -97,9 +97,21 @@ class ShardedBatchSampler(DistributedSampler):
         return len(self._bounds())
 
 
+def first_epoch(trainer: Any) -> int:
+    """The epoch a training loader built now will first serve: 0 for a new fit, the epoch after the
+    checkpoint's for a resumed one (Lightning counts it as processed, its ``current_epoch`` lags by one)."""
+    return trainer.fit_loop.epoch_progress.current.processed if trainer is not None else 0
+
+
 def sharded_loader(*tensors: Tensor, batch_size: int, shuffle: bool = False, seed: int = 0,
-                   num_workers: int = 0) -> DataLoader:
-    """A loader of ``(t[batch] for t in tensors)`` batches over this process's shard (see module doc)."""
+                   num_workers: int = 0, epoch: int = 0) -> DataLoader:
+    """A loader of ``(t[batch] for t in tensors)`` batches over this process's shard (see module doc).
+
+    ``epoch``: the epoch the loader's first pass belongs to (:func:`first_epoch`). Lightning calls
+    ``set_epoch`` before every later epoch, but the first pass of a run resumed from a checkpoint runs on an
+    iterator made before that, which would replay epoch 0's order.
+    """
     sampler = ShardedBatchSampler(tensors[0].shape[0], batch_size, shuffle=shuffle, seed=seed)
+    sampler.set_epoch(epoch)
     return DataLoader(RowsDataset(*tensors), batch_size=None, sampler=sampler, num_workers=num_workers,
                       persistent_workers=num_workers > 0)

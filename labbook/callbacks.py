@@ -18,13 +18,19 @@ class ModelCheckpoint(_LightningModelCheckpoint):
     - "already saved" means the same epoch *and* step. Lightning skips a save when the global step has not
       moved since the last one; models fitted without optimizer steps (EM: one epoch is one M-step) never
       move it, so no best checkpoint would ever be kept.
-    - ``last.ckpt`` is the state at the end of every epoch. Lightning 2.6 rewrites it only in a step where
-      it also saved a top-k checkpoint, so with a monitor it held the last *improvement* (epoch 9 of 12),
-      and ``predict``'s fallback or a resume would have started from an older state than the run reached.
+    - ``last.ckpt`` is the state at the end of every training epoch. Lightning 2.6 rewrites it only in a
+      step where it also saved a top-k checkpoint, so with a monitor it held the last *improvement* (epoch
+      9 of 12), and ``predict``'s fallback or a resume would have started from an older state than the run
+      reached. It is written in ``on_train_epoch_end``, after Lightning counted the epoch as processed (and
+      after an EM model's M-step): a checkpoint written during the epoch's validation is restored as
+      "mid-epoch", and the resumed epoch then reshuffled its data as the previous one had.
     """
 
     _last_epoch_saved: int | None = None
-    _last_ckpt_at: tuple[int, int] | None = None  # (epoch, global step) of the newest last.ckpt
+    _in_epoch_end = False
+    _last_ckpt_at: tuple[int, int] | None = None  # (epoch, global step) of the last.ckpt written at an epoch's end
+    # Called on rank 0 with each checkpoint file written (labbook uploads them to the run while it trains).
+    on_save: Callable[[str], None] | None = None
 
     @functools.cached_property
     def state_key(self) -> str:
@@ -49,28 +55,25 @@ class ModelCheckpoint(_LightningModelCheckpoint):
     def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
         self._last_epoch_saved = trainer.current_epoch
+        if self.on_save is not None and trainer.is_global_zero:
+            self.on_save(filepath)
 
     def _save_last_checkpoint(self, trainer: Any, monitor_candidates: dict[str, Any]) -> None:
         super()._save_last_checkpoint(trainer, monitor_candidates)
-        if self.save_last:
+        if self.save_last and self._in_epoch_end:
             self._last_ckpt_at = (trainer.current_epoch, trainer.global_step)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
-            self._save_last_if_behind(trainer)
-
-    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-        super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
-            self._save_last_if_behind(trainer)
-
-    def _save_last_if_behind(self, trainer: Any) -> None:
-        if not self.save_last or self._last_ckpt_at == (trainer.current_epoch, trainer.global_step):
-            return
-        if trainer.fast_dev_run or trainer.sanity_checking or trainer.state.fn != "fit":
-            return
-        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._in_epoch_end = True
+        try:
+            super().on_train_epoch_end(trainer, pl_module)
+            if not self.save_last or self._last_ckpt_at == (trainer.current_epoch, trainer.global_step):
+                return
+            if trainer.fast_dev_run or trainer.sanity_checking or trainer.state.fn != "fit":
+                return
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        finally:
+            self._in_epoch_end = False
 
 
 class ReclaimSignals(Callback):

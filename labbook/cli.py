@@ -16,6 +16,8 @@ commands:
   predict [--tracking-uri URI] RUN_ID [INPUT ...]
                              load a run's best checkpoint from the store and print one answer per input
                              (inputs from stdin, one per line, when none are given)
+  reap [--tracking-uri URI] [--stale-after SECONDS]
+                             mark FAILED the RUNNING runs whose process is gone (SIGKILL, OOM, lost host)
 
 The store: train's logger.tracking_uri or another command's --tracking-uri, else $MLFLOW_TRACKING_URI,
 else sqlite:///mlflow.db in the working directory.
@@ -34,7 +36,13 @@ def _predict(args: Sequence[str]) -> int:
     return predict_main(args)
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"train": _train, "predict": _predict}
+def _reap(args: Sequence[str]) -> int:
+    from labbook.reap import reap_main
+
+    return reap_main(args)
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"train": _train, "predict": _predict, "reap": _reap}
 
 
 def version_line() -> str:

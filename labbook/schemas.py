@@ -281,9 +281,13 @@ class MLflowConfig:
     tags: dict[str, str] = field(default_factory=dict)
     log_checkpoints: bool = True
     flush_every_s: float = 5.0  # metrics are batched into one SQLite commit per interval, not one per step
+    heartbeat_s: float = 30.0  # how often a running run says it is alive (`labbook reap` on other hosts); 0: never
+    checkpoint_upload_every_s: float = 0.0  # checkpoints reach the store as written, each at most this often
 
     def __post_init__(self) -> None:
         check_range("logger.flush_every_s", self.flush_every_s, low=0)
+        check_range("logger.heartbeat_s", self.heartbeat_s, low=0)
+        check_range("logger.checkpoint_upload_every_s", self.checkpoint_upload_every_s, low=0)
 
 
 # ------------------------------------------------------------------------------------------ callbacks
@@ -342,6 +346,7 @@ class TrainConfig:
     threads: Optional[int] = None  # torch intra-op threads; null keeps torch's default
     test: bool = True  # evaluate the best checkpoint on the test split after fitting
     ckpt_path: Optional[str] = None  # a checkpoint to start fitting from
+    resume: Optional[str] = None  # a stored run's id: continue that run from its last checkpoint
 
 
 GROUP_SCHEMAS: dict[str, dict[str, type]] = {

@@ -1,7 +1,7 @@
-"""The one place a run talks to MLflow: open, record, close with a truthful status.
+"""What a run records in MLflow: params, the config, git state and versions, metrics (batched), files.
 
-Only rank 0 ever holds a :class:`TrackedRun`; other ranks learn its id through the environment and never
-touch the store. Sweeps (parent runs), ``resume`` and status handling change this file, not the models.
+Only rank 0 ever records; other ranks learn the run's id through the environment and never touch the
+store. Opening, re-opening and closing runs, and their statuses, live in :mod:`labbook.lifecycle`.
 """
 
 from __future__ import annotations
@@ -10,9 +10,6 @@ import getpass
 import io
 import os
 import re
-import shlex
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,13 +18,12 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pytorch_lightning.loggers.logger import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
-from labbook.errors import RunInterrupted, RunKilled
 from labbook.store import artifact_root
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -155,100 +151,26 @@ class MLflowMetricsLogger(Logger):
         self.flush()
 
 
-class TrackedRun:
-    """An open MLflow run and everything recorded into it; closing it sets the status that happened.
-
-    Use as a context manager: ``FINISHED`` on a normal exit, ``KILLED`` when SIGINT/SIGTERM arrived,
-    ``FAILED`` (with the error in the ``error`` tag) on any other exception.
-    """
+class Recorder:
+    """Everything a run writes into MLflow (params, config, git state, artifacts, plots, metrics through
+    :meth:`lightning_logger`). Opening and closing the run is :class:`labbook.lifecycle.TrackedRun`'s."""
 
     def __init__(self, client: MlflowClient, run_id: str, uri: str) -> None:
         self.client, self.run_id, self.uri = client, run_id, uri
-        self.signal_received: int | None = None
-        self._previous_handlers: dict[int, Any] = {}
         self.logger: MLflowMetricsLogger | None = None
 
-    # ------------------------------------------------------------------------------ open and close
-    @classmethod
-    def start(cls, uri: str, experiment_name: str, run_name: str | None = None,
-              tags: Mapping[str, str] | None = None, parent_run_id: str | None = None) -> "TrackedRun":
-        client = MlflowClient(tracking_uri=uri)
-        exp_id = ensure_experiment(client, experiment_name, uri)
-        all_tags = {
-            "mlflow.user": _user(),
-            "mlflow.source.name": "labbook train",
-            "mlflow.source.type": "LOCAL",
-            "host": socket.gethostname(),
-            "command": shlex.join(["labbook", "train", *sys.argv[1:]]),
-            **(tags or {}),
-        }
-        if parent_run_id:
-            all_tags["mlflow.parentRunId"] = parent_run_id
-        run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
-        return cls(client, run.info.run_id, uri)
-
-    def __enter__(self) -> "TrackedRun":
-        self.claim_signals()
-        return self
-
-    def claim_signals(self) -> None:
-        """(Re)install the SIGINT/SIGTERM handlers that end the run KILLED.
-
-        Lightning installs its own SIGTERM handler at the start of every stage (see
-        :class:`labbook.callbacks.ReclaimSignals`, which calls this again right after).
-        """
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
-                previous = signal.signal(signum, self._on_signal)
-            except ValueError:  # not the main thread: the caller owns signal handling
-                continue
-            self._previous_handlers.setdefault(signum, previous)
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        if self.signal_received is None:
-            self.signal_received = signum
-            raise RunInterrupted(f"received {signal.Signals(signum).name}")
-
-    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> bool:
-        for signum, handler in self._previous_handlers.items():
-            signal.signal(signum, handler)
-        if self.logger is not None:
-            try:
-                self.logger.flush()
-            except Exception:  # noqa: BLE001 - the status below matters more than late metrics
-                pass
-        if self.signal_received is not None:
-            name = signal.Signals(self.signal_received).name
-            self.end("KILLED", f"interrupted by {name}")
-            # The shell convention for death by signal, whatever Lightning turned the signal into.
-            raise RunKilled(128 + self.signal_received, self.run_id, name) from None
-        if exc is None or (isinstance(exc, SystemExit) and exc.code in (0, None)):
-            self.end("FINISHED")
-        else:
-            self.end("FAILED", f"{type(exc).__name__}: {exc}")
-            try:
-                exc.labbook_run_id = self.run_id  # type: ignore[union-attr]  # named in the CLI's error line
-            except AttributeError:
-                pass
-        return False
-
-    def end(self, status: str, error: str | None = None) -> None:
-        if error:
-            self.client.set_tag(self.run_id, "error", error[:MAX_TAG_LENGTH])
-        self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.from_string(status)))
-
-    # ------------------------------------------------------------------------------------- record
     def lightning_logger(self, flush_every_s: float) -> MLflowMetricsLogger:
         self.logger = MLflowMetricsLogger(self.client, self.run_id, flush_every_s)
         return self.logger
 
-    def log_config(self, resolved: Mapping[str, Any], overrides: Iterable[str]) -> None:
-        """Flattened config as params; the config and the overrides as YAML artifacts."""
+    def log_config(self, resolved: Mapping[str, Any], overrides: Iterable[str], params: bool = True) -> None:
+        """Flattened config as params (once: MLflow refuses a param's second value); the config and the
+        overrides as YAML artifacts (rewritten by a resume, so they always rebuild the run as it is now)."""
         import yaml
 
-        params = [Param(k[:250], _param_text(v)) for k, v in flatten(resolved).items()]
-        for i in range(0, len(params), _BATCH):
-            self.client.log_batch(self.run_id, params=params[i : i + _BATCH], synchronous=True)
+        entries = [Param(k[:250], _param_text(v)) for k, v in flatten(resolved).items()] if params else []
+        for i in range(0, len(entries), _BATCH):
+            self.client.log_batch(self.run_id, params=entries[i : i + _BATCH], synchronous=True)
         self.log_text(yaml.safe_dump(dict(resolved), sort_keys=False), "config/config.yaml")
         self.log_text(yaml.safe_dump(list(overrides)), "config/overrides.yaml")
 

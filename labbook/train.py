@@ -8,7 +8,9 @@ datamodule's ``dims`` to the model's constructor.
 from __future__ import annotations
 
 import inspect
+import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -16,11 +18,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from labbook.callbacks import ReclaimSignals, build_callbacks
+from labbook.callbacks import ModelCheckpoint, ReclaimSignals, build_callbacks
 from labbook.errors import ConfigValueError, UserError
-from labbook.schemas import validate
+from labbook.schemas import MLflowConfig, validate
 from labbook.store import ui_command
-from labbook.tracking import TrackedRun
+from labbook.lifecycle import TrackedRun
+from labbook.resume import ResumePlan, resume_record
 from labbook.workers import ENV_RUN_ID, hand_off, is_rank_zero, process_group
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -77,10 +80,12 @@ def experiment_name(cfg: DictConfig, choices: Mapping[str, Any] | None) -> str:
 
 
 def run(cfg: DictConfig, uri: str | None = None, overrides: list[str] | None = None,
-        choices: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        choices: Mapping[str, Any] | None = None, resume: ResumePlan | None = None) -> dict[str, Any]:
     """Train and test one configured job; returns ``{"run_id", "metrics", "headline"}`` on rank 0.
 
     ``uri`` is the store the CLI resolved and prepared (rank 0 needs it; worker ranks never touch a store).
+    With ``resume`` the job continues that stored run (``cfg`` is the plan's config, ``cfg.ckpt_path`` its
+    last checkpoint) instead of opening a new one.
 
     Validation and everything that can be built before training happen before a run is opened: a bad
     config or a bad file never leaves a run behind.
@@ -105,7 +110,12 @@ def run(cfg: DictConfig, uri: str | None = None, overrides: list[str] | None = N
     if rank_zero:
         if uri is None:
             raise ValueError("labbook.train.run needs the resolved tracking URI on rank 0")
-        tracked = TrackedRun.start(uri, cfg.logger.experiment_name, cfg.logger.run_name, dict(cfg.logger.tags or {}))
+        heartbeat_s = cfg.logger.get("heartbeat_s", MLflowConfig.heartbeat_s)  # absent from older runs' configs
+        if resume is not None:
+            tracked = TrackedRun.reopen(uri, resume.run_id, heartbeat_s=heartbeat_s)
+        else:
+            tracked = TrackedRun.start(uri, cfg.logger.experiment_name, cfg.logger.run_name,
+                                       dict(cfg.logger.tags or {}), heartbeat_s=heartbeat_s)
     if tracked is None:  # a worker rank: no logger, no store; the same fit and test as rank 0
         trainer = build_trainer(cfg, callbacks)
         with process_group():
@@ -115,19 +125,34 @@ def run(cfg: DictConfig, uri: str | None = None, overrides: list[str] | None = N
         return {"run_id": os.environ.get(ENV_RUN_ID), "metrics": {}, "headline": None}
 
     with tracked:
-        tracked.log_config(resolved, overrides or [])
+        if resume is None:
+            tracked.log_config(resolved, overrides or [])
+        else:  # params stay as first logged (MLflow refuses new values); the stored config is the current one
+            tracked.log_config({**resolved, "ckpt_path": None}, resume.all_overrides, params=False)
+            tracked.log_text(resume_record(resume), f"config/resume-{resume.number}.yaml")
+            tracked.set_tags({"resumes": resume.number})
         tracked.log_git(PACKAGE_ROOT)
         tracked.log_environment()
+        upload = CheckpointUpload(tracked, cfg.logger.get("checkpoint_upload_every_s",
+                                                          MLflowConfig.checkpoint_upload_every_s))
+        if cfg.logger.log_checkpoints:
+            for cb in callbacks:
+                if isinstance(cb, ModelCheckpoint):
+                    cb.on_save = upload
         trainer = build_trainer(cfg, callbacks, tracked)
-        with hand_off(resolved, Path(cfg.paths.output_dir), tracked.run_id, trainer,
-                      on_abandon=lambda error: tracked.end("FAILED", error)):
-            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-            # Read before testing: loading the best checkpoint restores the callback's older state.
-            checkpoints = _checkpoint_state(trainer)
-            metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-            if cfg.test:
-                trainer.test(model, datamodule=datamodule, ckpt_path=_test_ckpt(trainer), verbose=False)
-                metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        try:
+            with hand_off(resolved, Path(cfg.paths.output_dir), tracked.run_id, trainer,
+                          on_abandon=lambda error: tracked.end("FAILED", error)):
+                trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+                # Read before testing: loading the best checkpoint restores the callback's older state.
+                checkpoints = _checkpoint_state(trainer)
+                metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+                if cfg.test:
+                    trainer.test(model, datamodule=datamodule, ckpt_path=_test_ckpt(trainer), verbose=False)
+                    metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        except BaseException:
+            upload.flush()  # interrupted or failed: the newest checkpoints reach the store for a resume
+            raise
         trainer.logger.flush()
         if cfg.logger.log_checkpoints:
             _log_checkpoints(tracked, checkpoints)
@@ -149,6 +174,36 @@ def build_trainer(cfg: DictConfig, callbacks: list[Any], tracked: TrackedRun | N
         return instantiate(cfg.trainer, callbacks=callbacks, logger=False, **overrides)
     return instantiate(cfg.trainer, callbacks=[*callbacks, ReclaimSignals(tracked.claim_signals)],
                        logger=tracked.lightning_logger(cfg.logger.flush_every_s), **overrides)
+
+
+class CheckpointUpload:
+    """Store each checkpoint the run writes as ``checkpoints/best.ckpt`` / ``checkpoints/last.ckpt`` while
+    it trains (a run stopped on one machine resumes on another), each name at most once per ``every_s``
+    seconds; the final ones are stored when training ends whatever the interval."""
+
+    def __init__(self, tracked: TrackedRun, every_s: float) -> None:
+        self.tracked, self.every_s = tracked, every_s
+        self._last: dict[str, float] = {}
+        self._pending: dict[str, str] = {}  # written but not stored yet (inside the interval)
+
+    def __call__(self, path: str) -> None:
+        name = "best.ckpt" if Path(path).name.startswith("best") else "last.ckpt"
+        self._pending[name] = path
+        if time.monotonic() - self._last.get(name, -math.inf) >= self.every_s:
+            self._store(name)
+
+    def flush(self) -> None:
+        for name in list(self._pending):
+            try:
+                self._store(name)
+            except Exception:  # noqa: BLE001 - on the way out: the run's status matters more
+                pass
+
+    def _store(self, name: str) -> None:
+        path = self._pending.pop(name)
+        if Path(path).exists():
+            self.tracked.log_file(path, f"checkpoints/{name}")
+        self._last[name] = time.monotonic()
 
 
 def _test_ckpt(trainer: Any) -> str | None:

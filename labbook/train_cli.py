@@ -34,6 +34,7 @@ def train_main(args: Sequence[str]) -> int:
     quiet_libraries()
     try:
         check_group_options(args)
+        check_resume_arguments(args)
     except Exception as exc:  # noqa: BLE001
         return fail(exc, full_error)
     schemas.register()
@@ -49,9 +50,21 @@ def train_main(args: Sequence[str]) -> int:
             uri = resolve_tracking_uri(cfg.logger.tracking_uri)
             if hc.mode != RunMode.MULTIRUN:  # a sweep's store was prepared before its first job (SweepStore)
                 prepare_store(uri)
+            reap_own_host(uri)
             from labbook.train import run, summary
 
-            result = run(cfg, uri, overrides=list(hc.overrides.task), choices=dict(hc.runtime.choices))
+            plan = None
+            if cfg.resume:
+                from hydra import compose
+                from omegaconf import OmegaConf
+
+                from labbook.resume import plan_resume
+
+                new = [o for o in hc.overrides.task if not o.startswith("resume=")]
+                plan = plan_resume(uri, cfg.resume, new, checkpoint_dir=Path(cfg.paths.checkpoint_dir),
+                                   compose=lambda o: OmegaConf.to_container(compose("train", overrides=o), resolve=True))
+                cfg = OmegaConf.create(plan.config)
+            result = run(cfg, uri, overrides=list(hc.overrides.task), choices=dict(hc.runtime.choices), resume=plan)
         except Exception as exc:  # noqa: BLE001
             if full_error:
                 raise
@@ -86,6 +99,53 @@ def train_main(args: Sequence[str]) -> int:
         return fail(failures[0], full_error) if len(failures) == 1 else fail(
             failures[0], full_error, prefix=f"{len(failures)} jobs failed; the first: ")
     return 0
+
+
+def reap_own_host(uri: str) -> None:
+    """What every command that opens runs does first: fail this host's runs whose process is gone."""
+    from mlflow.tracking import MlflowClient
+
+    from labbook.lifecycle import reap
+
+    for run_id, why in reap(MlflowClient(tracking_uri=uri), this_host_only=True):
+        print(f"labbook: run {run_id} was left RUNNING by a process that is gone; marked FAILED ({why})",
+              file=sys.stderr)
+
+
+def check_resume_arguments(args: Sequence[str]) -> None:
+    """For ``resume=RUN_ID``, before Hydra composes anything: the run must exist in the store, then every
+    override must be one a resume may change (Hydra would otherwise judge ``model.hidden_size=8`` against
+    the default model, not the run's)."""
+    given = {a.split("=", 1)[0].lstrip("+~"): a.split("=", 1)[1] for a in args if "=" in a and not a.startswith("-")}
+    if not given.get("resume"):
+        return
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from labbook.errors import UserError
+    from labbook.resume import RESUMABLE, allowed
+    from labbook.store import resolve_tracking_uri, sqlite_path
+
+    uri = resolve_tracking_uri(given.get("logger.tracking_uri"))
+    db = sqlite_path(uri)
+    missing = UserError(f"resume={given['resume']!r}: no such run in the store {uri} (check the id, or point "
+                        "logger.tracking_uri / MLFLOW_TRACKING_URI at the store that holds it)")
+    if db is not None and not db.exists():
+        raise missing
+    try:
+        MlflowClient(tracking_uri=uri).get_run(given["resume"])
+    except MlflowException:
+        raise missing from None
+    refused = [k for k in given if k not in ("resume", "trainer", "debug") and not k.startswith("hydra")
+               and not allowed(k)]
+    if refused:
+        raise UserError(f"resume={given['resume']}: {', '.join(refused)} cannot change on a resume (that is a "
+                        f"different experiment: start a new run); a resume may change {describe(RESUMABLE)}, "
+                        "and choose trainer= and debug= presets")
+
+
+def describe(prefixes: Sequence[str]) -> str:
+    return ", ".join(p.rstrip(".") + (".*" if p.endswith(".") else "") for p in prefixes)
 
 
 def check_group_options(args: Sequence[str]) -> None:

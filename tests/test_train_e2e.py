@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -14,7 +12,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import LABBOOK, labbook, runs
+from tests.conftest import labbook, runs
 
 QUIET = "debug=quiet"
 
@@ -138,49 +136,6 @@ def test_exception_during_training_marks_failed_with_message(tmp_path: Path, sto
     assert "missing.ckpt" in run.data.tags["error"]
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("labbook: error:") and run.info.run_id in last and "Traceback" not in out.stderr
-
-
-def training_logged(db: Path) -> bool:
-    """Whether a run in the SQLite store ``db`` has logged train/log_likelihood yet.
-
-    Read with sqlite3, read-only: an MlflowClient opened while `labbook` is still creating the store
-    would run MLflow's table creation a second time, concurrently ("table ... already exists").
-    """
-    if not db.exists():
-        return False
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as con:
-            return con.execute("SELECT 1 FROM metrics WHERE key = 'train/log_likelihood' LIMIT 1").fetchone() is not None
-    except sqlite3.Error:  # tables not created yet, or the writer holds the lock
-        return False
-
-
-@pytest.fixture
-def start_training(tmp_path: Path, store: str):
-    """Start `labbook train ARGS` in the background (into ``store``, which sets MLFLOW_TRACKING_URI); returns
-    once its first run has logged a training metric. Whatever the test's outcome, no process it started
-    outlives it.
-    """
-    started: list[subprocess.Popen] = []
-
-    def start(*args: str) -> subprocess.Popen:
-        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-        proc = subprocess.Popen([LABBOOK, "train", *args, QUIET], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-        started.append(proc)
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            if training_logged(tmp_path / "mlflow.db"):
-                return proc
-            time.sleep(0.5)
-        proc.kill()
-        _, err = proc.communicate(timeout=60)
-        pytest.fail(f"the run never started logging: {err[-2000:]}")
-
-    yield start
-    for proc in started:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # the session: rank 0 and any worker it started
 
 
 def _proc_stat(pid: int) -> list[str] | None:

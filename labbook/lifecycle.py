@@ -1,0 +1,232 @@
+"""A run's life: open it (new, as a sweep's child, or re-opened to resume), say who owns it while it
+runs, close it with the status that matches what happened, and reap runs whose owner is gone.
+
+Statuses: ``FINISHED`` on a normal exit; ``FAILED`` on an exception (the message in tag ``error``);
+``KILLED`` on SIGINT/SIGTERM (exit code 130/143). A process that cannot say anything (SIGKILL, the
+out-of-memory killer, a lost machine) leaves its run RUNNING; :func:`reap` later marks it FAILED with the
+tags ``reaped`` (why) and ``reaped.at`` (when). To tell a live owner from a dead one, a run carries
+``owner.host``, ``owner.pid``, ``owner.boot_id`` and ``owner.start_ticks`` (the process's start time, so a
+recycled pid is not mistaken for the owner), and a ``heartbeat`` tag rewritten every
+``logger.heartbeat_s`` seconds for owners on other hosts.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shlex
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any, Mapping
+
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+
+from labbook.errors import RunInterrupted, RunKilled
+from labbook.tracking import MAX_TAG_LENGTH, Recorder, _user, ensure_experiment
+
+STALE_AFTER_S = 300.0  # `labbook reap`: a run on another host is dead after this long without a heartbeat
+
+
+# ------------------------------------------------------------------------------------------- owners
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
+def _start_ticks(pid: int) -> str | None:
+    """The start time of process ``pid`` in clock ticks since boot; None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    if fields[0] in ("Z", "X"):  # a zombie has finished: its run's owner is gone
+        return None
+    return fields[19]
+
+
+def owner_tags(pid: int | None = None) -> dict[str, str]:
+    """Who owns a run opened by this process (or ``pid``)."""
+    pid = os.getpid() if pid is None else pid
+    return {"owner.host": socket.gethostname(), "owner.pid": str(pid), "owner.boot_id": _boot_id(),
+            "owner.start_ticks": _start_ticks(pid) or "", "heartbeat": str(int(time.time()))}
+
+
+def owner_gone(tags: Mapping[str, str], now: float, stale_after_s: float) -> str | None:
+    """Why the owner of a RUNNING run with these tags is gone, or None while it may still be alive."""
+    host = tags.get("owner.host")
+    if host == socket.gethostname() and tags.get("owner.boot_id") == _boot_id():
+        pid = int(tags.get("owner.pid") or 0)
+        ticks = _start_ticks(pid) if pid else None
+        if ticks is None:
+            return f"its process {pid} on {host} no longer exists"
+        if tags.get("owner.start_ticks") and ticks != tags["owner.start_ticks"]:
+            return f"its process {pid} on {host} has ended (the pid now belongs to another process)"
+        return None
+    if host == socket.gethostname():
+        return f"{host} has rebooted since its process {tags.get('owner.pid')} started it"
+    beat = float(tags.get("heartbeat") or 0)
+    if now - beat > stale_after_s:
+        since = datetime.datetime.fromtimestamp(beat, datetime.timezone.utc).isoformat(timespec="seconds")
+        return f"no heartbeat from {host or 'its owner'} since {since} (limit {stale_after_s:g} s)"
+    return None
+
+
+def reap(client: MlflowClient, *, stale_after_s: float = STALE_AFTER_S, this_host_only: bool = False) -> list[tuple[str, str]]:
+    """Mark FAILED every RUNNING run whose owner is gone; returns ``[(run_id, why), ...]``.
+
+    Same host: the owner's pid no longer exists or belongs to a process started at another time. Another
+    host: no heartbeat for ``stale_after_s``. A run without owner tags (not opened by labbook) counts by
+    its start time. ``this_host_only`` leaves other hosts' runs alone (what every command does first).
+    """
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return []
+    now, me, reaped = time.time(), socket.gethostname(), []
+    for run in client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'", max_results=10000):
+        tags = dict(run.data.tags)
+        if this_host_only and tags.get("owner.host") != me:
+            continue
+        if "owner.host" not in tags:
+            tags.setdefault("heartbeat", str(run.info.start_time / 1000))
+        why = owner_gone(tags, now, stale_after_s)
+        if why is None:
+            continue
+        stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        for key, value in (("reaped", f"reaped: {why}"), ("reaped.at", stamp), ("error", f"reaped: {why}")):
+            client.set_tag(run.info.run_id, key, value[:MAX_TAG_LENGTH])
+        client.set_terminated(run.info.run_id, status="FAILED")
+        reaped.append((run.info.run_id, why))
+    return reaped
+
+
+class _Heartbeat(threading.Thread):
+    """Rewrites the run's ``heartbeat`` tag every ``every_s`` seconds until stopped."""
+
+    def __init__(self, client: MlflowClient, run_id: str, every_s: float) -> None:
+        super().__init__(name="labbook-heartbeat", daemon=True)
+        self._client, self._run_id, self._every_s = client, run_id, every_s
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self._every_s):
+            try:
+                self._client.set_tag(self._run_id, "heartbeat", str(int(time.time())))
+            except Exception:  # noqa: BLE001 - a busy store skips a beat; the next one will do
+                pass
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+
+
+# ---------------------------------------------------------------------------------------------- run
+class TrackedRun(Recorder):
+    """An open MLflow run owned by this process; closing it sets the status that happened.
+
+    Use as a context manager: ``FINISHED`` on a normal exit, ``KILLED`` when SIGINT/SIGTERM arrived,
+    ``FAILED`` (with the error in the ``error`` tag) on any other exception.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str, uri: str, heartbeat_s: float = 30.0) -> None:
+        super().__init__(client, run_id, uri)
+        self.signal_received: int | None = None
+        self._previous_handlers: dict[int, Any] = {}
+        self._heartbeat_s = heartbeat_s
+        self._heartbeat: _Heartbeat | None = None
+
+    @classmethod
+    def start(cls, uri: str, experiment_name: str, run_name: str | None = None,
+              tags: Mapping[str, str] | None = None, parent_run_id: str | None = None,
+              heartbeat_s: float = 30.0) -> "TrackedRun":
+        """Open a new run in ``experiment_name`` (a child of ``parent_run_id`` when given)."""
+        client = MlflowClient(tracking_uri=uri)
+        exp_id = ensure_experiment(client, experiment_name, uri)
+        all_tags = {
+            "mlflow.user": _user(),
+            "mlflow.source.name": "labbook train",
+            "mlflow.source.type": "LOCAL",
+            "host": socket.gethostname(),
+            "command": shlex.join(["labbook", "train", *sys.argv[1:]]),
+            **owner_tags(),
+            **(tags or {}),
+        }
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
+        return cls(client, run.info.run_id, uri, heartbeat_s)
+
+    @classmethod
+    def reopen(cls, uri: str, run_id: str, heartbeat_s: float = 30.0) -> "TrackedRun":
+        """Re-open an ended run (to resume it): RUNNING again, owned by this process."""
+        client = MlflowClient(tracking_uri=uri)
+        tags = client.get_run(run_id).data.tags
+        for stale in ("error", "reaped", "reaped.at"):  # what the last attempt ended with: not this one's
+            if stale in tags:
+                client.delete_tag(run_id, stale)
+        client.update_run(run_id, status="RUNNING")
+        for key, value in owner_tags().items():
+            client.set_tag(run_id, key, value)
+        return cls(client, run_id, uri, heartbeat_s)
+
+    def __enter__(self) -> "TrackedRun":
+        self.claim_signals()
+        if self._heartbeat_s > 0:
+            self._heartbeat = _Heartbeat(self.client, self.run_id, self._heartbeat_s)
+            self._heartbeat.start()
+        return self
+
+    def claim_signals(self) -> None:
+        """(Re)install the SIGINT/SIGTERM handlers that end the run KILLED.
+
+        Lightning installs its own SIGTERM handler at the start of every stage (see
+        :class:`labbook.callbacks.ReclaimSignals`, which calls this again right after).
+        """
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous = signal.signal(signum, self._on_signal)
+            except ValueError:  # not the main thread: the caller owns signal handling
+                continue
+            self._previous_handlers.setdefault(signum, previous)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.signal_received is None:
+            self.signal_received = signum
+            raise RunInterrupted(f"received {signal.Signals(signum).name}")
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> bool:
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+        if self.logger is not None:
+            try:
+                self.logger.flush()
+            except Exception:  # noqa: BLE001 - the status below matters more than late metrics
+                pass
+        if self.signal_received is not None:
+            name = signal.Signals(self.signal_received).name
+            self.end("KILLED", f"interrupted by {name}")
+            # The shell convention for death by signal, whatever Lightning turned the signal into.
+            raise RunKilled(128 + self.signal_received, self.run_id, name) from None
+        if exc is None or (isinstance(exc, SystemExit) and exc.code in (0, None)):
+            self.end("FINISHED")
+        else:
+            self.end("FAILED", f"{type(exc).__name__}: {exc}")
+            try:
+                exc.labbook_run_id = self.run_id  # type: ignore[union-attr]  # named in the CLI's error line
+            except AttributeError:
+                pass
+        return False
+
+    def end(self, status: str, error: str | None = None) -> None:
+        if error:
+            self.client.set_tag(self.run_id, "error", error[:MAX_TAG_LENGTH])
+        self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.from_string(status)))

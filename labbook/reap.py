@@ -1,0 +1,46 @@
+"""``labbook reap [--tracking-uri URI] [--stale-after SECONDS]``: fail the runs whose owner is gone."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from labbook.lifecycle import STALE_AFTER_S
+
+
+def reap_main(args: Sequence[str]) -> int:
+    from labbook.console import fail, quiet_libraries
+
+    parser = argparse.ArgumentParser(
+        prog="labbook reap",
+        description="Mark FAILED every RUNNING run whose owner is gone: on this host, a process that no longer "
+                    "exists (SIGKILL, the OOM killer); on another host, no heartbeat for --stale-after seconds.")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="the store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    parser.add_argument("--stale-after", type=float, default=STALE_AFTER_S, metavar="SECONDS",
+                        help=f"a run on another host is dead after this long without a heartbeat (default {STALE_AFTER_S:g})")
+    options = parser.parse_args(list(args))
+    if options.stale_after <= 0:
+        parser.error(f"--stale-after={options.stale_after:g} is not allowed: expected a number of seconds > 0")
+    quiet_libraries()
+    full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))
+    try:
+        from mlflow.tracking import MlflowClient
+
+        from labbook.errors import UserError
+        from labbook.lifecycle import reap
+        from labbook.store import resolve_tracking_uri, sqlite_path
+
+        uri = resolve_tracking_uri(options.tracking_uri)
+        db = sqlite_path(uri)
+        if db is not None and not db.exists():
+            raise UserError(f"no tracking store at {db} (pass --tracking-uri URI or set MLFLOW_TRACKING_URI)")
+        reaped = reap(MlflowClient(tracking_uri=uri), stale_after_s=options.stale_after)
+    except Exception as exc:  # noqa: BLE001
+        return fail(exc, full_error)
+    for run_id, why in reaped:
+        print(f"{run_id} FAILED: {why}")
+    print(f"{len(reaped)} run(s) reaped in {uri}", file=sys.stderr)
+    return 0

@@ -1,0 +1,203 @@
+"""``labbook train resume=RUN_ID [OVERRIDES]``: continue a stored run where its last checkpoint left it.
+
+The run is rebuilt from the store alone (its resolved config, its overrides and ``checkpoints/last.ckpt``),
+so a run stopped on one machine resumes on another. What a resume may change is what does not make it a
+different experiment: how long and on what hardware it trains (``trainer.*``, ``threads``), whether it is
+tested, and how it is recorded (``logger.*`` but its names). The effect of the new overrides is found by
+composing the run's own overrides with and without them, so a preset, a group choice (``trainer=ddp_cpu``)
+and a single key are judged alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from labbook.errors import UserError
+
+# Dotted prefixes a resume may change; anything else differing is refused.
+RESUMABLE = ("trainer.", "threads", "test", "logger.tags", "logger.flush_every_s", "logger.heartbeat_s",
+             "logger.log_checkpoints", "logger.tracking_uri", "callbacks.early_stopping.", "paths.")
+
+
+@dataclasses.dataclass
+class ResumePlan:
+    run_id: str
+    number: int  # 1 for a run's first resume
+    config: dict[str, Any]  # the resolved config to train with (ckpt_path: the localised last.ckpt)
+    overrides: list[str]  # this resume's command-line overrides
+    all_overrides: list[str]  # the run's overrides so far, this resume's appended
+    changes: dict[str, list[Any]]  # key -> [stored value, new value]
+    checkpoint: dict[str, int]  # epoch and global step the run continues from
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        if not isinstance(tree.get(part), dict):  # a leaf that became a subtree (strategy: auto -> {...})
+            tree[part] = {}
+        tree = tree[part]
+    tree[leaf] = value
+
+
+def _delete(tree: dict[str, Any], dotted: str) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        tree = tree.get(part)
+        if not isinstance(tree, dict):
+            return
+    tree.pop(leaf, None)
+
+
+def allowed(key: str) -> bool:
+    """Whether a resume may change the dotted config key ``key``."""
+    return any(key == p.rstrip(".") or (p.endswith(".") and key.startswith(p)) for p in RESUMABLE)
+
+
+def plan_resume(uri: str, run_id: str, new_overrides: list[str], compose: Callable[[list[str]], dict[str, Any]],
+                checkpoint_dir: Path) -> ResumePlan:
+    """Check everything a resume needs, in the order a user needs it, and download the checkpoints.
+
+    ``compose(overrides)`` returns the resolved config ``labbook train OVERRIDES`` would run with. Nothing is
+    written to the store here: a refused resume leaves the run as it was.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise UserError(f"resume={run_id!r}: no such run in the store {uri} (check the id, or point "
+                        "logger.tracking_uri / MLFLOW_TRACKING_URI at the store that holds it)") from None
+    if run.info.status == "RUNNING":
+        tags = run.data.tags
+        raise UserError(f"resume={run_id}: the run is still RUNNING (process {tags.get('owner.pid', '?')} on "
+                        f"{tags.get('owner.host', '?')}); stop it first, or `labbook reap` if that process is gone")
+    stored = {a.path for a in client.list_artifacts(run_id, "config")} | \
+             {a.path for a in client.list_artifacts(run_id, "checkpoints")}
+    if "config/config.yaml" not in stored or "config/overrides.yaml" not in stored:
+        raise UserError(f"resume={run_id}: the run has no stored config (config/config.yaml and "
+                        "config/overrides.yaml), so it cannot be rebuilt")
+    if "checkpoints/last.ckpt" not in stored:
+        raise UserError(f"resume={run_id}: the run has no checkpoints/last.ckpt to resume from (trained with "
+                        "logger.log_checkpoints=false or callbacks.checkpoint.enabled=false, or it ended before "
+                        "its first epoch did)")
+
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    config = yaml.safe_load(Path(client.download_artifacts(run_id, "config/config.yaml", str(checkpoint_dir))).read_text())
+    old_overrides = yaml.safe_load(Path(client.download_artifacts(run_id, "config/overrides.yaml",
+                                                                  str(checkpoint_dir))).read_text()) or []
+    try:
+        before, after = _flatten(compose(old_overrides)), _flatten(compose([*old_overrides, *new_overrides]))
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the run's overrides no longer compose with today's conf/
+        from labbook.errors import one_line
+
+        raise UserError(f"resume={run_id}: its overrides {old_overrides} no longer compose: {one_line(exc)}") from exc
+    changes = {k: [config_value(config, k, before.get(k)), after.get(k)]
+               for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)}
+    refused = [k for k in changes if not allowed(k)]
+    if refused:
+        shown = ", ".join(f"{k} ({changes[k][0]!r} -> {changes[k][1]!r})" for k in refused)
+        raise UserError(f"resume={run_id}: {shown} cannot change on a resume (that is a different experiment: "
+                        f"start a new run); a resume may change "
+                        + ", ".join(p.rstrip(".") + (".*" if p.endswith(".") else "") for p in RESUMABLE))
+    longer = [k for k in ("trainer.max_epochs", "trainer.max_steps") if k in changes
+              and isinstance(changes[k][1], int) and (changes[k][1] == -1 or changes[k][1] > (changes[k][0] or 0))]
+    if longer and config_value(config, "model.one_cycle", False):
+        raise UserError(f"resume={run_id}: {longer[0]} cannot grow ({changes[longer[0]][0]!r} -> "
+                        f"{changes[longer[0]][1]!r}): model.one_cycle=true fits its learning-rate schedule to the "
+                        "run's original length; resume with the same length to finish an interrupted run, or "
+                        "train a new run (model.one_cycle=false runs can be trained further)")
+    for key in changes:  # keys the new composition lacks go first: a leaf may have become a subtree
+        if key not in after:
+            _delete(config, key)
+    for key in changes:
+        if key in after:
+            _set(config, key, after[key])
+    config["paths"] = compose([*old_overrides, *new_overrides])["paths"]  # this attempt's directories
+
+    last = localise_checkpoint(Path(client.download_artifacts(run_id, "checkpoints/last.ckpt", str(checkpoint_dir / ".download"))),
+                               checkpoint_dir)
+    if "checkpoints/best.ckpt" in stored:
+        best = Path(client.download_artifacts(run_id, "checkpoints/best.ckpt", str(checkpoint_dir / ".download")))
+        best.replace(checkpoint_dir / "best.ckpt")
+    config["ckpt_path"] = str(last)
+    config.pop("resume", None)
+    number = int(run.data.tags.get("resumes", "0")) + 1
+    import torch
+
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    done, limit = int(state.get("epoch", -1)) + 1, config_value(config, "trainer.max_epochs", -1)
+    if isinstance(limit, int) and 0 <= limit < done:
+        raise UserError(f"resume={run_id}: trainer.max_epochs={limit} is not allowed: the run has already trained "
+                        f"{done} epochs (its last checkpoint); give trainer.max_epochs={done} or more")
+    return ResumePlan(run_id, number, config, list(new_overrides), [*old_overrides, *new_overrides], changes,
+                      {"epoch": int(state.get("epoch", -1)), "global_step": int(state.get("global_step", 0))})
+
+
+def config_value(config: Mapping[str, Any], dotted: str, default: Any) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def localise_checkpoint(downloaded: Path, checkpoint_dir: Path) -> Path:
+    """Write ``downloaded`` as ``checkpoint_dir/last.ckpt`` with its checkpoint callbacks' paths moved there.
+
+    Lightning reloads a ModelCheckpoint's best score and paths only when the stored ``dirpath`` is the one it
+    writes to; the run wrote to a directory of its own attempt (possibly on another machine), so the stored
+    state is moved to this attempt's directory, where best.ckpt is put beside it.
+    """
+    import torch
+
+    state = torch.load(downloaded, map_location="cpu", weights_only=True)
+    new_dir = str(checkpoint_dir)
+    for key, cb in state.get("callbacks", {}).items():
+        if not key.startswith("ModelCheckpoint") or not cb.get("dirpath"):
+            continue
+        old_dir = str(cb["dirpath"])
+
+        def move(path: Any) -> Any:
+            return new_dir + path[len(old_dir):] if isinstance(path, str) and path.startswith(old_dir) else path
+
+        cb["dirpath"] = new_dir
+        for field in ("best_model_path", "last_model_path", "kth_best_model_path"):
+            if field in cb:
+                cb[field] = move(cb[field])
+        if "best_k_models" in cb:
+            cb["best_k_models"] = {move(p): v for p, v in cb["best_k_models"].items()}
+    target = checkpoint_dir / "last.ckpt"
+    torch.save(state, target)
+    downloaded.unlink(missing_ok=True)
+    return target
+
+
+def resume_record(plan: ResumePlan) -> str:
+    """The YAML stored as ``config/resume-N.yaml``: what this resume changed and where it started."""
+    return yaml.safe_dump({
+        "resume": plan.number,
+        "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "overrides": plan.overrides,
+        "changes": {k: {"from": v[0], "to": v[1]} for k, v in plan.changes.items() if not k.startswith("paths.")},
+        "from_checkpoint": plan.checkpoint,
+    }, sort_keys=False)
