@@ -12,7 +12,8 @@ usage: labbook COMMAND [ARGS]      (labbook --version: the version and the check
 
 commands:
   train [OVERRIDES ...]      compose conf/train.yaml with Hydra overrides, train, test, record in MLflow
-                             (`labbook train --help` lists the config groups and keys)
+                             (`labbook train --help` lists the config groups and keys;
+                             `labbook train resume=RUN_ID [OVERRIDES]` continues a stored run)
   predict [--tracking-uri URI] RUN_ID [INPUT ...]
                              load a run's best checkpoint from the store and print one answer per input
                              (inputs from stdin, one per line, when none are given)

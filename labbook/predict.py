@@ -19,36 +19,14 @@ USAGE = """\
 usage: labbook predict [--tracking-uri URI] RUN_ID [INPUT ...]
   Inputs come from stdin, one per line, when none are given. The store is URI, else $MLFLOW_TRACKING_URI,
   else sqlite:///mlflow.db in the working directory."""
-CHECKPOINTS = ("checkpoints/best.ckpt", "checkpoints/last.ckpt")
-
-
 def load_run(run_id: str, uri: str, workdir: Path) -> tuple[dict, Path]:
     """The run's resolved config and a local copy of its best (else last) checkpoint."""
-    import yaml
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+    from labbook.runs import StoredRun
 
-    from labbook.store import sqlite_path
-
-    db = sqlite_path(uri)
-    if db is not None and not db.exists():
-        raise UserError(f"no tracking store at {db} (pass --tracking-uri URI, set MLFLOW_TRACKING_URI, or run "
-                        "from the directory holding mlflow.db)")
-    client = MlflowClient(tracking_uri=uri)
-    try:
-        client.get_run(run_id)
-    except MlflowException as exc:
-        raise UserError(f"run {run_id!r} not found in the store {uri}") from exc
-    try:
-        config = yaml.safe_load(Path(client.download_artifacts(run_id, "config/config.yaml", str(workdir))).read_text())
-    except (MlflowException, OSError) as exc:
-        raise UserError(f"run {run_id} has no config/config.yaml artifact, so it cannot be rebuilt") from exc
-    stored = {a.path for a in client.list_artifacts(run_id, "checkpoints")}
-    for name in CHECKPOINTS:
-        if name in stored:
-            return config, Path(client.download_artifacts(run_id, name, str(workdir)))
-    raise UserError(f"run {run_id} has no checkpoint (expected {' or '.join(CHECKPOINTS)}); "
-                    "was it trained with logger.log_checkpoints=false or did it fail before one was saved?")
+    stored = StoredRun.find(uri, run_id)
+    config = stored.config(workdir)
+    return config, stored.checkpoint(("best.ckpt", "last.ckpt"), workdir, why=(
+        ": was it trained with logger.log_checkpoints=false, or did it fail before one was saved?"))
 
 
 def predict(run_id: str, inputs: Sequence[str], uri: str) -> list[str]:

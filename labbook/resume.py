@@ -75,33 +75,23 @@ def plan_resume(uri: str, run_id: str, new_overrides: list[str], compose: Callab
     ``compose(overrides)`` returns the resolved config ``labbook train OVERRIDES`` would run with. Nothing is
     written to the store here: a refused resume leaves the run as it was.
     """
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+    from labbook.runs import StoredRun
 
-    client = MlflowClient(tracking_uri=uri)
     try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        raise UserError(f"resume={run_id!r}: no such run in the store {uri} (check the id, or point "
-                        "logger.tracking_uri / MLFLOW_TRACKING_URI at the store that holds it)") from None
-    if run.info.status == "RUNNING":
-        tags = run.data.tags
-        raise UserError(f"resume={run_id}: the run is still RUNNING (process {tags.get('owner.pid', '?')} on "
-                        f"{tags.get('owner.host', '?')}); stop it first, or `labbook reap` if that process is gone")
-    stored = {a.path for a in client.list_artifacts(run_id, "config")} | \
-             {a.path for a in client.list_artifacts(run_id, "checkpoints")}
-    if "config/config.yaml" not in stored or "config/overrides.yaml" not in stored:
-        raise UserError(f"resume={run_id}: the run has no stored config (config/config.yaml and "
-                        "config/overrides.yaml), so it cannot be rebuilt")
-    if "checkpoints/last.ckpt" not in stored:
+        run = StoredRun.find(uri, run_id)
+    except UserError as exc:
+        raise UserError(f"resume={run_id}: {exc}") from None
+    if run.status == "RUNNING":
+        raise UserError(f"resume={run_id}: the run is still RUNNING (process {run.tags.get('owner.pid', '?')} on "
+                        f"{run.tags.get('owner.host', '?')}); stop it first, or `labbook reap` if that process is gone")
+    if "checkpoints/last.ckpt" not in run.artifacts("checkpoints"):
         raise UserError(f"resume={run_id}: the run has no checkpoints/last.ckpt to resume from (trained with "
                         "logger.log_checkpoints=false or callbacks.checkpoint.enabled=false, or it ended before "
                         "its first epoch did)")
-
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    config = yaml.safe_load(Path(client.download_artifacts(run_id, "config/config.yaml", str(checkpoint_dir))).read_text())
-    old_overrides = yaml.safe_load(Path(client.download_artifacts(run_id, "config/overrides.yaml",
-                                                                  str(checkpoint_dir))).read_text()) or []
+    try:
+        config, old_overrides = run.config(checkpoint_dir / ".download"), run.overrides(checkpoint_dir / ".download")
+    except UserError as exc:
+        raise UserError(f"resume={run_id}: {exc}") from None
     try:
         before, after = _flatten(compose(old_overrides)), _flatten(compose([*old_overrides, *new_overrides]))
     except UserError:
@@ -133,14 +123,12 @@ def plan_resume(uri: str, run_id: str, new_overrides: list[str], compose: Callab
             _set(config, key, after[key])
     config["paths"] = compose([*old_overrides, *new_overrides])["paths"]  # this attempt's directories
 
-    last = localise_checkpoint(Path(client.download_artifacts(run_id, "checkpoints/last.ckpt", str(checkpoint_dir / ".download"))),
-                               checkpoint_dir)
-    if "checkpoints/best.ckpt" in stored:
-        best = Path(client.download_artifacts(run_id, "checkpoints/best.ckpt", str(checkpoint_dir / ".download")))
-        best.replace(checkpoint_dir / "best.ckpt")
+    last = localise_checkpoint(run.checkpoint(["last.ckpt"], checkpoint_dir / ".download"), checkpoint_dir)
+    if "checkpoints/best.ckpt" in run.artifacts("checkpoints"):
+        run.checkpoint(["best.ckpt"], checkpoint_dir / ".download").replace(checkpoint_dir / "best.ckpt")
     config["ckpt_path"] = str(last)
     config.pop("resume", None)
-    number = int(run.data.tags.get("resumes", "0")) + 1
+    number = int(run.tags.get("resumes", "0")) + 1
     import torch
 
     state = torch.load(last, map_location="cpu", weights_only=True)

@@ -7,6 +7,7 @@ datamodule's ``dims`` to the model's constructor.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import os
@@ -79,24 +80,29 @@ def experiment_name(cfg: DictConfig, choices: Mapping[str, Any] | None) -> str:
     return f"{choices.get('model', 'model')}-{choices.get('datamodule', 'data')}"
 
 
-def run(cfg: DictConfig, uri: str | None = None, overrides: list[str] | None = None,
-        choices: Mapping[str, Any] | None = None, resume: ResumePlan | None = None) -> dict[str, Any]:
-    """Train and test one configured job; returns ``{"run_id", "metrics", "headline"}`` on rank 0.
+@dataclasses.dataclass
+class Job:
+    """One job built from its config, before any run exists: what :func:`run` trains."""
 
-    ``uri`` is the store the CLI resolved and prepared (rank 0 needs it; worker ranks never touch a store).
-    With ``resume`` the job continues that stored run (``cfg`` is the plan's config, ``cfg.ckpt_path`` its
-    last checkpoint) instead of opening a new one.
+    cfg: DictConfig  # resolved: no interpolation can change under us
+    resolved: dict[str, Any]
+    datamodule: Any
+    model: Any
+    callbacks: list[Any]
 
-    Validation and everything that can be built before training happen before a run is opened: a bad
-    config or a bad file never leaves a run behind.
+
+def prepare(cfg: DictConfig, choices: Mapping[str, Any] | None = None) -> Job:
+    """Validate ``cfg`` and build the datamodule, the model and the callbacks.
+
+    Everything that can fail on a bad config or a bad file happens here, before a run is opened: such a
+    mistake never leaves a run behind.
     """
     validate(cfg)
     check_hardware(cfg.trainer)
-    rank_zero = is_rank_zero()
-    if rank_zero and cfg.logger.get("experiment_name") is None:
+    if is_rank_zero() and cfg.logger.get("experiment_name") is None:
         cfg.logger.experiment_name = experiment_name(cfg, choices)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    cfg = OmegaConf.create(resolved)  # from here on, no interpolation can change under us
+    cfg = OmegaConf.create(resolved)
 
     import pytorch_lightning as pl
 
@@ -104,19 +110,28 @@ def run(cfg: DictConfig, uri: str | None = None, overrides: list[str] | None = N
         torch.set_num_threads(int(cfg.threads))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, model = build_data_and_model(cfg)
-    callbacks = build_callbacks(cfg, model)
+    return Job(cfg, resolved, datamodule, model, build_callbacks(cfg, model))
 
-    tracked: TrackedRun | None = None
-    if rank_zero:
-        if uri is None:
-            raise ValueError("labbook.train.run needs the resolved tracking URI on rank 0")
-        heartbeat_s = cfg.logger.get("heartbeat_s", MLflowConfig.heartbeat_s)  # absent from older runs' configs
-        if resume is not None:
-            tracked = TrackedRun.reopen(uri, resume.run_id, heartbeat_s=heartbeat_s)
-        else:
-            tracked = TrackedRun.start(uri, cfg.logger.experiment_name, cfg.logger.run_name,
-                                       dict(cfg.logger.tags or {}), heartbeat_s=heartbeat_s)
-    if tracked is None:  # a worker rank: no logger, no store; the same fit and test as rank 0
+
+def open_run(job: Job, uri: str, resume: ResumePlan | None = None) -> TrackedRun:
+    """Rank 0's run for ``job``: a new one in its experiment, or the resumed run re-opened."""
+    cfg = job.cfg
+    heartbeat_s = cfg.logger.get("heartbeat_s", MLflowConfig.heartbeat_s)  # absent from older runs' configs
+    if resume is not None:
+        return TrackedRun.reopen(uri, resume.run_id, heartbeat_s=heartbeat_s)
+    return TrackedRun.start(uri, cfg.logger.experiment_name, cfg.logger.run_name, dict(cfg.logger.tags or {}),
+                            heartbeat_s=heartbeat_s)
+
+
+def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None,
+        resume: ResumePlan | None = None) -> dict[str, Any]:
+    """Fit and test ``job``, recording into the opened run ``tracked`` (rank 0), or as a DDP worker rank
+    (``tracked`` None: no logger, no store). Returns ``{"run_id", "metrics", "headline", "uri"}``.
+
+    With ``resume`` the job continues that run (``job.cfg.ckpt_path`` is its localised last checkpoint).
+    """
+    cfg, resolved, datamodule, model, callbacks = job.cfg, job.resolved, job.datamodule, job.model, job.callbacks
+    if tracked is None:
         trainer = build_trainer(cfg, callbacks)
         with process_group():
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)

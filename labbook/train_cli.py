@@ -51,7 +51,7 @@ def train_main(args: Sequence[str]) -> int:
             if hc.mode != RunMode.MULTIRUN:  # a sweep's store was prepared before its first job (SweepStore)
                 prepare_store(uri)
             reap_own_host(uri)
-            from labbook.train import run, summary
+            from labbook.train import open_run, prepare, run, summary
 
             plan = None
             if cfg.resume:
@@ -64,7 +64,8 @@ def train_main(args: Sequence[str]) -> int:
                 plan = plan_resume(uri, cfg.resume, new, checkpoint_dir=Path(cfg.paths.checkpoint_dir),
                                    compose=lambda o: OmegaConf.to_container(compose("train", overrides=o), resolve=True))
                 cfg = OmegaConf.create(plan.config)
-            result = run(cfg, uri, overrides=list(hc.overrides.task), choices=dict(hc.runtime.choices), resume=plan)
+            job = prepare(cfg, choices=dict(hc.runtime.choices))
+            result = run(job, open_run(job, uri, resume=plan), overrides=list(hc.overrides.task), resume=plan)
         except Exception as exc:  # noqa: BLE001
             if full_error:
                 raise
@@ -119,23 +120,15 @@ def check_resume_arguments(args: Sequence[str]) -> None:
     given = {a.split("=", 1)[0].lstrip("+~"): a.split("=", 1)[1] for a in args if "=" in a and not a.startswith("-")}
     if not given.get("resume"):
         return
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
     from labbook.errors import UserError
     from labbook.resume import RESUMABLE, allowed
-    from labbook.store import resolve_tracking_uri, sqlite_path
+    from labbook.runs import StoredRun
+    from labbook.store import resolve_tracking_uri
 
-    uri = resolve_tracking_uri(given.get("logger.tracking_uri"))
-    db = sqlite_path(uri)
-    missing = UserError(f"resume={given['resume']!r}: no such run in the store {uri} (check the id, or point "
-                        "logger.tracking_uri / MLFLOW_TRACKING_URI at the store that holds it)")
-    if db is not None and not db.exists():
-        raise missing
     try:
-        MlflowClient(tracking_uri=uri).get_run(given["resume"])
-    except MlflowException:
-        raise missing from None
+        StoredRun.find(resolve_tracking_uri(given.get("logger.tracking_uri")), given["resume"])
+    except UserError as exc:
+        raise UserError(f"resume={given['resume']}: {exc}") from None
     refused = [k for k in given if k not in ("resume", "trainer", "debug") and not k.startswith("hydra")
                and not allowed(k)]
     if refused:
@@ -170,14 +163,14 @@ def worker_main(config_path: Path) -> int:
     import yaml
     from omegaconf import OmegaConf
 
-    from labbook.train import run
+    from labbook.train import prepare, run
     from labbook.workers import die_with_parent
 
     die_with_parent()
     quiet_libraries()
     cfg = OmegaConf.create(yaml.safe_load(config_path.read_text()))
     try:
-        run(cfg)
+        run(prepare(cfg), None)
     except Exception as exc:  # noqa: BLE001 - rank 0 reports the job; this line says what this rank met
         return fail(exc, bool(os.environ.get(ENV_USER_FULL_ERROR)), prefix=f"rank {os.environ.get('LOCAL_RANK')}: ")
     return 0

@@ -100,8 +100,8 @@ def test_bad_resumes_are_one_line_and_leave_the_runs_as_they_were(tmp_path: Path
     no_ckpt, good, one_cycle = (r.info.run_id for r in sorted(runs(store), key=lambda r: r.info.start_time))
     before = {r.info.run_id: (r.info.status, r.info.end_time, r.data.tags) for r in runs(store)}
     cases = [
-        (["resume=0123456789abcdef0123456789abcdef", "model.nope=1"], ["no such run", "0123456789abcdef"]),
-        ([f"resume={good}", "logger.tracking_uri=sqlite:///other.db"], ["no such run", "other.db"]),
+        (["resume=0123456789abcdef0123456789abcdef", "model.nope=1"], ["not found in the store", "0123456789abcdef"]),
+        ([f"resume={good}", "logger.tracking_uri=sqlite:///other.db"], ["other.db"]),
         ([f"resume={no_ckpt}"], ["no checkpoints/last.ckpt", "logger.log_checkpoints=false"]),
         ([f"resume={good}", "model.optimizer.lr=0.5"], ["model.optimizer.lr cannot change on a resume", "trainer.*"]),
         ([f"resume={good}", "experiment=gmm_blobs"], ["experiment cannot change on a resume"]),
