@@ -170,7 +170,7 @@ LONG_GMM = ("experiment=gmm_blobs", "model.tol=0", "datamodule.n_samples=200000"
 @pytest.mark.parametrize("signum,trainer", [(signal.SIGTERM, "cpu"), (signal.SIGINT, "cpu"), (signal.SIGTERM, "ddp_cpu"),
                                             (signal.SIGINT, "ddp_cpu")],
                          ids=["SIGTERM", "SIGINT", "SIGTERM-ddp_cpu", "SIGINT-ddp_cpu"])
-def test_signal_marks_killed(start_training, store: str, signum: int, trainer: str) -> None:
+def test_signal_marks_killed(start_training, store: str, tmp_path: Path, signum: int, trainer: str) -> None:
     proc = start_training(*LONG_GMM, "trainer.max_epochs=100000", f"trainer={trainer}")
     workers = labbook_workers(proc.pid)
     assert len(workers) == (1 if trainer == "ddp_cpu" else 0)
@@ -182,6 +182,19 @@ def test_signal_marks_killed(start_training, store: str, signum: int, trainer: s
     assert run.data.tags["error"] == f"interrupted by {signal.Signals(signum).name}"
     assert "marked KILLED" in err.strip().splitlines()[-1]
     assert not [w for w in workers if alive(w)]
+    # The state reached (the last completed epoch) is in the store, and a resume finishes the same run.
+    client = MlflowClient(store)
+    assert "checkpoints/last.ckpt" in artifacts(client, run.info.run_id)
+    if signum == signal.SIGINT and trainer == "ddp_cpu":
+        import torch
+
+        ckpt = client.download_artifacts(run.info.run_id, "checkpoints/last.ckpt", str(tmp_path / "ckpt"))
+        done = int(torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"]) + 1
+        out = labbook("train", f"resume={run.info.run_id}", f"trainer.max_epochs={done + 2}", "trainer=ddp_cpu",
+                      QUIET, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-3000:]
+        resumed = only_run(store)
+        assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
 
 
 def test_a_dead_worker_fails_its_run_and_the_sweep_goes_on(start_training, store: str) -> None:
