@@ -82,11 +82,12 @@ from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from hydra.utils import get_class, instantiate  # noqa: E402
 
 from labbook import schemas  # noqa: E402
-from labbook.callbacks import build_callbacks  # noqa: E402
+from labbook.callbacks import ModelCheckpoint, build_callbacks  # noqa: E402
 from labbook.console import CONF_DIR  # noqa: E402
 from labbook.store import prepare_store  # noqa: E402
 from labbook.lifecycle import TrackedRun  # noqa: E402
-from labbook.train import accepted_kwargs, build_data_and_model, build_trainer  # noqa: E402
+from labbook.schemas import MLflowConfig  # noqa: E402
+from labbook.train import CheckpointUpload, accepted_kwargs, build_data_and_model, build_trainer  # noqa: E402
 
 
 def _lstm_loss(model: Any, batch: Any) -> torch.Tensor:  # LSTMForecaster.training_step without self.log
@@ -211,6 +212,10 @@ class Case:
             if variant in ("labbook", "progress"):
                 tracked = stack.enter_context(TrackedRun.start(self.uri, f"overhead-{self.name}"))
             callbacks = build_callbacks(cfg, model) if variant not in ("bare", "nolog") else []
+            if tracked is not None:  # as labbook.train.run: each checkpoint written reaches the store
+                for cb in callbacks:
+                    if isinstance(cb, ModelCheckpoint):
+                        cb.on_save = CheckpointUpload(tracked, MLflowConfig.checkpoint_upload_every_s)
             if variant in ("bare", "nolog"):
                 trainer_kwargs["enable_checkpointing"] = False
             t0, c0 = time.perf_counter(), time.process_time()
