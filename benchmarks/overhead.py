@@ -37,10 +37,12 @@ for all three). The last line is
 
     overhead: lstm=R seq2seq=R transformer=R
 
-Measured (2 cores, otherwise idle, 1 thread, 2026-11-25; README): lstm 1.46 (plain 0.36 s, labbook 0.54 s
-for 300 steps, medians), seq2seq 1.01 (8.7 s vs 8.9 s, 150 steps), transformer 1.05 (10.2 s vs 10.7 s).
---breakdown, lstm: Lightning with the model's self.log made a no-op 1.39, Lightning as is 1.41,
-+ checkpoint 1.45, labbook 1.51, + progress bar 1.69; the same plain loop on Lightning Fabric 1.12.
+Measured (2 cores, otherwise idle, 1 thread, 2026-11-25, after the run-lifecycle work; README): lstm 2.21
+(plain 0.33 s, labbook 0.69 s for 300 steps, medians), seq2seq 1.02 (9.9 s vs 10.0 s, 150 steps),
+transformer 1.04 (12.7 s vs 13.1 s). --breakdown, lstm: Lightning with the model's self.log made a no-op
+1.50, Lightning as is 1.57, + checkpoint (last.ckpt at every epoch's end) 1.82, labbook (+ checkpoints
+stored in the run as written) 2.21, + progress bar 2.46; the same plain loop on Lightning Fabric 1.12.
+Before that work: lstm 1.46 (plain 0.36 s, labbook 0.54 s), seq2seq 1.01, transformer 1.05.
 The Trainer's own per-step work (hook dispatch, closure, bookkeeping: ~0.47 ms on a 1.2 ms LSTM step) is
 the floor for small steps; the date models' steps take 60-70 ms, where it is under 1%.
 Earlier, on 2 shared cores (load ~1.7): lstm 1.83; labbook was 2.18 against 1.84 with the checkpoint alone
@@ -173,8 +175,12 @@ class Case:
             model, opt = fab.setup(model, opt)
             loader = fab.setup_dataloaders(loader)
             backward, clip = fab.backward, (lambda: fab.clip_gradients(model, opt, max_norm=self.clip))
-        step = 0
+        step, epoch = 0, 0
+        sampler = getattr(loader, "sampler", None)
         while step < steps:
+            if hasattr(sampler, "set_epoch"):  # as Lightning does each epoch: (seed, epoch)-shuffled loaders
+                sampler.set_epoch(epoch)
+            epoch += 1
             for batch in loader:
                 loss = self.loss(model, batch)
                 backward(loss)
