@@ -83,8 +83,9 @@ def reap(client: MlflowClient, *, stale_after_s: float = STALE_AFTER_S, this_hos
     """Mark FAILED every RUNNING run whose owner is gone; returns ``[(run_id, why), ...]``.
 
     Same host: the owner's pid no longer exists or belongs to a process started at another time. Another
-    host: no heartbeat for ``stale_after_s``. A run without owner tags (not opened by labbook) counts by
-    its start time. ``this_host_only`` leaves other hosts' runs alone (what every command does first).
+    host: no heartbeat for ``stale_after_s``. A run without owner tags was not opened by labbook (a notebook's
+    autolog, another tool) and is left alone. ``this_host_only`` leaves other hosts' runs alone too (what
+    every command does first).
     """
     experiments = [e.experiment_id for e in client.search_experiments()]
     if not experiments:
@@ -92,10 +93,8 @@ def reap(client: MlflowClient, *, stale_after_s: float = STALE_AFTER_S, this_hos
     now, me, reaped = time.time(), socket.gethostname(), []
     for run in client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'", max_results=10000):
         tags = dict(run.data.tags)
-        if this_host_only and tags.get("owner.host") != me:
+        if "owner.host" not in tags or (this_host_only and tags["owner.host"] != me):
             continue
-        if "owner.host" not in tags:
-            tags.setdefault("heartbeat", str(run.info.start_time / 1000))
         why = owner_gone(tags, now, stale_after_s)
         if why is None:
             continue

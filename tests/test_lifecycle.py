@@ -186,11 +186,13 @@ def test_reap_uses_heartbeats_for_runs_of_other_hosts(tmp_path: Path, store: str
     now = int(time.time())
     stale = client.create_run(exp, tags={"owner.host": "node-17", "owner.pid": "4242", "heartbeat": str(now - 900)})
     fresh = client.create_run(exp, tags={"owner.host": "node-18", "owner.pid": "4242", "heartbeat": str(now - 5)})
+    foreign = client.create_run(exp, tags={"note": "a notebook's run, no owner tags"})
     out = labbook("reap", "--stale-after", "300", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert client.get_run(stale.info.run_id).info.status == "FAILED"
     assert "no heartbeat from node-17 since" in client.get_run(stale.info.run_id).data.tags["reaped"]
     assert client.get_run(fresh.info.run_id).info.status == "RUNNING"
+    assert client.get_run(foreign.info.run_id).info.status == "RUNNING"  # not labbook's to judge
     bad = labbook("reap", "--stale-after", "0", cwd=tmp_path)
     assert bad.returncode == 2 and "--stale-after=0 is not allowed" in bad.stderr
 
