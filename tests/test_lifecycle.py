@@ -136,11 +136,15 @@ def _wait_for(predicate, timeout: float = 120.0) -> None:  # noqa: ANN001
 
 def test_checkpoints_reach_the_store_while_training_and_sigterm_then_resume_finishes(start_training, store: str,
                                                                                      tmp_path: Path) -> None:
-    proc = start_training(*LONG_GMM, "trainer.max_epochs=100000")
+    proc = start_training(*LONG_GMM, "trainer.max_epochs=100000", "logger.heartbeat_s=1")
     run_id = only_run(store).info.run_id
     client = MlflowClient(store)
     _wait_for(lambda: "checkpoints/last.ckpt" in artifacts(client, run_id))
     assert client.get_run(run_id).info.status == "RUNNING"  # stored while it trains, not only at the end
+    tags = client.get_run(run_id).data.tags
+    assert tags["owner.pid"] == str(proc.pid) and tags["owner.host"] == os.uname().nodename
+    first_beat = int(tags["heartbeat"])
+    _wait_for(lambda: int(client.get_run(run_id).data.tags["heartbeat"]) > first_beat, timeout=30)
     shutil.rmtree(tmp_path / "logs")
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)
