@@ -35,14 +35,9 @@ class ResumePlan:
     checkpoint: dict[str, int]  # epoch and global step the run continues from
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+def describe_resumable() -> str:
+    """What a resume may change, for error messages."""
+    return ", ".join(p.rstrip(".") + (".*" if p.endswith(".") else "") for p in RESUMABLE)
 
 
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -76,6 +71,7 @@ def plan_resume(uri: str, run_id: str, new_overrides: list[str], compose: Callab
     written to the store here: a refused resume leaves the run as it was.
     """
     from labbook.runs import StoredRun
+    from labbook.tracking import flatten
 
     try:
         run = StoredRun.find(uri, run_id)
@@ -93,7 +89,7 @@ def plan_resume(uri: str, run_id: str, new_overrides: list[str], compose: Callab
     except UserError as exc:
         raise UserError(f"resume={run_id}: {exc}") from None
     try:
-        before, after = _flatten(compose(old_overrides)), _flatten(compose([*old_overrides, *new_overrides]))
+        before, after = flatten(compose(old_overrides)), flatten(compose([*old_overrides, *new_overrides]))
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - the run's overrides no longer compose with today's conf/
@@ -106,8 +102,7 @@ def plan_resume(uri: str, run_id: str, new_overrides: list[str], compose: Callab
     if refused:
         shown = ", ".join(f"{k} ({changes[k][0]!r} -> {changes[k][1]!r})" for k in refused)
         raise UserError(f"resume={run_id}: {shown} cannot change on a resume (that is a different experiment: "
-                        f"start a new run); a resume may change "
-                        + ", ".join(p.rstrip(".") + (".*" if p.endswith(".") else "") for p in RESUMABLE))
+                        f"start a new run); a resume may change {describe_resumable()}")
     longer = [k for k in ("trainer.max_epochs", "trainer.max_steps") if k in changes
               and isinstance(changes[k][1], int) and (changes[k][1] == -1 or changes[k][1] > (changes[k][0] or 0))]
     if longer and config_value(config, "model.one_cycle", False):

@@ -121,7 +121,7 @@ def check_resume_arguments(args: Sequence[str]) -> None:
     if not given.get("resume"):
         return
     from labbook.errors import UserError
-    from labbook.resume import RESUMABLE, allowed
+    from labbook.resume import allowed, describe_resumable
     from labbook.runs import StoredRun
     from labbook.store import resolve_tracking_uri
 
@@ -133,12 +133,8 @@ def check_resume_arguments(args: Sequence[str]) -> None:
                and not allowed(k)]
     if refused:
         raise UserError(f"resume={given['resume']}: {', '.join(refused)} cannot change on a resume (that is a "
-                        f"different experiment: start a new run); a resume may change {describe(RESUMABLE)}, "
+                        f"different experiment: start a new run); a resume may change {describe_resumable()}, "
                         "and choose trainer= and debug= presets")
-
-
-def describe(prefixes: Sequence[str]) -> str:
-    return ", ".join(p.rstrip(".") + (".*" if p.endswith(".") else "") for p in prefixes)
 
 
 def check_group_options(args: Sequence[str]) -> None:
