@@ -89,7 +89,8 @@ def plan_resume(uri: str, run_id: str, new_overrides: list[str], compose: Callab
     except UserError as exc:
         raise UserError(f"resume={run_id}: {exc}") from None
     try:
-        before, after = flatten(compose(old_overrides)), flatten(compose([*old_overrides, *new_overrides]))
+        composed = compose([*old_overrides, *new_overrides])
+        before, after = flatten(compose(old_overrides)), flatten(composed)
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - the run's overrides no longer compose with today's conf/
@@ -116,7 +117,7 @@ def plan_resume(uri: str, run_id: str, new_overrides: list[str], compose: Callab
     for key in changes:
         if key in after:
             _set(config, key, after[key])
-    config["paths"] = compose([*old_overrides, *new_overrides])["paths"]  # this attempt's directories
+    config["paths"] = composed["paths"]  # this attempt's directories
 
     last = localise_checkpoint(run.checkpoint(["last.ckpt"], checkpoint_dir / ".download"), checkpoint_dir)
     if "checkpoints/best.ckpt" in run.artifacts("checkpoints"):
