@@ -16,7 +16,9 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
+
+from datamodules.sharding import sharded_loader
 
 
 class SineCurveDataModule(pl.LightningDataModule):
@@ -39,14 +41,11 @@ class SineCurveDataModule(pl.LightningDataModule):
         return {"n_features": 1}
 
     def _loader(self, shuffle: bool) -> DataLoader:
-        # Index the tensors with a whole list of indices at once: fetching 2000 scalars one by one and
-        # collating them costs ~50x the gradient step itself.
-        if shuffle:
-            order = RandomSampler(self.dataset, generator=torch.Generator().manual_seed(self.seed))
-        else:
-            order = SequentialSampler(self.dataset)
-        batches = BatchSampler(order, batch_size=self.batch_size, drop_last=False)
-        return DataLoader(self.dataset, sampler=batches, batch_size=None, num_workers=self.num_workers)
+        # Whole batches are gathered with one index (datamodules.sharding): fetching 2000 scalars one by one
+        # and collating them costs ~50x the gradient step itself.
+        assert self.dataset is not None
+        return sharded_loader(*self.dataset.tensors, batch_size=self.batch_size, shuffle=shuffle, seed=self.seed,
+                              num_workers=self.num_workers, trainer=self.trainer if shuffle else None)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(shuffle=True)

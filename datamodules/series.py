@@ -34,7 +34,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from datamodules.sharding import first_epoch, sharded_loader
+from datamodules.sharding import sharded_loader
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -150,7 +150,7 @@ class WindowedSeriesDataModule(pl.LightningDataModule):
         # Shuffled by (seed, epoch), not by a generator's running state: a run resumed at epoch k sees the
         # same order as one that never stopped (and under DDP the ranks split one permutation).
         return sharded_loader(*self.train_set.tensors, batch_size=self.batch_size, shuffle=True, seed=self.seed,
-                              num_workers=self.num_workers, epoch=first_epoch(self.trainer))
+                              num_workers=self.num_workers, trainer=self.trainer)
 
     def _eval_loader(self, ds: TensorDataset) -> DataLoader:
         # Under DDP each process gets one contiguous, unpadded slice of the windows (datamodules.sharding):

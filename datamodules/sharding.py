@@ -97,21 +97,63 @@ class ShardedBatchSampler(DistributedSampler):
         return len(self._bounds())
 
 
-def first_epoch(trainer: Any) -> int:
-    """The epoch a training loader built now will first serve: 0 for a new fit, the epoch after the
-    checkpoint's for a resumed one (Lightning counts it as processed, its ``current_epoch`` lags by one)."""
-    return trainer.fit_loop.epoch_progress.current.processed if trainer is not None else 0
+class ResumableLoader(DataLoader):
+    """A training loader whose order is a function of (seed, epoch) and whose place in an epoch survives a
+    checkpoint.
+
+    Lightning stores ``state_dict()`` of the training loaders in every checkpoint and, when a run restarts
+    from one written in the middle of an epoch (``labbook`` writes one when SIGTERM/SIGINT stops a run),
+    passes it to ``load_state_dict`` before iterating: the next pass then skips the batches already
+    trained, so each sample is still seen once in that epoch. Lightning restores its own counters but
+    would otherwise serve the epoch again from its first batch.
+
+    Before each pass the loader sets its sampler's epoch (Lightning does so only *after* the first pass of a
+    resumed run has started, which would replay epoch 0's order) and re-seeds its ``generator``, if it has
+    one, with ``seed + epoch``: the order of every epoch is the same whether or not the run was resumed.
+
+    ``trainer``: where the epoch and the count of trained batches are read (None: epoch 0, never resumed).
+    """
+
+    def __init__(self, *args: Any, trainer: Any = None, seed: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.trainer, self.seed = trainer, seed
+        self._skip = 0
+
+    def _epoch(self) -> int:
+        # Lightning counts an epoch as processed once its batches are done: during epoch e, e are processed.
+        return self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
+
+    def __iter__(self) -> Iterator[Any]:
+        epoch = self._epoch()
+        for sampler in (self.sampler, getattr(self.batch_sampler, "sampler", None)):
+            if callable(getattr(sampler, "set_epoch", None)):
+                sampler.set_epoch(epoch)
+        if self.seed is not None and self.generator is not None:
+            self.generator.manual_seed(self.seed + epoch)
+        batches = super().__iter__()
+        skip, self._skip = self._skip, 0
+        for _ in range(skip):
+            next(batches)
+        return batches
+
+    def state_dict(self) -> dict[str, int]:
+        """Where this epoch stands: its number, the batches already trained, the processes sharing it."""
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current if self.trainer is not None else None
+        distributed = dist.is_available() and dist.is_initialized()
+        return {"epoch": self._epoch(), "batches_done": progress.processed if progress is not None else 0,
+                "world_size": dist.get_world_size() if distributed else 1}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._skip = int(state.get("batches_done", 0))
 
 
 def sharded_loader(*tensors: Tensor, batch_size: int, shuffle: bool = False, seed: int = 0,
-                   num_workers: int = 0, epoch: int = 0) -> DataLoader:
+                   num_workers: int = 0, trainer: Any = None) -> DataLoader:
     """A loader of ``(t[batch] for t in tensors)`` batches over this process's shard (see module doc).
 
-    ``epoch``: the epoch the loader's first pass belongs to (:func:`first_epoch`). Lightning calls
-    ``set_epoch`` before every later epoch, but the first pass of a run resumed from a checkpoint runs on an
-    iterator made before that, which would replay epoch 0's order.
+    ``trainer``: the training loader's (a :class:`ResumableLoader`: its order follows Lightning's epoch and a
+    run restarted mid-epoch continues where it stopped); evaluation loaders need none.
     """
     sampler = ShardedBatchSampler(tensors[0].shape[0], batch_size, shuffle=shuffle, seed=seed)
-    sampler.set_epoch(epoch)
-    return DataLoader(RowsDataset(*tensors), batch_size=None, sampler=sampler, num_workers=num_workers,
-                      persistent_workers=num_workers > 0)
+    return ResumableLoader(RowsDataset(*tensors), batch_size=None, sampler=sampler, num_workers=num_workers,
+                           persistent_workers=num_workers > 0, trainer=trainer)

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from datamodules.sharding import first_epoch, sharded_loader
+from datamodules.sharding import sharded_loader
 
 
 def _split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
@@ -143,7 +143,7 @@ class TabularDataModule(pl.LightningDataModule):
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         x, y = self.split(name)
         return sharded_loader(x, y, batch_size=self.batch_size, shuffle=shuffle, seed=self.seed,
-                              num_workers=self.num_workers, epoch=first_epoch(self.trainer))
+                              num_workers=self.num_workers, trainer=self.trainer if name == "train" else None)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.shuffle)

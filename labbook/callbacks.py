@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import signal
 from typing import Any, Callable
+
+import torch
 
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor
 from pytorch_lightning.callbacks import ModelCheckpoint as _LightningModelCheckpoint
 
-from labbook.errors import ConfigValueError
+from labbook.errors import ConfigValueError, RunInterrupted
 
 
 class ModelCheckpoint(_LightningModelCheckpoint):
@@ -76,23 +81,72 @@ class ModelCheckpoint(_LightningModelCheckpoint):
             self._in_epoch_end = False
 
 
-class ReclaimSignals(Callback):
-    """Give SIGTERM back to labbook's run at the start of every stage.
+class StopOnSignal(Callback):
+    """SIGINT/SIGTERM stops training at a batch boundary, with a checkpoint of the state reached.
 
-    Lightning installs a SIGTERM handler when a stage starts, and under DDP that handler runs a
-    collective (``dist.broadcast``) from inside the signal handler. Rank 0 is then usually in the middle
-    of another collective, the ranks disagree on the order of collectives, and the job hangs instead of
-    stopping (seen often with ``trainer=ddp_cpu``). labbook's handler instead ends
-    the run KILLED, and Lightning's interrupt handling stops the workers.
+    Rank 0 has one (``tracked``: its run), and so has every DDP worker (``tracked`` None). Lightning installs
+    a SIGTERM handler whenever a stage starts, and under DDP that handler runs a collective
+    (``dist.broadcast``) from inside the signal handler: rank 0 is then usually in the middle of another
+    collective and the job hangs instead of stopping. So at every stage start rank 0's run takes SIGINT and
+    SIGTERM back, and workers ignore them (a worker dies with rank 0: PDEATHSIG, and rank 0 kills them).
+
+    While training, the run's handler only records the signal (see ``TrackedRun.defer_signals``). At the end
+    of the next training batch every process learns it (one broadcast from rank 0 per batch under DDP,
+    as Lightning's own SIGTERM check does), all of them write ``last.ckpt`` together — model, optimizer,
+    loops, the loader's place in the epoch (:class:`datamodules.sharding.ResumableLoader`) and the model's
+    partial epoch sums — rank 0 stores it in the run and ends it KILLED, and the workers exit. ``resume=``
+    continues from that batch. The last batch of an epoch is not a stopping point (the epoch's end, an EM
+    model's M-step and validation, would then be skipped on resume); the stop comes one batch later, or at
+    the end of training.
     """
 
-    def __init__(self, claim: Callable[[], None]) -> None:
-        self._claim = claim
+    def __init__(self, tracked: Any = None) -> None:
+        self.tracked = tracked
+        self._stop = torch.zeros(1, dtype=torch.int32)  # 1 once rank 0's run received a signal
 
-    def _reclaim(self, *args: Any) -> None:
+    def _claim(self, *args: Any) -> None:
+        if self.tracked is not None:
+            self.tracked.claim_signals()
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread
+                signal.signal(signum, signal.SIG_IGN)
+
+    on_sanity_check_start = on_validation_start = on_test_start = on_predict_start = _claim
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._claim()
+        self._stop = torch.zeros(1, dtype=torch.int32, device=trainer.strategy.root_device)
+        if self.tracked is not None:
+            self.tracked.defer_signals(lambda: self._stop.fill_(1))
 
-    on_sanity_check_start = on_train_start = on_validation_start = on_test_start = on_predict_start = _reclaim
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+        if trainer.world_size > 1:
+            torch.distributed.broadcast(self._stop, src=0)
+        if not self._stop.item() or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return
+        if self.tracked is not None:
+            self.tracked.stopping()
+        checkpoint = trainer.checkpoint_callback
+        if isinstance(checkpoint, ModelCheckpoint) and checkpoint.save_last and checkpoint.dirpath:
+            path = os.path.join(checkpoint.dirpath, checkpoint.CHECKPOINT_NAME_LAST + checkpoint.FILE_EXTENSION)
+            checkpoint.last_model_path = path
+            trainer.save_checkpoint(path)  # every process: its partial sums are gathered into the file
+            if checkpoint.on_save is not None and trainer.is_global_zero:
+                checkpoint.on_save(path)
+        self._interrupt()
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.tracked is not None:
+            self.tracked.defer_signals(None)
+        if self._stop.item():  # the signal came after the last batch: last.ckpt holds the final epoch
+            self._interrupt()
+
+    def _interrupt(self) -> None:
+        if self.tracked is None:
+            raise SystemExit(0)  # a worker: rank 0 reports the run
+        name = signal.Signals(self.tracked.signal_received).name
+        raise RunInterrupted(f"received {name}")
 
 
 def build_callbacks(cfg: DictConfig, model: Any) -> list[Any]:

@@ -29,6 +29,10 @@ from labbook.errors import RunInterrupted, RunKilled
 from labbook.tracking import MAX_TAG_LENGTH, Recorder, _user, ensure_experiment
 
 STALE_AFTER_S = 300.0  # `labbook reap`: a run on another host is dead after this long without a heartbeat
+# After SIGINT/SIGTERM a training run stops at its next batch boundary, with a checkpoint of the state it
+# reached; one that does not get there within this many seconds (a long validation, a slow first batch)
+# is interrupted where it is, so that the run is KILLED within 10 s whatever it was doing.
+STOP_GRACE_S = 6.0
 
 
 # ------------------------------------------------------------------------------------------- owners
@@ -137,6 +141,7 @@ class TrackedRun(Recorder):
     def __init__(self, client: MlflowClient, run_id: str, uri: str, heartbeat_s: float = 30.0) -> None:
         super().__init__(client, run_id, uri)
         self.signal_received: int | None = None
+        self._stop_requested: Any = None  # set while training: asks the trainer to stop at a batch boundary
         self._previous_handlers: dict[int, Any] = {}
         self._heartbeat_s = heartbeat_s
         self._heartbeat: _Heartbeat | None = None
@@ -186,7 +191,7 @@ class TrackedRun(Recorder):
         """(Re)install the SIGINT/SIGTERM handlers that end the run KILLED.
 
         Lightning installs its own SIGTERM handler at the start of every stage (see
-        :class:`labbook.callbacks.ReclaimSignals`, which calls this again right after).
+        :class:`labbook.callbacks.StopOnSignal`, which calls this again right after).
         """
         for signum in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -195,12 +200,34 @@ class TrackedRun(Recorder):
                 continue
             self._previous_handlers.setdefault(signum, previous)
 
+    def defer_signals(self, stop_requested: Any) -> None:
+        """While training (``stop_requested`` a callable; None to end it), SIGINT/SIGTERM does not interrupt
+        the process wherever it is but calls ``stop_requested()``, so training stops at its next batch
+        boundary with a checkpoint (:class:`labbook.callbacks.StopOnSignal`); a second signal, or
+        :data:`STOP_GRACE_S` seconds without reaching one, interrupts it anyway."""
+        self._stop_requested = stop_requested
+
+    def stopping(self) -> None:
+        """The trainer reached its stopping point: no interruption may cut its last checkpoint short."""
+        if signal.SIGALRM in self._previous_handlers:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.signal_received is None:
             self.signal_received = signum
-            raise RunInterrupted(f"received {signal.Signals(signum).name}")
+            if self._stop_requested is not None:
+                self._stop_requested()
+                self._previous_handlers.setdefault(signal.SIGALRM, signal.signal(signal.SIGALRM, self._on_grace_over))
+                signal.setitimer(signal.ITIMER_REAL, STOP_GRACE_S)
+                return
+        raise RunInterrupted(f"received {signal.Signals(signum).name}")
+
+    def _on_grace_over(self, signum: int, frame: Any) -> None:
+        raise RunInterrupted(f"no batch boundary reached within {STOP_GRACE_S:g} s of the signal")
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> bool:
+        self._stop_requested = None
+        self.stopping()
         for signum, handler in self._previous_handlers.items():
             signal.signal(signum, handler)
         if self._heartbeat is not None:

@@ -32,7 +32,7 @@ class ResumePlan:
     overrides: list[str]  # this resume's command-line overrides
     all_overrides: list[str]  # the run's overrides so far, this resume's appended
     changes: dict[str, list[Any]]  # key -> [stored value, new value]
-    checkpoint: dict[str, int]  # epoch and global step the run continues from
+    checkpoint: dict[str, int]  # where the run continues from: Position's fields
 
 
 def describe_resumable() -> str:
@@ -127,13 +127,48 @@ def plan_resume(uri: str, run_id: str, new_overrides: list[str], compose: Callab
     number = int(run.tags.get("resumes", "0")) + 1
     import torch
 
-    state = torch.load(last, map_location="cpu", weights_only=True)
-    done, limit = int(state.get("epoch", -1)) + 1, config_value(config, "trainer.max_epochs", -1)
-    if isinstance(limit, int) and 0 <= limit < done:
+    position = checkpoint_position(torch.load(last, map_location="cpu", weights_only=True))
+    limit = config_value(config, "trainer.max_epochs", -1)
+    needed = position.epochs + (1 if position.batches else 0)  # an interrupted epoch must be finished
+    if isinstance(limit, int) and 0 <= limit < needed:
         raise UserError(f"resume={run_id}: trainer.max_epochs={limit} is not allowed: the run has already trained "
-                        f"{done} epochs (its last checkpoint); give trainer.max_epochs={done} or more")
+                        f"{position.describe()} (its last checkpoint); give trainer.max_epochs={needed} or more")
+    moved = [k for k in changes if k.startswith(("trainer.devices", "trainer.num_nodes"))]
+    if position.batches and moved:
+        raise UserError(f"resume={run_id}: {moved[0]} cannot change now: the run stopped in the middle of an epoch "
+                        f"({position.describe()}) with {position.world_size} process(es), and only the same "
+                        "processes can finish that epoch's share of the data; resume without changing it")
     return ResumePlan(run_id, number, config, list(new_overrides), [*old_overrides, *new_overrides], changes,
-                      {"epoch": int(state.get("epoch", -1)), "global_step": int(state.get("global_step", 0))})
+                      dataclasses.asdict(position))
+
+
+@dataclasses.dataclass
+class Position:
+    """Where a checkpoint stands: complete epochs, and batches of the next one when it was written mid-epoch."""
+
+    epochs: int
+    batches: int = 0
+    world_size: int = 1
+    global_step: int = 0
+
+    def describe(self) -> str:
+        text = f"{self.epochs} epoch{'s' * (self.epochs != 1)}"
+        batches = f"{self.batches} batch{'es' * (self.batches != 1)}"
+        return text + (f" and {batches} of epoch {self.epochs + 1}" if self.batches else "")
+
+
+def checkpoint_position(state: Mapping[str, Any]) -> Position:
+    """The :class:`Position` of a Lightning checkpoint: from its fit loop's progress and, for one written in
+    the middle of an epoch, its training loader's state (:class:`datamodules.sharding.ResumableLoader`)."""
+    fit = state.get("loops", {}).get("fit_loop", {})
+    epochs = fit.get("epoch_progress", {}).get("current", {})
+    done = int(epochs.get("processed", int(state.get("epoch", -1)) + 1))
+    position = Position(done, global_step=int(state.get("global_step", 0)))
+    loaders = fit.get("state_dict", {}).get("combined_loader") or []
+    if int(epochs.get("started", done)) > done and loaders:
+        position.batches = int(loaders[0].get("batches_done", 0))
+        position.world_size = int(loaders[0].get("world_size", 1))
+    return position
 
 
 def config_value(config: Mapping[str, Any], dotted: str, default: Any) -> Any:

@@ -19,7 +19,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from labbook.callbacks import ModelCheckpoint, ReclaimSignals, build_callbacks
+from labbook.callbacks import ModelCheckpoint, StopOnSignal, build_callbacks
 from labbook.errors import ConfigValueError, UserError
 from labbook.schemas import MLflowConfig, validate
 from labbook.store import ui_command
@@ -183,11 +183,12 @@ def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None
 
 def build_trainer(cfg: DictConfig, callbacks: list[Any], tracked: TrackedRun | None = None,
                   **overrides: Any) -> Any:
-    """The run's trainer: on rank 0 it logs into ``tracked`` and hands SIGTERM back to it at every stage
-    start; elsewhere (worker ranks) it has no logger. ``overrides`` go to the Trainer as they are."""
+    """The run's trainer: on rank 0 it logs into ``tracked``, whose run a signal stops at a batch boundary
+    (:class:`StopOnSignal`); elsewhere (worker ranks) it has no logger. ``overrides`` go to the Trainer as
+    they are."""
     if tracked is None:
-        return instantiate(cfg.trainer, callbacks=callbacks, logger=False, **overrides)
-    return instantiate(cfg.trainer, callbacks=[*callbacks, ReclaimSignals(tracked.claim_signals)],
+        return instantiate(cfg.trainer, callbacks=[*callbacks, StopOnSignal()], logger=False, **overrides)
+    return instantiate(cfg.trainer, callbacks=[*callbacks, StopOnSignal(tracked)],
                        logger=tracked.lightning_logger(cfg.logger.flush_every_s), **overrides)
 
 

@@ -257,6 +257,7 @@ class GaussianMixtureEM(pl.LightningModule):
         # Accumulators are plain attributes, not buffers: DDP would otherwise overwrite each
         # rank's partial sums with rank 0's before the reduction.
         self._train_stats: dict[str, Tensor] | None = None
+        self._restored_train_stats: dict[str, Tensor] | None = None  # from a mid-epoch checkpoint
         self._eval_stats: dict[str, Tensor] | None = None
         self._plan: dict[str, Tensor] | None = None
         self._test_sample: list[Tensor] = []
@@ -613,6 +614,21 @@ class GaussianMixtureEM(pl.LightningModule):
     def on_train_start(self) -> None:
         if not bool(self.initialized):
             self.initialize_from(self.trainer.train_dataloader)
+        if self._restored_train_stats is not None:  # a run restarted in the middle of an E-step
+            self._train_stats = {k: v.to(self.device) for k, v in self._restored_train_stats.items()}
+            self._restored_train_stats = None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint written in the middle of an epoch (a run stopped by a signal) keeps the E-step sums
+        gathered so far, summed over processes: every process saves at the same batch, and only the total
+        matters to the M-step."""
+        if self._train_stats is not None:
+            checkpoint["gmm_partial_e_step"] = {k: _all_reduce_sum(v).cpu() for k, v in self._train_stats.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        partial = checkpoint.get("gmm_partial_e_step")
+        if partial is not None:  # rank 0 carries the total on; the others start their remaining batches at 0
+            self._restored_train_stats = {k: v if _rank() == 0 else torch.zeros_like(v) for k, v in partial.items()}
 
     def on_train_epoch_start(self) -> None:
         self._plan = None

@@ -105,6 +105,29 @@ class LSTMForecaster(pl.LightningModule):
         self.log("train/loss", self.train_loss.compute(), prog_bar=True)
         self.train_loss.reset()
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint written in the middle of an epoch (a run stopped by a signal) keeps the epoch's loss
+        sum so far, summed over processes (they all save at the same batch), so the epoch's ``train/loss``
+        is the same as if the run had never stopped."""
+        if self._epoch_count:
+            loss_sum = self._epoch_loss_sum.double()
+            partial = torch.stack([loss_sum, torch.tensor(float(self._epoch_count), dtype=torch.float64,
+                                                          device=loss_sum.device)])
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.all_reduce(partial)
+            checkpoint["lstm_partial_epoch_loss"] = partial.cpu()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        partial = checkpoint.get("lstm_partial_epoch_loss")
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if partial is not None and (not distributed or torch.distributed.get_rank() == 0):
+            self._epoch_loss_sum = partial[0].float()  # moved to the model's device in on_train_start
+            self._epoch_count = int(partial[1])
+
+    def on_train_start(self) -> None:
+        if self._epoch_loss_sum is not None:
+            self._epoch_loss_sum = self._epoch_loss_sum.to(self.device)
+
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         z = self(x)

@@ -71,7 +71,7 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def training_logged(db: Path) -> bool:
-    """Whether a run in the SQLite store ``db`` has logged train/log_likelihood yet.
+    """Whether a run in the SQLite store ``db`` has logged a ``train/`` metric yet.
 
     Read with sqlite3, read-only: an MlflowClient opened while `labbook` is still creating the store
     would run MLflow's table creation a second time, concurrently ("table ... already exists").
@@ -80,7 +80,7 @@ def training_logged(db: Path) -> bool:
         return False
     try:
         with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as con:
-            return con.execute("SELECT 1 FROM metrics WHERE key = 'train/log_likelihood' LIMIT 1").fetchone() is not None
+            return con.execute("SELECT 1 FROM metrics WHERE key LIKE 'train/%' LIMIT 1").fetchone() is not None
     except sqlite3.Error:  # tables not created yet, or the writer holds the lock
         return False
 

@@ -47,7 +47,7 @@ def test_resume_continues_the_same_run_as_if_it_had_never_stopped(tmp_path: Path
     assert run.data.tags["resumes"] == "1"
     record = stored_yaml(store, run.info.run_id, "config/resume-1.yaml", tmp_path / "r")
     assert record["changes"] == {"trainer.max_epochs": {"from": 4, "to": 7}}
-    assert record["from_checkpoint"] == {"epoch": 3, "global_step": 52}
+    assert record["from_checkpoint"] == {"epochs": 4, "batches": 0, "world_size": 1, "global_step": 52}
     assert stored_yaml(store, run.info.run_id, "config/overrides.yaml", tmp_path / "o") == \
         ["experiment=lstm_sunspots", "trainer.max_epochs=4", "debug=quiet", "trainer.max_epochs=7", "debug=quiet"]
     config = stored_yaml(store, run.info.run_id, "config/config.yaml", tmp_path / "c")
@@ -119,12 +119,19 @@ def test_bad_resumes_are_one_line_and_leave_the_runs_as_they_were(tmp_path: Path
     assert after == before
 
 
-def epochs_stored(client: MlflowClient, run_id: str, into: Path) -> int:
-    """How many epochs the run's stored last.ckpt has completed."""
+def stored_position(client: MlflowClient, run_id: str, into: Path):  # noqa: ANN201
+    """Where the run's stored last.ckpt stands (labbook.resume.Position)."""
     import torch
 
+    from labbook.resume import checkpoint_position
+
     path = client.download_artifacts(run_id, "checkpoints/last.ckpt", str(into))
-    return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"]) + 1
+    return checkpoint_position(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def epochs_needed(position) -> int:  # noqa: ANN001
+    """The fewest trainer.max_epochs a resume from ``position`` accepts: an interrupted epoch is finished."""
+    return position.epochs + (1 if position.batches else 0)
 
 
 def _wait_for(predicate, timeout: float = 120.0) -> None:  # noqa: ANN001
@@ -149,13 +156,50 @@ def test_checkpoints_reach_the_store_while_training_and_sigterm_then_resume_fini
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)
     assert proc.returncode == 143 and client.get_run(run_id).info.status == "KILLED"
-    done = epochs_stored(client, run_id, tmp_path / "ckpt")
+    position = stored_position(client, run_id, tmp_path / "ckpt")
+    assert position.batches > 0  # stopped between two batches of an epoch, not at the last epoch's end
+    done = epochs_needed(position)
     short = labbook("train", f"resume={run_id}", f"trainer.max_epochs={done - 1}", QUIET, cwd=tmp_path)
-    assert short.returncode == 1 and f"the run has already trained {done} epochs" in short.stderr, short.stderr
+    assert short.returncode == 1, short.stderr
+    assert f"the run has already trained {position.describe()} (its last checkpoint); give trainer.max_epochs=" \
+           f"{done} or more" in short.stderr, short.stderr
     out = labbook("train", f"resume={run_id}", f"trainer.max_epochs={done + 2}", QUIET, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and "error" not in run.data.tags and run.data.tags["resumes"] == "1"
+
+
+@pytest.mark.parametrize("trainer", ["cpu", "ddp_cpu"])
+def test_a_signal_stops_between_two_batches_and_the_resumed_run_matches_one_that_never_stopped(
+        start_training, store: str, tmp_path: Path, trainer: str) -> None:
+    # 100 batches an epoch: a signal lands mid-epoch. The checkpoint then holds the model, the optimizer and
+    # learning-rate schedule, the loader's place in the epoch and the epoch's loss sum so far (under DDP
+    # summed over both processes); the resumed run must continue as if nothing had happened.
+    lstm = (*LSTM, "datamodule.batch_size=4", f"trainer={trainer}", "trainer.max_epochs=40")
+    proc = start_training(*lstm, "logger.flush_every_s=0.2")
+    run_id = only_run(store).info.run_id
+    proc.send_signal(signal.SIGTERM)
+    stopped_at = time.monotonic()
+    proc.communicate(timeout=60)
+    assert proc.returncode == 143 and time.monotonic() - stopped_at < 10
+    client = MlflowClient(store)
+    assert client.get_run(run_id).info.status == "KILLED"
+    position = stored_position(client, run_id, tmp_path / "ckpt")
+    assert 0 < position.batches and position.world_size == (2 if trainer == "ddp_cpu" else 1)
+    shutil.rmtree(tmp_path / "logs")
+    train(tmp_path, f"resume={run_id}")
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+    other = f"sqlite:///{tmp_path / 'straight.db'}"
+    train(tmp_path, *lstm, env={"MLFLOW_TRACKING_URI": other})
+    keys = ("train/loss", "val/loss", "test/rmse")
+    resumed, straight = histories(store, run_id, keys), histories(other, only_run(other).info.run_id, keys)
+    assert len(resumed["val/loss"]) == 40 and [s for s, _ in resumed["val/loss"]] == [s for s, _ in straight["val/loss"]]
+    if trainer == "cpu":
+        assert resumed == straight  # bit for bit
+    else:  # the epoch's loss sum is re-associated across processes: equal to float32 rounding
+        for key in keys:
+            assert [v for _, v in resumed[key]] == pytest.approx([v for _, v in straight[key]], rel=1e-6), key
 
 
 def test_reap_fails_a_sigkilled_run_and_spares_a_live_one(start_training, store: str, tmp_path: Path) -> None:
@@ -177,7 +221,7 @@ def test_reap_fails_a_sigkilled_run_and_spares_a_live_one(start_training, store:
     assert dead.data.tags["reaped.at"][:4] == time.strftime("%Y")
     assert client.get_run(by_seed["1"]).info.status == "RUNNING" and live.poll() is None
     # The reaped run resumes to FINISHED from the checkpoint it had stored while it trained.
-    done = epochs_stored(client, by_seed["2"], tmp_path / "ckpt")
+    done = epochs_needed(stored_position(client, by_seed["2"], tmp_path / "ckpt"))
     out = labbook("train", f"resume={by_seed['2']}", f"trainer.max_epochs={done + 2}", QUIET, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert client.get_run(by_seed["2"]).info.status == "FINISHED"

@@ -49,3 +49,26 @@ def test_the_private_helpers_labbook_imports_exist() -> None:
     from lightning_fabric.utilities.distributed import _set_num_threads_if_needed
 
     assert list(inspect.signature(_set_num_threads_if_needed).parameters) == ["num_processes"], FIX
+
+
+def test_the_progress_and_loader_state_a_mid_epoch_stop_relies_on() -> None:
+    """labbook.callbacks.StopOnSignal and datamodules.sharding.ResumableLoader read Lightning's loop
+    progress, and rely on the fit loop storing (and restoring mid-epoch) the state of training loaders that
+    have state_dict/load_state_dict."""
+    from lightning_fabric.utilities.types import _Stateful
+    from pytorch_lightning.loops.fit_loop import _FitLoop
+
+    from datamodules.sharding import ResumableLoader
+
+    fix = "Lightning's loop progress or loader-state API changed: update datamodules/sharding.py::ResumableLoader " \
+          "and labbook/callbacks.py::StopOnSignal"
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False)
+    fit_loop = trainer.fit_loop
+    assert isinstance(fit_loop, _FitLoop), fix
+    assert isinstance(fit_loop.epoch_progress.current.processed, int), fix
+    assert isinstance(fit_loop.epoch_progress.current.started, int), fix
+    batches = fit_loop.epoch_loop.batch_progress
+    assert isinstance(batches.current.processed, int) and isinstance(batches.is_last_batch, bool), fix
+    assert isinstance(ResumableLoader([1, 2]), _Stateful), fix
+    for name in ("_load_combined_loader_states", "on_save_checkpoint", "on_load_checkpoint"):
+        assert "combined_loader" in inspect.getsource(getattr(_FitLoop, name)), (fix, name)

@@ -48,3 +48,37 @@ def test_one_process_gets_plain_batches() -> None:
     assert x.tolist() == [3, 4, 5] and y.tolist() == [30, 40, 50] and len(ds) == 7
     with pytest.raises(ValueError):
         RowsDataset(torch.arange(3), torch.arange(4))
+
+
+def test_resumable_loader_orders_by_seed_and_epoch_and_skips_what_was_trained() -> None:
+    from types import SimpleNamespace
+
+    from torch.utils.data import TensorDataset
+
+    from datamodules.sharding import ResumableLoader, sharded_loader
+
+    def fake_trainer(epoch: int, batches_done: int) -> SimpleNamespace:
+        progress = lambda **kw: SimpleNamespace(current=SimpleNamespace(**kw))  # noqa: E731
+        return SimpleNamespace(fit_loop=SimpleNamespace(epoch_progress=progress(processed=epoch),
+                                                        epoch_loop=SimpleNamespace(batch_progress=progress(processed=batches_done))))
+
+    def order(loader: ResumableLoader) -> list[int]:
+        return [int(i) for batch in loader for i in batch[0]]
+
+    x = torch.arange(40)
+    make = {
+        "sharded": lambda t: sharded_loader(x, batch_size=8, shuffle=True, seed=5, trainer=t),
+        "generator": lambda t: ResumableLoader(TensorDataset(x), batch_size=8, shuffle=True, generator=torch.Generator(),
+                                               seed=5, trainer=t),
+    }
+    for name, build in make.items():
+        epoch2 = order(build(fake_trainer(2, 0)))
+        assert sorted(epoch2) == list(range(40)) and epoch2 == order(build(fake_trainer(2, 0))), name
+        assert epoch2 != order(build(fake_trainer(3, 0))), name  # each epoch its own order, a function of it alone
+        stopped = build(fake_trainer(2, 3))
+        state = stopped.state_dict()
+        assert state == {"epoch": 2, "batches_done": 3, "world_size": 1}, name
+        resumed = build(fake_trainer(2, 0))
+        resumed.load_state_dict(state)
+        assert order(resumed) == epoch2[24:], name  # the 3 trained batches are skipped, once
+        assert order(resumed) == epoch2, name
