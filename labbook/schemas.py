@@ -335,6 +335,16 @@ class PathsConfig:
 
 # ----------------------------------------------------------------------------------------------- root
 @dataclass
+class SweepConfig:
+    # Re-running a sweep's command with sweep.resume=true continues its parent run: jobs whose resolved config
+    # already has a FINISHED child are skipped, the others (failed, killed, missing) run again.
+    resume: bool = False
+
+
+DIRECTIONS = ("minimize", "maximize")
+
+
+@dataclass
 class TrainConfig:
     datamodule: Any = None
     model: Any = None
@@ -347,6 +357,11 @@ class TrainConfig:
     test: bool = True  # evaluate the best checkpoint on the test split after fitting
     ckpt_path: Optional[str] = None  # a checkpoint to start fitting from
     resume: Optional[str] = None  # a stored run's id: continue that run from its last checkpoint
+    # What a sweep or search optimises: a logged validation metric (never test/...); null: the model's
+    # own validation monitor. direction null: the monitor's mode (min -> minimize).
+    optimized_metric: Optional[str] = None
+    direction: Optional[str] = None
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 GROUP_SCHEMAS: dict[str, dict[str, type]] = {
@@ -376,6 +391,12 @@ def validate(cfg: Any) -> None:
 
     if cfg.get("threads") is not None:
         check_range("threads", cfg.threads, low=1, integer=True)
+    metric = cfg.get("optimized_metric")
+    if metric is not None and str(metric).startswith("test/"):
+        raise ConfigValueError("optimized_metric", metric, "a sweep tunes on a validation metric (val/...), never "
+                               "on the test split, which must stay unseen until the chosen run is evaluated")
+    if cfg.get("direction") is not None and cfg.direction not in DIRECTIONS:
+        raise ConfigValueError("direction", cfg.direction, f"one of {', '.join(DIRECTIONS)} (null: the monitor's mode)")
     for group in ("trainer", "model", "datamodule", "logger", "callbacks"):
         node = cfg.get(group)
         if node is not None and OmegaConf.get_type(node) not in (dict, None):

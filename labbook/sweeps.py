@@ -1,24 +1,282 @@
-"""What labbook does around a Hydra multirun, whichever sweeper or launcher runs its jobs.
+"""A sweep is one thing in MLflow: a parent run per multirun, each job a child run under it.
 
-Registered in ``conf/hydra/default.yaml`` as a Hydra callback, so it runs for ``-m`` on the command line
-and for a preset that sets ``hydra.mode: MULTIRUN`` alike, once, in the launching process, before any job.
+:class:`Sweep` is registered in ``conf/hydra/default.yaml`` as a Hydra callback, so it runs for ``-m`` on the
+command line and for a preset that sets ``hydra.mode: MULTIRUN`` alike, whatever the sweeper and the
+launcher, once, in the launching process: before the first job it resolves and creates the store, opens
+the parent run and names it in the environment; after the last it writes the summary and closes the
+parent — FINISHED when every job finished, FAILED when any failed (tags ``sweep.failed``,
+``sweep.failed_jobs``) — and :func:`abort` closes it KILLED when the sweep is interrupted.
+
+Jobs run in this process (Hydra's basic launcher), in joblib workers or as SLURM/submitit jobs. All of them
+inherit the environment set here before the first job starts, which is how a job finds its parent
+(:func:`job_of_sweep`), whichever launcher started it. Each job also leaves a small record beside its
+outputs (``.labbook_job.yaml``: its status and run id), so that a job that failed before it could open a
+run still counts in the parent's tally.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
-from typing import Any
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 from hydra.experimental.callback import Callback
 
+ENV_PARENT = "LABBOOK_SWEEP_PARENT_RUN"
+ENV_SWEPT = "LABBOOK_SWEEP_SWEPT"  # JSON list of the swept config keys
+ENV_EXPERIMENT = "LABBOOK_SWEEP_EXPERIMENT"
+JOB_RECORD = ".labbook_job.yaml"
+# Overrides that change how a sweep runs, not what it computes: left out of the key that finds it again.
+_HOW = ("hydra.", "hydra/", "sweep.", "logger.heartbeat_s", "logger.flush_every_s")
 
-class SweepStore(Callback):
-    """Resolve the sweep's tracking store and create it once before jobs start (they may run in parallel:
-    joblib, SLURM); jobs inherit the resolved URI through ``$MLFLOW_TRACKING_URI``."""
+
+def _overrides(config: Any) -> list[Any]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+
+
+def sweep_space(config: Any) -> dict[str, str]:
+    """Swept key -> its sweep expression: the command line's sweep overrides (``a=1,2``, ``range(..)``,
+    ``glob(..)``) and a sweeper's own ``hydra.sweeper.params`` (the Optuna sweeper's search space)."""
+    space = {o.key_or_group: o.input_line.partition("=")[2] for o in _overrides(config) if o.is_sweep_override()}
+    for key, value in (config.hydra.sweeper.get("params") or {}).items():
+        space[str(key)] = str(value)
+    return space
+
+
+def sweep_key(config: Any) -> str:
+    """Identifies a sweep's command across re-runs: its overrides, those that only change how it runs left out."""
+    kept = sorted(str(o) for o in config.hydra.overrides.task if not str(o).lstrip("+~").startswith(_HOW))
+    return hashlib.sha256(json.dumps(kept).encode()).hexdigest()[:16]
+
+
+def config_hash(resolved: Mapping[str, Any]) -> str:
+    """Identifies what a job computes: its resolved config without run-local values (directories) and
+    without the sweep's own settings. Two jobs with the same hash train the same thing."""
+    from labbook.tracking import flatten, run_local
+
+    flat = {k: v for k, v in flatten(resolved).items()
+            if not run_local(k) and not k.startswith(("sweep.", "logger.run_name", "logger.heartbeat_s",
+                                                       "logger.flush_every_s", "resume", "ckpt_path"))}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def short_names(keys: Sequence[str]) -> dict[str, str]:
+    """``model.covariance_type`` -> ``covariance_type`` unless two swept keys end alike."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: (tail if last.count(tail) == 1 else k) for k, tail in zip(keys, last)}
+
+
+# ------------------------------------------------------------------------------------- the parent
+
+@dataclasses.dataclass
+class OpenSweep:
+    parent: Any  # labbook.lifecycle.TrackedRun
+    uri: str
+    experiment: str
+    directory: Path
+    space: dict[str, str]
+    objective: str | None
+    direction: str | None
+
+
+_OPEN: OpenSweep | None = None
+LAST_FAILED = 0  # jobs of the last sweep that did not finish (the command's exit code)
+
+
+class SweepNotStarted(BaseException):
+    """Hydra turns a callback's ``Exception`` into a warning and carries on; a sweep whose store or parent run
+    could not be set up must not start, so the error travels out of Hydra wrapped in this."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class Sweep(Callback):
+    """The parent run of a multirun (see the module doc)."""
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        try:
+            self._start(config)
+        except Exception as exc:  # noqa: BLE001
+            raise SweepNotStarted(exc) from exc
+
+    def _start(self, config: Any) -> None:
+        global _OPEN, LAST_FAILED
+        from labbook.lifecycle import TrackedRun
         from labbook.store import ENV_URI, prepare_store, resolve_tracking_uri
+        from labbook.tracking import experiment_name
 
         uri = resolve_tracking_uri(config.logger.get("tracking_uri"))
         prepare_store(uri)
         os.environ[ENV_URI] = uri
+        LAST_FAILED = 0
+        experiment = experiment_name(config, config.hydra.runtime.choices)
+        space = sweep_space(config)
+        key = sweep_key(config)
+        heartbeat_s = config.logger.get("heartbeat_s", 30.0)
+        previous = _previous_parent(uri, experiment, key) if config.sweep.resume else None
+        if previous is not None:
+            parent = TrackedRun.reopen(uri, previous, heartbeat_s=heartbeat_s)
+            rounds = int(parent.client.get_run(previous).data.tags.get("sweep.rounds", "1")) + 1
+            print(f"labbook: sweep.resume=true: continuing sweep run {previous} (round {rounds})", file=sys.stderr)
+        else:
+            shown = ",".join(short_names(list(space)).values()) or "sweep"
+            parent = TrackedRun.start(uri, experiment, run_name=f"sweep({shown})", heartbeat_s=heartbeat_s, tags={
+                "sweep.role": "parent", "sweep.key": key, "sweep.swept": ",".join(space),
+                "sweep.launcher": str(config.hydra.launcher.get("_target_", "")),
+                "sweep.sweeper": str(config.hydra.sweeper.get("_target_", ""))})
+            rounds = 1
+            parent.log_params({k: v for k, v in space.items()})
+            parent.log_text(_space_yaml(config, space), "sweep/space.yaml")
+        parent.set_tags({"sweep.rounds": rounds, "sweep.dir": str(config.hydra.sweep.dir)})
+        parent.__enter__()  # SIGINT/SIGTERM end it KILLED; a heartbeat while the sweep runs
+        os.environ[ENV_PARENT] = parent.run_id
+        os.environ[ENV_SWEPT] = json.dumps(list(space))
+        os.environ[ENV_EXPERIMENT] = experiment
+        _OPEN = OpenSweep(parent, uri, experiment, Path(str(config.hydra.sweep.dir)), space,
+                          config.get("optimized_metric"), config.get("direction"))
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        global _OPEN, LAST_FAILED
+        sweep, _OPEN = _OPEN, None
+        if sweep is None:
+            return
+        from labbook.sweep_summary import summarise
+
+        try:
+            summary = summarise(sweep)
+        except Exception as exc:  # noqa: BLE001 - Hydra would only warn; the parent must still be closed
+            print(f"labbook: error: the sweep's summary failed: {exc}", file=sys.stderr)
+            LAST_FAILED = max(LAST_FAILED, 1)
+            _close(sweep, exc)
+            return
+        LAST_FAILED = summary.failed
+        print(summary.table(), flush=True)
+        _close(sweep, None if not summary.failed else SweepFailed(summary.failure_text()))
+
+
+class SweepFailed(Exception):
+    """Some jobs of the sweep did not finish (the parent ends FAILED with this as its error)."""
+
+
+def abort(exc: BaseException) -> None:
+    """The launching process is leaving with ``exc`` before the sweep's end: close the parent KILLED when
+    a signal stopped it (in a job or while waiting for jobs), else FAILED, with the summary so far."""
+    global _OPEN
+    sweep, _OPEN = _OPEN, None
+    if sweep is None:
+        return
+    from labbook.errors import RunKilled
+
+    parent = sweep.parent
+    if parent.signal_received is None:
+        if isinstance(exc, RunKilled):
+            parent.signal_received = int(exc.code) - 128
+        elif isinstance(exc, KeyboardInterrupt):
+            parent.signal_received = signal.SIGINT
+    try:
+        from labbook.sweep_summary import summarise
+
+        summarise(sweep)
+    except Exception:  # noqa: BLE001 - on the way out: the status matters more than the table
+        pass
+    _close(sweep, exc)
+
+
+def _close(sweep: OpenSweep, exc: BaseException | None) -> None:
+    from labbook.errors import RunKilled
+
+    for variable in (ENV_PARENT, ENV_SWEPT, ENV_EXPERIMENT):
+        os.environ.pop(variable, None)
+    try:
+        sweep.parent.__exit__(type(exc) if exc is not None else None, exc, None)
+    except RunKilled:
+        pass  # the caller reports the signal
+
+
+def _previous_parent(uri: str, experiment: str, key: str) -> str | None:
+    """The newest parent run of the same sweep command (``sweep.resume=true``); None: a new sweep."""
+    from labbook.errors import UserError
+    from labbook.runs import search_runs
+
+    try:
+        found = search_runs(uri, experiment, tags={"sweep.role": "parent", "sweep.key": key})
+    except UserError:  # no such experiment yet
+        return None
+    for run in found:
+        if run.info.status == "RUNNING":
+            raise UserError(f"sweep.resume=true: the sweep's run {run.info.run_id} is still RUNNING (process "
+                            f"{run.data.tags.get('owner.pid', '?')} on {run.data.tags.get('owner.host', '?')}); "
+                            "stop it first, or `labbook reap` if that process is gone")
+        return run.info.run_id
+    print("labbook: sweep.resume=true: no earlier run of this sweep in the store; starting it", file=sys.stderr)
+    return None
+
+
+def _space_yaml(config: Any, space: Mapping[str, str]) -> str:
+    import yaml
+
+    fixed = [str(o) for o in _overrides(config) if not o.is_sweep_override()]
+    return yaml.safe_dump({"swept": dict(space), "fixed": fixed,
+                           "sweeper": str(config.hydra.sweeper.get("_target_", "")),
+                           "launcher": str(config.hydra.launcher.get("_target_", ""))}, sort_keys=False)
+
+
+# ------------------------------------------------------------------------------------------- a job
+
+@dataclasses.dataclass
+class SweepJob:
+    """What a job of a sweep knows about its sweep (from the environment) and about itself."""
+
+    parent_run_id: str
+    experiment: str
+    number: int
+    overrides: list[str]
+    name: str
+    config_hash: str
+    record_path: Path
+
+    def tags(self) -> dict[str, str]:
+        return {"sweep.role": "child", "sweep.job": str(self.number), "sweep.overrides": " ".join(self.overrides),
+                "sweep.config_hash": self.config_hash}
+
+    def finished_run(self, uri: str) -> str | None:
+        """A FINISHED child of the parent that trained this very configuration (for ``sweep.resume``)."""
+        from labbook.runs import search_runs
+
+        found = search_runs(uri, None, parent_run_id=self.parent_run_id, status="FINISHED",
+                            tags={"sweep.config_hash": self.config_hash})
+        return found[0].info.run_id if found else None
+
+    def record(self, status: str, run_id: str | None, error: str | None = None, reused: bool = False) -> None:
+        import yaml
+
+        self.record_path.parent.mkdir(parents=True, exist_ok=True)
+        self.record_path.write_text(yaml.safe_dump({
+            "job": self.number, "overrides": self.overrides, "status": status, "run_id": run_id,
+            "error": error, "reused": reused, "config_hash": self.config_hash, "at": time.time()}, sort_keys=False))
+
+
+def job_of_sweep(hydra_config: Any, resolved: Mapping[str, Any]) -> SweepJob | None:
+    """This job's :class:`SweepJob` when it runs inside a labbook sweep; None for a single run."""
+    parent = os.environ.get(ENV_PARENT)
+    if not parent:
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    swept = json.loads(os.environ.get(ENV_SWEPT, "[]"))
+    overrides = [str(o) for o in hydra_config.overrides.task]
+    values = {o.key_or_group: o.get_value_element_as_str() for o in OverridesParser.create().parse_overrides(overrides)}
+    names = short_names([k for k in swept if k in values])
+    name = ",".join(f"{names[k]}={values[k]}" for k in names) or f"job-{hydra_config.job.num}"
+    return SweepJob(parent, os.environ.get(ENV_EXPERIMENT, ""), int(hydra_config.job.num), overrides, name,
+                    config_hash(resolved), Path(str(hydra_config.runtime.output_dir)) / JOB_RECORD)

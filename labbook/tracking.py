@@ -46,6 +46,25 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# Config keys whose values belong to one run, not to the experiment (directories named by time and job):
+# recorded as tags, so that the params that differ between the jobs of a sweep are exactly the swept ones.
+RUN_LOCAL_PREFIXES = ("paths.",)
+
+
+def run_local(key: str) -> bool:
+    return key.startswith(RUN_LOCAL_PREFIXES)
+
+
+def experiment_name(cfg: Any, choices: Mapping[str, Any] | None) -> str:
+    """``logger.experiment_name``, else the experiment preset's name, else ``<model>-<datamodule>``."""
+    if cfg.logger.get("experiment_name"):
+        return str(cfg.logger.experiment_name)
+    choices = choices or {}
+    if choices.get("experiment"):
+        return str(choices["experiment"])
+    return f"{choices.get('model', 'model')}-{choices.get('datamodule', 'data')}"
+
+
 def _param_text(value: Any) -> str:
     text = "null" if value is None else str(value)
     if len(text) > MAX_PARAM_LENGTH:
@@ -164,13 +183,14 @@ class Recorder:
         return self.logger
 
     def log_config(self, resolved: Mapping[str, Any], overrides: Iterable[str], params: bool = True) -> None:
-        """Flattened config as params (once: MLflow refuses a param's second value); the config and the
-        overrides as YAML artifacts (rewritten by a resume, so they always rebuild the run as it is now)."""
+        """Flattened config as params (once: MLflow refuses a param's second value) except the run-local
+        values (:func:`run_local`), which are tags; the config and the overrides as YAML artifacts (rewritten by a resume, so they always rebuild the run as it is now)."""
         import yaml
 
-        entries = [Param(k[:250], _param_text(v)) for k, v in flatten(resolved).items()] if params else []
-        for i in range(0, len(entries), _BATCH):
-            self.client.log_batch(self.run_id, params=entries[i : i + _BATCH], synchronous=True)
+        flat = flatten(resolved)
+        if params:
+            self.log_params({k: v for k, v in flat.items() if not run_local(k)})
+        self.set_tags({k: _param_text(v) for k, v in flat.items() if run_local(k)})
         self.log_text(yaml.safe_dump(dict(resolved), sort_keys=False), "config/config.yaml")
         self.log_text(yaml.safe_dump(list(overrides)), "config/overrides.yaml")
 
@@ -199,6 +219,11 @@ class Recorder:
         self.set_tags(tags)
         self.log_text("".join(f"{name}=={version}\n" for name, version in sorted(installed.items())),
                       "environment/packages.txt")
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        entries = [Param(k[:250], _param_text(v)) for k, v in params.items()]
+        for i in range(0, len(entries), _BATCH):
+            self.client.log_batch(self.run_id, params=entries[i : i + _BATCH], synchronous=True)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         items = [RunTag(k, str(v)[:MAX_TAG_LENGTH]) for k, v in tags.items()]

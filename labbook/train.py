@@ -23,8 +23,10 @@ from labbook.callbacks import ModelCheckpoint, StopOnSignal, build_callbacks
 from labbook.errors import ConfigValueError, UserError
 from labbook.schemas import MLflowConfig, validate
 from labbook.store import ui_command
+from labbook.tracking import experiment_name
 from labbook.lifecycle import TrackedRun
 from labbook.resume import ResumePlan, resume_record
+from labbook.sweeps import SweepJob
 from labbook.workers import ENV_RUN_ID, hand_off, is_rank_zero, process_group
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -71,15 +73,6 @@ def build_data_and_model(cfg: DictConfig) -> tuple[Any, Any]:
     return datamodule, model
 
 
-def experiment_name(cfg: DictConfig, choices: Mapping[str, Any] | None) -> str:
-    if cfg.logger.experiment_name:
-        return str(cfg.logger.experiment_name)
-    choices = choices or {}
-    if choices.get("experiment"):
-        return str(choices["experiment"])
-    return f"{choices.get('model', 'model')}-{choices.get('datamodule', 'data')}"
-
-
 @dataclasses.dataclass
 class Job:
     """One job built from its config, before any run exists: what :func:`run` trains."""
@@ -113,14 +106,38 @@ def prepare(cfg: DictConfig, choices: Mapping[str, Any] | None = None) -> Job:
     return Job(cfg, resolved, datamodule, model, build_callbacks(cfg, model))
 
 
-def open_run(job: Job, uri: str, resume: ResumePlan | None = None) -> TrackedRun:
-    """Rank 0's run for ``job``: a new one in its experiment, or the resumed run re-opened."""
+def open_run(job: Job, uri: str, resume: ResumePlan | None = None, sweep: SweepJob | None = None) -> TrackedRun:
+    """Rank 0's run for ``job``: a new one in its experiment (a child of its sweep's parent run, named after
+    what it sweeps), or the resumed run re-opened. It is tagged with its objective (``optimized_metric``,
+    else the model's validation monitor) and that objective's direction."""
     cfg = job.cfg
+    objective = objective_of(job)
     heartbeat_s = cfg.logger.get("heartbeat_s", MLflowConfig.heartbeat_s)  # absent from older runs' configs
     if resume is not None:
-        return TrackedRun.reopen(uri, resume.run_id, heartbeat_s=heartbeat_s)
-    return TrackedRun.start(uri, cfg.logger.experiment_name, cfg.logger.run_name, dict(cfg.logger.tags or {}),
-                            heartbeat_s=heartbeat_s)
+        tracked = TrackedRun.reopen(uri, resume.run_id, heartbeat_s=heartbeat_s)
+    else:
+        tags = {**(sweep.tags() if sweep else {}), **dict(cfg.logger.tags or {})}
+        name = cfg.logger.run_name or (sweep.name if sweep else None)
+        tracked = TrackedRun.start(uri, cfg.logger.experiment_name, name, tags, heartbeat_s=heartbeat_s,
+                                   parent_run_id=sweep.parent_run_id if sweep else None)
+    if objective is not None:
+        tracked.set_tags({"objective": objective[0], "objective.direction": objective[1]})
+    return tracked
+
+
+def objective_of(job: Job) -> tuple[str, str] | None:
+    """What a sweep of this job optimises, and in which direction: ``optimized_metric`` and ``direction``,
+    else the model's validation monitor and its mode. None when the model names no monitor."""
+    cfg, model = job.cfg, job.model
+    monitor, mode = getattr(model, "monitor", None), getattr(model, "monitor_mode", "min")
+    metric = cfg.get("optimized_metric") or monitor
+    if not metric:
+        return None
+    direction = cfg.get("direction") or ({"min": "minimize", "max": "maximize"}[mode] if metric == monitor else None)
+    if direction is None:
+        raise ConfigValueError("direction", None, f"set direction=minimize or direction=maximize for "
+                               f"optimized_metric={metric} (only the model's own monitor, {monitor}, has a known one)")
+    return metric, direction
 
 
 def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None,

@@ -24,8 +24,8 @@ def train_main(args: Sequence[str]) -> int:
     from hydra.types import RunMode
     from omegaconf import DictConfig
 
-    from labbook import schemas
-    from labbook.errors import RunKilled
+    from labbook import schemas, sweeps
+    from labbook.errors import RunKilled, one_line
     from labbook.store import prepare_store, resolve_tracking_uri
 
     full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))
@@ -44,14 +44,36 @@ def train_main(args: Sequence[str]) -> int:
     @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
     def _task(cfg: DictConfig) -> Any:
         hc = HydraConfig.get()
+        sweep_job = None
+        quiet_libraries()  # again: a launcher may run this job in a fresh process (joblib, submitit)
         try:
             # A bad config is reported before torch, Lightning and MLflow are even imported (~5 s).
             schemas.validate(cfg)
             uri = resolve_tracking_uri(cfg.logger.tracking_uri)
-            if hc.mode != RunMode.MULTIRUN:  # a sweep's store was prepared before its first job (SweepStore)
+            if hc.mode != RunMode.MULTIRUN:  # a sweep's store was prepared before its first job (sweeps.Sweep)
                 prepare_store(uri)
+            from labbook.workers import is_rank_zero
+
+            if not is_rank_zero():  # a rank started by the cluster (SLURM tasks): rank 0 owns the run
+                from labbook.train import prepare, run
+
+                run(prepare(cfg), None)
+                return None
             reap_own_host(uri)
+            from omegaconf import OmegaConf
+
+            from labbook.sweeps import job_of_sweep
             from labbook.train import open_run, prepare, run, summary
+
+            sweep_job = job_of_sweep(hc, OmegaConf.to_container(cfg, resolve=True))
+            if sweep_job is not None:
+                if cfg.sweep.resume and (done := sweep_job.finished_run(uri)) is not None:
+                    print(f"labbook: job {sweep_job.number} ({sweep_job.name}): this configuration already "
+                          f"FINISHED as run {done}; reusing it", file=sys.stderr, flush=True)
+                    sweep_job.record("FINISHED", done, reused=True)
+                    return None
+                if not cfg.logger.experiment_name:  # every job beside its parent, whatever it composes
+                    cfg.logger.experiment_name = sweep_job.experiment
 
             plan = None
             if cfg.resume:
@@ -65,8 +87,13 @@ def train_main(args: Sequence[str]) -> int:
                                    compose=lambda o: OmegaConf.to_container(compose("train", overrides=o), resolve=True))
                 cfg = OmegaConf.create(plan.config)
             job = prepare(cfg, choices=dict(hc.runtime.choices))
-            result = run(job, open_run(job, uri, resume=plan), overrides=list(hc.overrides.task), resume=plan)
+            result = run(job, open_run(job, uri, resume=plan, sweep=sweep_job), overrides=list(hc.overrides.task),
+                         resume=plan)
+            if sweep_job is not None:
+                sweep_job.record("FINISHED", result["run_id"])
         except Exception as exc:  # noqa: BLE001
+            if sweep_job is not None:
+                sweep_job.record("FAILED", getattr(exc, "labbook_run_id", None), error=one_line(exc))
             if full_error:
                 raise
             # Kept for after Hydra returns: a sweep goes on with its other jobs, and Hydra does not
@@ -83,15 +110,18 @@ def train_main(args: Sequence[str]) -> int:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us, so we decide how they are shown
     try:
         _task()
-    except RunKilled as exc:
-        print(f"labbook: {exc.signal_name} received; run {exc.run_id} marked KILLED", file=sys.stderr)
-        return int(exc.code)
-    except SystemExit as exc:
-        return int(exc.code or 0) if not isinstance(exc.code, str) else fail(exc, full_error)
-    except KeyboardInterrupt:
-        print("labbook: interrupted", file=sys.stderr)
-        return 130
     except BaseException as exc:  # noqa: BLE001
+        if isinstance(exc, sweeps.SweepNotStarted):
+            return fail(exc.error, full_error)
+        sweeps.abort(exc)  # a sweep interrupted (or broken) before its end: its parent run says so
+        if isinstance(exc, RunKilled):
+            print(f"labbook: {exc.signal_name} received; run {exc.run_id} marked KILLED", file=sys.stderr)
+            return int(exc.code)
+        if isinstance(exc, SystemExit):
+            return int(exc.code or 0) if not isinstance(exc.code, str) else fail(exc, full_error)
+        if isinstance(exc, KeyboardInterrupt):
+            print("labbook: interrupted", file=sys.stderr)
+            return 130
         return fail(exc, full_error)
     finally:
         if not full_error:
@@ -99,6 +129,9 @@ def train_main(args: Sequence[str]) -> int:
     if failures:
         return fail(failures[0], full_error) if len(failures) == 1 else fail(
             failures[0], full_error, prefix=f"{len(failures)} jobs failed; the first: ")
+    if sweeps.LAST_FAILED:  # jobs that ran in other processes (joblib, submitit) reported their own errors
+        print(f"labbook: error: {sweeps.LAST_FAILED} job(s) of the sweep did not finish", file=sys.stderr)
+        return 1
     return 0
 
 

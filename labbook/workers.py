@@ -186,7 +186,30 @@ def _supervise(trainer: Any, watch: WorkerWatch) -> None:
             watch.expect_exit()  # Lightning's interrupt handling (Ctrl-C, SIGTERM) stops the workers
             super().kill(signum)
 
+        def _call_children_scripts(self) -> None:
+            """Lightning's, except for the command: Lightning re-runs ``sys.argv``, which in a job that a
+            launcher runs in its own worker process (joblib's loky, submitit) is that worker's command line,
+            not ``labbook``. A worker only needs the environment (:data:`ENV_CONFIG` names its config)."""
+            self._check_can_spawn_children()
+            self.procs = []
+            os.environ["MASTER_ADDR"] = self.cluster_environment.main_address
+            os.environ["MASTER_PORT"] = str(self.cluster_environment.main_port)
+            os.environ["NODE_RANK"] = str(self.cluster_environment.node_rank())
+            os.environ["LOCAL_RANK"] = str(self.cluster_environment.local_rank())
+            os.environ["WORLD_SIZE"] = f"{self.num_processes * self.num_nodes}"
+            for local_rank in range(1, self.num_processes):
+                env = {**os.environ, "LOCAL_RANK": str(local_rank)}
+                if os.environ.get("PL_GLOBAL_SEED") is None:
+                    env.pop("PL_GLOBAL_SEED", None)
+                self.procs.append(subprocess.Popen(worker_command(), env=env))
+
     strategy._launcher = WatchedLauncher(launcher.cluster_environment, launcher.num_processes, launcher.num_nodes)
+
+
+def worker_command() -> list[str]:
+    """How rank 0 starts a DDP worker: the ``labbook`` entry point of this interpreter, whatever process
+    rank 0 itself runs in."""
+    return [sys.executable, "-m", "labbook.cli"]
 
 
 def _destroy_process_group() -> None:

@@ -72,3 +72,25 @@ def test_the_progress_and_loader_state_a_mid_epoch_stop_relies_on() -> None:
     assert isinstance(ResumableLoader([1, 2]), _Stateful), fix
     for name in ("_load_combined_loader_states", "on_save_checkpoint", "on_load_checkpoint"):
         assert "combined_loader" in inspect.getsource(getattr(_FitLoop, name)), (fix, name)
+
+
+# The statements of _SubprocessScriptLauncher._call_children_scripts that WatchedLauncher's repeats (its
+# command aside: labbook starts `python -m labbook.cli` instead of re-running sys.argv).
+CHILDREN_ENV = [
+    'os.environ["MASTER_ADDR"] = self.cluster_environment.main_address',
+    'os.environ["MASTER_PORT"] = str(self.cluster_environment.main_port)',
+    'os.environ["NODE_RANK"] = str(self.cluster_environment.node_rank())',
+    'os.environ["LOCAL_RANK"] = str(self.cluster_environment.local_rank())',
+    'os.environ["WORLD_SIZE"] = f"{self.num_processes * self.num_nodes}"',
+    "for local_rank in range(1, self.num_processes):",
+    'env_copy["LOCAL_RANK"] = f"{local_rank}"',
+    "new_process = subprocess.Popen(command, env=env_copy, cwd=cwd)",
+]
+
+
+def test_children_scripts_set_the_environment_labbook_repeats() -> None:
+    from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    source = inspect.getsource(_SubprocessScriptLauncher._call_children_scripts)
+    missing = [line for line in CHILDREN_ENV if line not in source]
+    assert not missing, (FIX, missing)
