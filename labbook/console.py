@@ -20,7 +20,8 @@ def quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
                  "lightning_fabric.utilities.rank_zero", "pytorch_lightning.accelerators.cuda",
-                 "alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
+                 "alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent",
+                 "pytorch_lightning.trainer.connectors.checkpoint_connector"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # Advice aimed at Lightning users that labbook already acts on (exact sharded sums, worker counts).
     for message in (r".*does not have many workers.*", r".*`srun` command is available.*",

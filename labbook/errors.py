@@ -33,6 +33,9 @@ class RunKilled(SystemExit):
         super().__init__(code)
         self.run_id, self.signal_name = run_id, signal_name
 
+    def __reduce__(self) -> tuple:  # a job in a launcher's worker process sends it back pickled
+        return type(self), (self.code, self.run_id, self.signal_name)
+
 
 def check_choice(key: str, value: Any, choices: Iterable[Any]) -> None:
     choices = list(choices)

@@ -142,6 +142,7 @@ class TrackedRun(Recorder):
         super().__init__(client, run_id, uri)
         self.signal_received: int | None = None
         self._stop_requested: Any = None  # set while training: asks the trainer to stop at a batch boundary
+        self._grace_s = STOP_GRACE_S
         self._previous_handlers: dict[int, Any] = {}
         self._heartbeat_s = heartbeat_s
         self._heartbeat: _Heartbeat | None = None
@@ -200,12 +201,12 @@ class TrackedRun(Recorder):
                 continue
             self._previous_handlers.setdefault(signum, previous)
 
-    def defer_signals(self, stop_requested: Any) -> None:
+    def defer_signals(self, stop_requested: Any, grace_s: float = STOP_GRACE_S) -> None:
         """While training (``stop_requested`` a callable; None to end it), SIGINT/SIGTERM does not interrupt
         the process wherever it is but calls ``stop_requested()``, so training stops at its next batch
         boundary with a checkpoint (:class:`labbook.callbacks.StopOnSignal`); a second signal, or
-        :data:`STOP_GRACE_S` seconds without reaching one, interrupts it anyway."""
-        self._stop_requested = stop_requested
+        ``grace_s`` (:data:`STOP_GRACE_S`) seconds without reaching one, interrupts it anyway."""
+        self._stop_requested, self._grace_s = stop_requested, grace_s
 
     def stopping(self) -> None:
         """The trainer reached its stopping point: no interruption may cut its last checkpoint short."""
@@ -218,12 +219,12 @@ class TrackedRun(Recorder):
             if self._stop_requested is not None:
                 self._stop_requested()
                 self._previous_handlers.setdefault(signal.SIGALRM, signal.signal(signal.SIGALRM, self._on_grace_over))
-                signal.setitimer(signal.ITIMER_REAL, STOP_GRACE_S)
+                signal.setitimer(signal.ITIMER_REAL, self._grace_s)
                 return
         raise RunInterrupted(f"received {signal.Signals(signum).name}")
 
     def _on_grace_over(self, signum: int, frame: Any) -> None:
-        raise RunInterrupted(f"no batch boundary reached within {STOP_GRACE_S:g} s of the signal")
+        raise RunInterrupted(f"not stopped within {self._grace_s:g} s of the signal")
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> bool:
         self._stop_requested = None

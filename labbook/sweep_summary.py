@@ -113,7 +113,8 @@ def summarise(sweep: OpenSweep) -> Summary:
     for record in _records(sweep.directory):  # jobs that failed before they could open a run
         key = record.get("config_hash") or f"job-{record.get('job')}"
         if record.get("run_id") is None and key not in rows_by_config:
-            rows_by_config[key] = Row(record.get("job"), None, f"job-{record.get('job')}", record.get("status", "FAILED"),
+            rows_by_config[key] = Row(record.get("job"), None, record.get("name") or f"job-{record.get('job')}",
+                                      record.get("status", "FAILED"),
                                       None, _values(record.get("overrides") or [], swept), None, None,
                                       record.get("error") or "")
     rows = sorted(rows_by_config.values(), key=lambda r: (r.job is None, r.job if r.job is not None else 0))

@@ -16,6 +16,7 @@ run still counts in the parent's tally.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -32,6 +33,10 @@ ENV_PARENT = "LABBOOK_SWEEP_PARENT_RUN"
 ENV_SWEPT = "LABBOOK_SWEEP_SWEPT"  # JSON list of the swept config keys
 ENV_EXPERIMENT = "LABBOOK_SWEEP_EXPERIMENT"
 JOB_RECORD = ".labbook_job.yaml"
+STOPPING = ".labbook_stopping"  # in the sweep's directory once it was interrupted: jobs not yet started skip
+# How long an interrupted sweep waits for its running jobs to stop themselves (each at a batch boundary,
+# with a checkpoint; a job gives itself lifecycle.STOP_GRACE_S) before it leaves them to the launcher.
+JOBS_STOP_GRACE_S = 10.0
 # Overrides that change how a sweep runs, not what it computes: left out of the key that finds it again.
 _HOW = ("hydra.", "hydra/", "sweep.", "logger.heartbeat_s", "logger.flush_every_s")
 
@@ -139,6 +144,7 @@ class Sweep(Callback):
             parent.log_text(_space_yaml(config, space), "sweep/space.yaml")
         parent.set_tags({"sweep.rounds": rounds, "sweep.dir": str(config.hydra.sweep.dir)})
         parent.__enter__()  # SIGINT/SIGTERM end it KILLED; a heartbeat while the sweep runs
+        parent.defer_signals(_stop_jobs, grace_s=JOBS_STOP_GRACE_S)
         os.environ[ENV_PARENT] = parent.run_id
         os.environ[ENV_SWEPT] = json.dumps(list(space))
         os.environ[ENV_EXPERIMENT] = experiment
@@ -168,13 +174,14 @@ class SweepFailed(Exception):
     """Some jobs of the sweep did not finish (the parent ends FAILED with this as its error)."""
 
 
-def abort(exc: BaseException) -> None:
+def abort(exc: BaseException) -> tuple[str, int] | None:
     """The launching process is leaving with ``exc`` before the sweep's end: close the parent KILLED when
-    a signal stopped it (in a job or while waiting for jobs), else FAILED, with the summary so far."""
+    a signal stopped it (in a job or while waiting for jobs), else FAILED, with the summary so far.
+    Returns (parent run id, signal number) when it was KILLED."""
     global _OPEN
     sweep, _OPEN = _OPEN, None
     if sweep is None:
-        return
+        return None
     from labbook.errors import RunKilled
 
     parent = sweep.parent
@@ -190,6 +197,45 @@ def abort(exc: BaseException) -> None:
     except Exception:  # noqa: BLE001 - on the way out: the status matters more than the table
         pass
     _close(sweep, exc)
+    return (parent.run_id, parent.signal_received) if parent.signal_received is not None else None
+
+
+def _running_jobs(sweep: OpenSweep) -> list[Any]:
+    """The sweep's RUNNING child runs owned by processes of this host."""
+    import socket
+
+    from labbook.runs import search_runs
+
+    return [run for run in search_runs(sweep.uri, None, parent_run_id=sweep.parent.run_id, status="RUNNING")
+            if run.data.tags.get("owner.host") == socket.gethostname() and run.data.tags.get("owner.pid")]
+
+
+def _stop_jobs() -> None:
+    """The launching process got SIGINT/SIGTERM (called from its handler): no further job starts, and the
+    jobs running in other processes of this host (joblib workers, submitit's local jobs) get the same
+    signal, so that each stops at a batch boundary with a checkpoint and ends KILLED. Jobs that run in
+    this very process (Hydra's basic launcher) handle the signal themselves."""
+    from labbook.errors import RunInterrupted
+
+    sweep = _OPEN
+    if sweep is None:
+        raise RunInterrupted("the sweep was interrupted")
+    signum = sweep.parent.signal_received or signal.SIGTERM
+    with contextlib.suppress(OSError):
+        sweep.directory.mkdir(parents=True, exist_ok=True)
+        (sweep.directory / STOPPING).touch()
+    running = [int(run.data.tags["owner.pid"]) for run in _running_jobs(sweep)]
+    running = [pid for pid in running if pid != os.getpid()]
+    if not running:
+        raise RunInterrupted(f"received {signal.Signals(signum).name}")
+    for pid in running:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
+
+
+def stopping(hydra_config: Any) -> bool:
+    """Whether the sweep this job belongs to was interrupted before the job started."""
+    return (Path(str(hydra_config.sweep.dir)) / STOPPING).exists()
 
 
 def _close(sweep: OpenSweep, exc: BaseException | None) -> None:
@@ -197,6 +243,15 @@ def _close(sweep: OpenSweep, exc: BaseException | None) -> None:
 
     for variable in (ENV_PARENT, ENV_SWEPT, ENV_EXPERIMENT):
         os.environ.pop(variable, None)
+    if exc is not None:  # jobs that a launcher killed with the sweep (their process is gone): KILLED too
+        from labbook.lifecycle import owner_gone
+
+        with contextlib.suppress(Exception):
+            for run in _running_jobs(sweep):
+                if owner_gone(run.data.tags, time.time(), stale_after_s=float("inf")) is not None:
+                    sweep.parent.client.set_tag(run.info.run_id, "error", "stopped with its sweep, which was "
+                                                f"interrupted ({type(exc).__name__})")
+                    sweep.parent.client.set_terminated(run.info.run_id, status="KILLED")
     try:
         sweep.parent.__exit__(type(exc) if exc is not None else None, exc, None)
     except RunKilled:
@@ -262,16 +317,22 @@ class SweepJob:
 
         self.record_path.parent.mkdir(parents=True, exist_ok=True)
         self.record_path.write_text(yaml.safe_dump({
-            "job": self.number, "overrides": self.overrides, "status": status, "run_id": run_id,
+            "job": self.number, "name": self.name, "overrides": self.overrides, "status": status, "run_id": run_id,
             "error": error, "reused": reused, "config_hash": self.config_hash, "at": time.time()}, sort_keys=False))
 
 
-def job_of_sweep(hydra_config: Any, resolved: Mapping[str, Any]) -> SweepJob | None:
+def job_of_sweep(hydra_config: Any, cfg: Any) -> SweepJob | None:
     """This job's :class:`SweepJob` when it runs inside a labbook sweep; None for a single run."""
     parent = os.environ.get(ENV_PARENT)
     if not parent:
         return None
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # noqa: BLE001 - a broken interpolation: the job fails on it right after, recorded
+        resolved = OmegaConf.to_container(cfg, resolve=False)
 
     swept = json.loads(os.environ.get(ENV_SWEPT, "[]"))
     overrides = [str(o) for o in hydra_config.overrides.task]

@@ -47,6 +47,9 @@ def train_main(args: Sequence[str]) -> int:
         sweep_job = None
         quiet_libraries()  # again: a launcher may run this job in a fresh process (joblib, submitit)
         try:
+            from labbook.sweeps import job_of_sweep
+
+            sweep_job = job_of_sweep(hc, cfg)  # first: a job whose config is refused still counts in its sweep
             # A bad config is reported before torch, Lightning and MLflow are even imported (~5 s).
             schemas.validate(cfg)
             uri = resolve_tracking_uri(cfg.logger.tracking_uri)
@@ -60,13 +63,15 @@ def train_main(args: Sequence[str]) -> int:
                 run(prepare(cfg), None)
                 return None
             reap_own_host(uri)
-            from omegaconf import OmegaConf
-
-            from labbook.sweeps import job_of_sweep
             from labbook.train import open_run, prepare, run, summary
 
-            sweep_job = job_of_sweep(hc, OmegaConf.to_container(cfg, resolve=True))
             if sweep_job is not None:
+                from labbook.sweeps import stopping
+
+                if stopping(hc):
+                    print(f"labbook: job {sweep_job.number} ({sweep_job.name}): not started, the sweep was "
+                          "interrupted", file=sys.stderr, flush=True)
+                    return None
                 if cfg.sweep.resume and (done := sweep_job.finished_run(uri)) is not None:
                     print(f"labbook: job {sweep_job.number} ({sweep_job.name}): this configuration already "
                           f"FINISHED as run {done}; reusing it", file=sys.stderr, flush=True)
@@ -113,7 +118,14 @@ def train_main(args: Sequence[str]) -> int:
     except BaseException as exc:  # noqa: BLE001
         if isinstance(exc, sweeps.SweepNotStarted):
             return fail(exc.error, full_error)
-        sweeps.abort(exc)  # a sweep interrupted (or broken) before its end: its parent run says so
+        killed = sweeps.abort(exc)  # a sweep interrupted (or broken) before its end: its parent run says so
+        if killed is not None:
+            import signal
+
+            name = signal.Signals(killed[1]).name
+            print(f"labbook: {name} received; sweep run {killed[0]} and its running jobs marked KILLED",
+                  file=sys.stderr)
+            return 128 + killed[1]
         if isinstance(exc, RunKilled):
             print(f"labbook: {exc.signal_name} received; run {exc.run_id} marked KILLED", file=sys.stderr)
             return int(exc.code)
