@@ -19,6 +19,12 @@ commands:
                              (inputs from stdin, one per line, when none are given)
   reap [--tracking-uri URI] [--stale-after SECONDS]
                              mark FAILED the RUNNING runs whose process is gone (SIGKILL, OOM, lost host)
+  compare [EXPERIMENT | PARENT_RUN_ID] [--metric M ...] [--sort [-]M] [--filter EXPR]
+          [--format table|csv|json] [--tracking-uri URI]
+                             a sweep's or an experiment's runs side by side: the params that differ, the
+                             metrics (default: the newest run's sweep, else its experiment)
+  diff [--tracking-uri URI] RUN_A RUN_B
+                             what differs between two runs: config key by key, metrics, git commits
 
 The store: train's logger.tracking_uri or another command's --tracking-uri, else $MLFLOW_TRACKING_URI,
 else sqlite:///mlflow.db in the working directory.
@@ -43,7 +49,20 @@ def _reap(args: Sequence[str]) -> int:
     return reap_main(args)
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"train": _train, "predict": _predict, "reap": _reap}
+def _compare(args: Sequence[str]) -> int:
+    from labbook.compare import compare_main
+
+    return compare_main(args)
+
+
+def _diff(args: Sequence[str]) -> int:
+    from labbook.diff import diff_main
+
+    return diff_main(args)
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"train": _train, "predict": _predict, "reap": _reap,
+                                                        "compare": _compare, "diff": _diff}
 
 
 def version_line() -> str:

@@ -71,7 +71,7 @@ def plan_resume(uri: str, run_id: str, new_overrides: list[str], compose: Callab
     written to the store here: a refused resume leaves the run as it was.
     """
     from labbook.runs import StoredRun
-    from labbook.tracking import flatten
+    from labbook.keys import flatten
 
     try:
         run = StoredRun.find(uri, run_id)

@@ -65,7 +65,7 @@ def sweep_key(config: Any) -> str:
 def config_hash(resolved: Mapping[str, Any]) -> str:
     """Identifies what a job computes: its resolved config without run-local values (directories) and
     without the sweep's own settings. Two jobs with the same hash train the same thing."""
-    from labbook.tracking import flatten, run_local
+    from labbook.keys import flatten, run_local
 
     flat = {k: v for k, v in flatten(resolved).items()
             if not run_local(k) and not k.startswith(("sweep.", "logger.run_name", "logger.heartbeat_s",

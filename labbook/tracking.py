@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 from pytorch_lightning.loggers.logger import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
+from labbook.keys import flatten, run_local
 from labbook.store import artifact_root
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -32,27 +33,6 @@ MAX_PARAM_LENGTH = 6000  # MLflow's limit for a param value
 MAX_TAG_LENGTH = 5000
 VERSIONED = ("torch", "pytorch-lightning", "hydra-core", "mlflow", "numpy", "labbook")
 _BATCH = 100  # MLflow accepts at most 100 params/tags and 1000 metrics per log_batch
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"model": {"n": 3}}`` → ``{"model.n": 3}``; lists stay whole (their text is the value)."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
-
-
-# Config keys whose values belong to one run, not to the experiment (directories named by time and job):
-# recorded as tags, so that the params that differ between the jobs of a sweep are exactly the swept ones.
-RUN_LOCAL_PREFIXES = ("paths.",)
-
-
-def run_local(key: str) -> bool:
-    return key.startswith(RUN_LOCAL_PREFIXES)
 
 
 def experiment_name(cfg: Any, choices: Mapping[str, Any] | None) -> str:
