@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 # Config keys whose values belong to one run, not to what it tries (directories named by time and job):
-# recorded as tags, not params, so that the params that differ between a sweep's jobs are the swept ones.
-RUN_LOCAL_PREFIXES = ("paths.",)
+# recorded as tags, not params, so that the params that differ between a sweep's jobs are the swept ones;
+# and how a sweep runs (sweep.resume) is not what a job tries.
+RUN_LOCAL_PREFIXES = ("paths.", "sweep.")
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

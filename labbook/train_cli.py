@@ -48,15 +48,15 @@ def train_main(args: Sequence[str]) -> int:
         quiet_libraries()  # again: a launcher may run this job in a fresh process (joblib, submitit)
         try:
             from labbook.sweeps import job_of_sweep
+            from labbook.workers import is_rank_zero
 
-            sweep_job = job_of_sweep(hc, cfg)  # first: a job whose config is refused still counts in its sweep
+            if is_rank_zero():  # first: a job whose config is refused still counts in its sweep
+                sweep_job = job_of_sweep(hc, cfg)
             # A bad config is reported before torch, Lightning and MLflow are even imported (~5 s).
             schemas.validate(cfg)
             uri = resolve_tracking_uri(cfg.logger.tracking_uri)
             if hc.mode != RunMode.MULTIRUN:  # a sweep's store was prepared before its first job (sweeps.Sweep)
                 prepare_store(uri)
-            from labbook.workers import is_rank_zero
-
             if not is_rank_zero():  # a rank started by the cluster (SLURM tasks): rank 0 owns the run
                 from labbook.train import prepare, run
 

@@ -43,9 +43,9 @@ def run_process(command: Sequence[str], *, timeout: float, cwd: Path | str | Non
     return subprocess.CompletedProcess(list(command), proc.returncode, out, err)
 
 
-def kill_group(pid: int) -> None:
+def kill_group(pid: int, signum: int = signal.SIGKILL) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+        os.killpg(pid, signum)
 
 
 def labbook(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None,
@@ -113,12 +113,14 @@ def start_training(tmp_path: Path, store: str):
             os.killpg(proc.pid, signal.SIGKILL)  # the session: rank 0 and any worker it started
 
 
-def runs(uri: str) -> list:
+def runs(uri: str, parents: bool = False) -> list:
+    """The store's runs; a sweep's parent run only with ``parents=True`` (tests count the jobs' runs)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
     exps = client.search_experiments()
-    return client.search_runs([e.experiment_id for e in exps]) if exps else []
+    found = client.search_runs([e.experiment_id for e in exps]) if exps else []
+    return [r for r in found if parents or r.data.tags.get("sweep.role") != "parent"]
 
 
 @pytest.fixture(scope="session")

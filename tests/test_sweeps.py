@@ -1,0 +1,233 @@
+"""Sweeps through the real `labbook train -m`: one parent run, named children, the summary, every launcher,
+interruption and sweep.resume, many jobs at once on a fresh store. Everything is read back with MlflowClient."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import LABBOOK, kill_group, labbook, runs
+from tests.test_train_e2e import QUIET, artifacts
+
+GMM = ("experiment=gmm_blobs", "trainer.max_epochs=3", "datamodule.n_samples=600")
+
+
+def parent_and_children(uri: str):  # noqa: ANN201
+    (parent,) = [r for r in runs(uri, parents=True) if r.data.tags.get("sweep.role") == "parent"]
+    children = [r for r in runs(uri) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == len(runs(uri)), "every job's run is a child of the sweep"
+    return parent, sorted(children, key=lambda r: int(r.data.tags["sweep.job"]))
+
+
+def differing_params(children) -> set[str]:  # noqa: ANN001
+    keys = set().union(*(c.data.params for c in children))
+    return {k for k in keys if len({c.data.params.get(k) for c in children}) > 1}
+
+
+def summary_rows(uri: str, parent_id: str, into: Path) -> list[dict[str, str]]:
+    path = MlflowClient(uri).download_artifacts(parent_id, "sweep/summary.csv", str(into))
+    return list(csv.DictReader(io.StringIO(Path(path).read_text())))
+
+
+def test_a_sweep_is_one_parent_with_named_children_and_a_summary(tmp_path: Path, store: str) -> None:
+    out = labbook("train", "-m", *GMM, "model.covariance_type=full,diag,spherical", QUIET, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    parent, children = parent_and_children(store)
+    assert parent.info.status == "FINISHED" and len(children) == 3
+    assert parent.data.params == {"model.covariance_type": "full,diag,spherical"}  # the sweep space
+    assert parent.data.tags["sweep.swept"] == "model.covariance_type"
+    assert parent.data.tags["mlflow.runName"] == "sweep(covariance_type)"
+    assert parent.data.tags["command"].startswith("labbook train -m experiment=gmm_blobs")
+    names = [c.data.tags["mlflow.runName"] for c in children]
+    assert names == ["covariance_type=full", "covariance_type=diag", "covariance_type=spherical"]
+    assert all(c.info.status == "FINISHED" and c.info.experiment_id == parent.info.experiment_id for c in children)
+    # Run-local values are tags: the params that differ between the jobs are exactly the swept one.
+    assert differing_params(children) == {"model.covariance_type"}
+    assert all("paths.output_dir" in c.data.tags and "paths.output_dir" not in c.data.params for c in children)
+    assert "model.covariance_type=diag" in children[1].data.tags["sweep.overrides"].split()
+
+    # The objective is the model's validation monitor, never a test metric; the best child is its best.
+    assert {c.data.tags["objective"] for c in children} == {"val/log_likelihood"}
+    scores = {c.info.run_id: float(c.data.tags["checkpoint.best_score"]) for c in children}
+    best = max(scores, key=scores.get)
+    assert parent.data.tags["sweep.best_run_id"] == best and parent.data.tags["sweep.objective"] == "val/log_likelihood"
+    assert parent.data.metrics["val/log_likelihood"] == pytest.approx(scores[best], rel=1e-5)
+    rows = summary_rows(store, parent.info.run_id, tmp_path / "s")
+    assert [r["covariance_type"] for r in rows] == ["full", "diag", "spherical"]
+    assert [r["run"] for r in rows if r["best"] == "*"] == [best]
+    assert all(r["status"] == "FINISHED" and r["test/log_likelihood"] for r in rows)
+    stored = artifacts(MlflowClient(store), parent.info.run_id)
+    assert {"sweep/space.yaml", "sweep/summary.csv", "sweep/summary.txt", "plots/objective.png"} <= stored
+    # The terminal shows the same table, the best run marked.
+    table = out.stdout[out.stdout.index("sweep: 3 configurations"):].splitlines()
+    assert table[0].endswith(f"best: {rows[[r['run'] for r in rows].index(best)]['name']} (run {best})")
+    assert [line.split()[0] for line in table[2:5]].count("*") == 1
+
+
+def test_a_preset_multirun_and_a_failed_job_make_a_failed_parent(tmp_path: Path, store: str) -> None:
+    """hydra.mode=MULTIRUN (what a preset sets) is a sweep too; a job whose config is refused before it can
+    open a run still counts: the parent is FAILED and says how many jobs failed and which."""
+    out = labbook("train", "hydra.mode=MULTIRUN", *GMM, "model.covariance_type=full,bogus", QUIET, cwd=tmp_path)
+    assert out.returncode == 1
+    parent, children = parent_and_children(store)
+    assert [c.info.status for c in children] == ["FINISHED"]
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["sweep.failed"] == "1" and parent.data.tags["sweep.failed_jobs"] == "1"
+    assert parent.data.tags["error"] == "SweepFailed: 1 of 2 jobs did not finish: job 1 (FAILED)"
+    rows = summary_rows(store, parent.info.run_id, tmp_path / "s")
+    assert [(r["name"], r["status"]) for r in rows] == [("covariance_type=full", "FINISHED"),
+                                                        ("covariance_type=bogus", "FAILED")]
+    lines = out.stderr.strip().splitlines()
+    assert any(line.startswith("labbook: error: job 1 (") and "model.covariance_type='bogus'" in line for line in lines)
+    assert "Traceback" not in out.stderr
+
+
+def test_a_test_metric_is_refused_as_the_objective(tmp_path: Path, store: str) -> None:
+    out = labbook("train", "-m", *GMM, "model.covariance_type=full,diag", "optimized_metric=test/log_likelihood",
+                  QUIET, cwd=tmp_path)
+    assert out.returncode == 1 and "optimized_metric='test/log_likelihood' is not allowed" in out.stderr
+    assert not runs(store)  # refused before any job trained
+
+
+@pytest.mark.parametrize("launcher", [("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer=ddp_cpu"),
+                                      ("hydra/launcher=submitit_local",)], ids=["joblib-ddp_cpu", "submitit_local"])
+def test_jobs_in_other_processes_are_children_of_the_sweep(tmp_path: Path, store: str, launcher: tuple) -> None:
+    out = labbook("train", "-m", *GMM, "model.covariance_type=full,diag", *launcher, QUIET, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    parent, children = parent_and_children(store)  # DDP ranks opened no runs and re-ran no sweep
+    assert parent.info.status == "FINISHED" and [c.info.status for c in children] == ["FINISHED", "FINISHED"]
+    assert parent.data.tags["sweep.launcher"].split(".")[-1] == ("JoblibLauncher" if "joblib" in launcher[0]
+                                                                  else "LocalLauncher")
+    assert differing_params(children) == {"model.covariance_type"}
+
+
+def test_an_interrupted_sweep_is_killed_then_resumed_to_each_configuration_finished_once(
+        tmp_path: Path, store: str) -> None:
+    sweep = ("train", "-m", "experiment=gmm_blobs", "model.tol=0", "datamodule.n_samples=100000",
+             "trainer.max_epochs=40", "model.covariance_type=full,diag,tied,spherical",
+             "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", QUIET)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([LABBOOK, *sweep], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not [r for r in runs(store) if r.info.status == "RUNNING"]:
+            assert time.time() < deadline and proc.poll() is None, proc.communicate()[1][-2000:]
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        kill_group(proc.pid)
+    assert proc.returncode == 143, err[-3000:]
+    parent, children = parent_and_children(store)
+    assert parent.info.status == "KILLED" and parent.data.tags["error"] == "interrupted by SIGTERM"
+    assert "KILLED" in {c.info.status for c in children} and "RUNNING" not in {c.info.status for c in children}
+    assert err.strip().splitlines()[-1].startswith("labbook: SIGTERM received; sweep run ")
+
+    out = labbook(*sweep, "sweep.resume=true", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    resumed, children = parent_and_children(store)
+    assert resumed.info.run_id == parent.info.run_id and resumed.info.status == "FINISHED"
+    assert resumed.data.tags["sweep.rounds"] == "2"
+    finished = [c.data.params["model.covariance_type"] for c in children if c.info.status == "FINISHED"]
+    assert sorted(finished) == ["diag", "full", "spherical", "tied"]  # each configuration exactly once
+    reused = [line for line in out.stderr.splitlines() if "already FINISHED as run" in line]
+    assert len(reused) == len([c for c in children if c.info.status == "FINISHED"]) - len(
+        [c for c in children if c.info.start_time > parent.info.end_time])
+    assert differing_params(children) == {"model.covariance_type"}  # sweep.resume is not a param
+
+
+@pytest.mark.parametrize("failing", [False, True], ids=["all-finish", "one-fails"])
+def test_eight_jobs_four_at_a_time_on_a_fresh_store(tmp_path: Path, failing: bool) -> None:
+    """A store that does not exist yet, eight jobs, four processes writing at once: nothing lost. With
+    n_components=500 > the 300 rows, one job fails while training; the others finish and are counted."""
+    uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
+    values = "1,2,3,4,5,6,7," + ("500" if failing else "8")
+    out = labbook("train", "-m", "experiment=gmm_blobs", "trainer.max_epochs=4", "model.tol=0",
+                  "datamodule.n_samples=300", f"model.n_components={values}", "hydra/launcher=joblib",
+                  "hydra.launcher.n_jobs=4", QUIET, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+    assert out.returncode == (1 if failing else 0), out.stderr[-3000:]
+    parent, children = parent_and_children(uri)
+    assert len(children) == 8
+    client = MlflowClient(uri)
+    for child in children:
+        if failing and child.data.params["model.n_components"] == "500":
+            assert child.info.status == "FAILED" and child.data.tags["error"]
+            continue
+        assert child.info.status == "FINISHED"
+        history = client.get_metric_history(child.info.run_id, "train/log_likelihood")
+        assert sorted(m.step for m in history) == sorted({m.step for m in history}) and len(history) == 4
+    if failing:
+        assert parent.info.status == "FAILED" and parent.data.tags["sweep.failed"] == "1"
+        assert parent.data.tags["sweep.failed_jobs"] == "7"
+    else:
+        assert parent.info.status == "FINISHED" and parent.data.tags["sweep.failed"] == "0"
+
+
+def test_the_slurm_launcher_submits_what_its_config_says(tmp_path: Path, store: str) -> None:
+    """No SLURM here: a stand-in `sbatch` on PATH keeps the script submitit generated from the preset."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text('#!/bin/sh\nfor last; do :; done\ncp "$last" "$(dirname "$0")/submitted.sh"\n'
+                                    'echo "Submitted batch job 4242"\n')
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")  # submitit only checks that it exists
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONWARNINGS": "ignore"}
+    args = ["train", "-m", *GMM, "model.covariance_type=full,diag", "trainer=ddp_cpu", "hydra/launcher=submitit_slurm",
+            "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=90", "hydra.launcher.nodes=2",
+            "hydra.launcher.gpus_per_node=4", "hydra.launcher.tasks_per_node=4", QUIET]
+    proc = subprocess.Popen([LABBOOK, *args], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 90
+        while not (bin_dir / "submitted.sh").exists():
+            assert time.time() < deadline and proc.poll() is None, proc.communicate()[1][-2000:]
+            time.sleep(0.3)
+        time.sleep(0.5)
+        script = (bin_dir / "submitted.sh").read_text()
+    finally:
+        kill_group(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=60)
+        kill_group(proc.pid)
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --time=90", "#SBATCH --nodes=2", "#SBATCH --gpus-per-node=4",
+                 "#SBATCH --ntasks-per-node=4", "#SBATCH --array=0-1%2"):
+        assert line in script, script
+    assert "srun" in script and "submitit.core._submit" in script
+
+
+def test_cluster_started_ranks_never_open_runs(tmp_path: Path, store: str) -> None:
+    """What a SLURM allocation with 2 tasks does: both tasks run the job; rank 0 opens the one run, rank 1
+    (SLURM_PROCID=1) only trains beside it through Lightning's SLURM environment."""
+    host = socket.gethostname()
+    base = {**os.environ, "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NODEID": "0",
+            "SLURM_NNODES": "1", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "labbook", "SLURM_NODELIST": host,
+            "SLURM_CPUS_ON_NODE": "2", "MASTER_PORT": str(_free_port()), "PYTHONWARNINGS": "ignore"}
+    procs = [subprocess.Popen([LABBOOK, "train", *GMM, "trainer=ddp_cpu", QUIET], cwd=tmp_path, text=True,
+                              env={**base, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)},
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              start_new_session=True) for rank in (0, 1)]
+    try:
+        outputs = [p.communicate(timeout=180) for p in procs]
+    finally:
+        for p in procs:
+            kill_group(p.pid)
+    assert [p.returncode for p in procs] == [0, 0], [err[-1500:] for _, err in outputs]
+    (run,) = runs(store)
+    assert run.info.status == "FINISHED" and run.data.params["trainer.devices"] == "2"
+    assert "run id:" in outputs[0][0] and "run id:" not in outputs[1][0]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
