@@ -175,12 +175,16 @@ def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None
         try:
             with hand_off(resolved, Path(cfg.paths.output_dir), tracked.run_id, trainer,
                           on_abandon=lambda error: tracked.end("FAILED", error)):
+                started = time.perf_counter()
                 trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+                timing = {"timing.fit_s": round(time.perf_counter() - started, 3)}
                 # Read before testing: loading the best checkpoint restores the callback's older state.
                 checkpoints = _checkpoint_state(trainer)
                 metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
                 if cfg.test:
+                    started = time.perf_counter()
                     trainer.test(model, datamodule=datamodule, ckpt_path=_test_ckpt(trainer), verbose=False)
+                    timing["timing.test_s"] = round(time.perf_counter() - started, 3)
                     metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         except BaseException:
             upload.flush()  # interrupted or failed: the newest checkpoints reach the store for a resume
@@ -193,8 +197,7 @@ def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None
             tracked.log_report(report())
         headline_key = getattr(model, "headline_metric", None)
         headline = (headline_key, metrics.get(headline_key)) if headline_key in metrics else None
-        if headline:
-            tracked.set_tags({"headline_metric": headline_key})
+        tracked.set_tags({**timing, **({"headline_metric": headline_key} if headline else {})})
     return {"run_id": tracked.run_id, "metrics": metrics, "headline": headline, "uri": tracked.uri}
 
 
