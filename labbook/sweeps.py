@@ -123,6 +123,9 @@ class Sweep(Callback):
         uri = resolve_tracking_uri(config.logger.get("tracking_uri"))
         prepare_store(uri)
         os.environ[ENV_URI] = uri
+        from labbook.train_cli import reap_own_host
+
+        reap_own_host(uri)  # a sweep SIGKILLed earlier left its parent RUNNING: FAILED now, so it can resume
         LAST_FAILED = 0
         experiment = experiment_name(config, config.hydra.runtime.choices)
         space = sweep_space(config)
@@ -238,8 +241,20 @@ def stopping(hydra_config: Any) -> bool:
     return (Path(str(hydra_config.sweep.dir)) / STOPPING).exists()
 
 
+def _release_workers() -> None:
+    """joblib keeps its worker processes for the next call and, at interpreter exit, waits ~3 s for them
+    to wind down; a finished sweep has no next call, so they go now."""
+    if "joblib.externals.loky" in sys.modules:
+        from joblib.externals.loky import get_reusable_executor
+
+        with contextlib.suppress(Exception):
+            get_reusable_executor().shutdown(wait=False, kill_workers=True)
+
+
 def _close(sweep: OpenSweep, exc: BaseException | None) -> None:
     from labbook.errors import RunKilled
+
+    _release_workers()
 
     for variable in (ENV_PARENT, ENV_SWEPT, ENV_EXPERIMENT):
         os.environ.pop(variable, None)

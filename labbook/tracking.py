@@ -6,6 +6,7 @@ store. Opening, re-opening and closing runs, and their statuses, live in :mod:`l
 
 from __future__ import annotations
 
+import functools
 import getpass
 import io
 import os
@@ -13,16 +14,13 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from pytorch_lightning.loggers.logger import Logger
-from pytorch_lightning.utilities import rank_zero_only
 
 from labbook.keys import flatten, run_local
 from labbook.store import artifact_root
@@ -69,6 +67,21 @@ def git_state(repo: Path) -> dict[str, str]:
     return {"commit": commit, "dirty": "true" if status else "false", "diff": git("diff", "HEAD") if status else ""}
 
 
+@functools.lru_cache(maxsize=1)
+def installed_packages() -> dict[str, str]:
+    """Every installed distribution's version, by normalised name. Read once per process: the packages a
+    process imported cannot change under it, and reading ~120 distributions' metadata costs ~0.1 s, which
+    every job of a sweep run by a reused worker process would pay again."""
+    from importlib.metadata import distributions
+
+    installed: dict[str, str] = {}
+    for dist in distributions():
+        name = dist.metadata["Name"]
+        if name:
+            installed.setdefault(name.lower().replace("_", "-"), dist.version)
+    return installed
+
+
 def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
     """The id of experiment ``name``, created (tagged as model development) when missing."""
     exp = client.get_experiment_by_name(name)
@@ -90,75 +103,17 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
     return exp.experiment_id
 
 
-class MLflowMetricsLogger(Logger):
-    """A Lightning logger that writes metrics of one existing MLflow run, batched.
-
-    Lightning's own ``MLFlowLogger`` commits to the store once per ``log_metrics`` call (one SQLite
-    transaction per step) and creates runs itself; here the run belongs to :class:`TrackedRun`, and
-    metrics are buffered and written with one ``log_batch`` every ``flush_every_s`` seconds and at the end.
-    """
-
-    def __init__(self, client: MlflowClient, run_id: str, flush_every_s: float = 5.0) -> None:
-        super().__init__()
-        self._client, self._run_id, self._flush_every_s = client, run_id, flush_every_s
-        self._buffer: list[Metric] = []
-        self._last_flush = time.monotonic()
-
-    @property
-    def name(self) -> str:
-        return "mlflow"
-
-    @property
-    def version(self) -> str:
-        return self._run_id
-
-    @property
-    def run_id(self) -> str:
-        return self._run_id
-
-    @rank_zero_only
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        """The resolved config is recorded by :class:`TrackedRun`; model hparams are part of it."""
-
-    @rank_zero_only
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        now = int(time.time() * 1000)
-        for key, value in metrics.items():
-            value = float(value.item() if hasattr(value, "item") else value)
-            self._buffer.append(Metric(key, value, now, step or 0))
-        if time.monotonic() - self._last_flush >= self._flush_every_s:
-            self.flush()
-
-    @rank_zero_only
-    def flush(self) -> None:
-        buffer, self._buffer = self._buffer, []
-        for i in range(0, len(buffer), 1000):
-            self._client.log_batch(self._run_id, metrics=buffer[i : i + 1000], synchronous=True)
-        self._last_flush = time.monotonic()
-
-    @rank_zero_only
-    def save(self) -> None:
-        """Nothing: Lightning calls ``save()`` right after every ``log_metrics``, so flushing here made one
-        SQLite commit per logging call (~8 ms each; once per epoch, every 13 steps for lstm_sunspots: +25% on
-        its training time, benchmarks/overhead.py). The buffer is written every ``flush_every_s`` by
-        ``log_metrics``, by ``finalize`` (end of every fit/test, and on errors), by ``labbook.train`` after
-        fitting and testing, and by :class:`TrackedRun` on exit."""
-
-    @rank_zero_only
-    def finalize(self, status: str) -> None:
-        # The run's status is TrackedRun's business; Lightning would mark Ctrl-C as FAILED.
-        self.flush()
-
-
 class Recorder:
     """Everything a run writes into MLflow (params, config, git state, artifacts, plots, metrics through
     :meth:`lightning_logger`). Opening and closing the run is :class:`labbook.lifecycle.TrackedRun`'s."""
 
     def __init__(self, client: MlflowClient, run_id: str, uri: str) -> None:
         self.client, self.run_id, self.uri = client, run_id, uri
-        self.logger: MLflowMetricsLogger | None = None
+        self.logger: Any = None  # labbook.metrics_logger.MLflowMetricsLogger once a trainer asks for it
 
-    def lightning_logger(self, flush_every_s: float) -> MLflowMetricsLogger:
+    def lightning_logger(self, flush_every_s: float) -> Any:
+        from labbook.metrics_logger import MLflowMetricsLogger  # Lightning: only where a trainer runs
+
         self.logger = MLflowMetricsLogger(self.client, self.run_id, flush_every_s)
         return self.logger
 
@@ -186,13 +141,7 @@ class Recorder:
     def log_environment(self) -> None:
         """Tags ``versions.<package>`` for what decides a run's numbers, and every installed distribution
         (``name==version``, sorted) as the artifact ``environment/packages.txt``."""
-        from importlib.metadata import distributions
-
-        installed = {}
-        for dist in distributions():
-            name = dist.metadata["Name"]
-            if name:
-                installed.setdefault(name.lower().replace("_", "-"), dist.version)
+        installed = installed_packages()
         tags = {"versions.python": sys.version.split()[0]}
         for package in VERSIONED:
             tags[f"versions.{package}"] = installed.get(package, "not installed")
