@@ -198,7 +198,12 @@ def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None
         headline_key = getattr(model, "headline_metric", None)
         headline = (headline_key, metrics.get(headline_key)) if headline_key in metrics else None
         tracked.set_tags({**timing, **({"headline_metric": headline_key} if headline else {})})
-    return {"run_id": tracked.run_id, "metrics": metrics, "headline": headline, "uri": tracked.uri}
+    objective = objective_of(job)
+    value = None
+    if objective is not None:  # what a search optimises: the best checkpoint's score when it is the monitor
+        value = checkpoints.get("score") if checkpoints.get("monitor") == objective[0] else metrics.get(objective[0])
+    return {"run_id": tracked.run_id, "metrics": metrics, "headline": headline, "uri": tracked.uri,
+            "objective": value}
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[Any], tracked: TrackedRun | None = None,

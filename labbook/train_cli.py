@@ -108,8 +108,7 @@ def train_main(args: Sequence[str]) -> int:
                 fail(exc, full_error, prefix=f"job {hc.job.num} ({' '.join(hc.overrides.task)}): ")
             return None
         print(summary(result), flush=True)
-        headline = result.get("headline")
-        return headline[1] if headline else None
+        return result.get("objective")  # a sweeper's objective (validation), never the test headline
 
     sys.argv = [sys.argv[0], *args]
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us, so we decide how they are shown
