@@ -59,7 +59,14 @@ def sweep_space(config: Any) -> dict[str, str]:
 def sweep_key(config: Any) -> str:
     """Identifies a sweep's command across re-runs: its overrides, those that only change how it runs left out."""
     kept = sorted(str(o) for o in config.hydra.overrides.task if not str(o).lstrip("+~").startswith(_HOW))
+    kept.append(str(config.hydra.sweeper.get("_target_", "")))  # a grid sweep and a search are not one sweep
     return hashlib.sha256(json.dumps(kept).encode()).hexdigest()[:16]
+
+
+def is_search(config: Any) -> bool:
+    """Whether the sweeper is labbook's Optuna search, whose study (and so its parent run) every run of the
+    same command continues."""
+    return str(config.hydra.sweeper.get("_target_", "")).startswith("hydra_plugins.labbook_optuna_sweeper.")
 
 
 def config_hash(resolved: Mapping[str, Any]) -> str:
@@ -131,11 +138,12 @@ class Sweep(Callback):
         space = sweep_space(config)
         key = sweep_key(config)
         heartbeat_s = config.logger.get("heartbeat_s", 30.0)
-        previous = _previous_parent(uri, experiment, key) if config.sweep.resume else None
+        continuing = bool(config.sweep.resume) or is_search(config)
+        previous = _previous_parent(uri, experiment, key, quiet=not config.sweep.resume) if continuing else None
         if previous is not None:
             parent = TrackedRun.reopen(uri, previous, heartbeat_s=heartbeat_s)
             rounds = int(parent.client.get_run(previous).data.tags.get("sweep.rounds", "1")) + 1
-            print(f"labbook: sweep.resume=true: continuing sweep run {previous} (round {rounds})", file=sys.stderr)
+            print(f"labbook: continuing sweep run {previous} (round {rounds})", file=sys.stderr)
         else:
             shown = ",".join(short_names(list(space)).values()) or "sweep"
             parent = TrackedRun.start(uri, experiment, run_name=f"sweep({shown})", heartbeat_s=heartbeat_s, tags={
@@ -273,7 +281,7 @@ def _close(sweep: OpenSweep, exc: BaseException | None) -> None:
         pass  # the caller reports the signal
 
 
-def _previous_parent(uri: str, experiment: str, key: str) -> str | None:
+def _previous_parent(uri: str, experiment: str, key: str, quiet: bool = False) -> str | None:
     """The newest parent run of the same sweep command (``sweep.resume=true``); None: a new sweep."""
     from labbook.errors import UserError
     from labbook.runs import search_runs
@@ -288,7 +296,8 @@ def _previous_parent(uri: str, experiment: str, key: str) -> str | None:
                             f"{run.data.tags.get('owner.pid', '?')} on {run.data.tags.get('owner.host', '?')}); "
                             "stop it first, or `labbook reap` if that process is gone")
         return run.info.run_id
-    print("labbook: sweep.resume=true: no earlier run of this sweep in the store; starting it", file=sys.stderr)
+    if not quiet:
+        print("labbook: sweep.resume=true: no earlier run of this sweep in the store; starting it", file=sys.stderr)
     return None
 
 

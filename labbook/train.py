@@ -111,7 +111,7 @@ def open_run(job: Job, uri: str, resume: ResumePlan | None = None, sweep: SweepJ
     what it sweeps), or the resumed run re-opened. It is tagged with its objective (``optimized_metric``,
     else the model's validation monitor) and that objective's direction."""
     cfg = job.cfg
-    objective = objective_of(job)
+    objective = objective_of(job.cfg, job.model)
     heartbeat_s = cfg.logger.get("heartbeat_s", MLflowConfig.heartbeat_s)  # absent from older runs' configs
     if resume is not None:
         tracked = TrackedRun.reopen(uri, resume.run_id, heartbeat_s=heartbeat_s)
@@ -125,10 +125,10 @@ def open_run(job: Job, uri: str, resume: ResumePlan | None = None, sweep: SweepJ
     return tracked
 
 
-def objective_of(job: Job) -> tuple[str, str] | None:
-    """What a sweep of this job optimises, and in which direction: ``optimized_metric`` and ``direction``,
-    else the model's validation monitor and its mode. None when the model names no monitor."""
-    cfg, model = job.cfg, job.model
+def objective_of(cfg: Any, model: Any) -> tuple[str, str] | None:
+    """What a sweep or search of ``cfg`` optimises, and in which direction: ``optimized_metric`` and
+    ``direction``, else the model's validation monitor and its mode (``model``: the model or its class).
+    None when the model names no monitor."""
     monitor, mode = getattr(model, "monitor", None), getattr(model, "monitor_mode", "min")
     metric = cfg.get("optimized_metric") or monitor
     if not metric:
@@ -198,7 +198,7 @@ def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None
         headline_key = getattr(model, "headline_metric", None)
         headline = (headline_key, metrics.get(headline_key)) if headline_key in metrics else None
         tracked.set_tags({**timing, **({"headline_metric": headline_key} if headline else {})})
-    objective = objective_of(job)
+    objective = objective_of(job.cfg, job.model)
     value = None
     if objective is not None:  # what a search optimises: the best checkpoint's score when it is the monitor
         value = checkpoints.get("score") if checkpoints.get("monitor") == objective[0] else metrics.get(objective[0])

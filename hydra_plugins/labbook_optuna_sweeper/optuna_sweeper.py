@@ -1,20 +1,17 @@
 """A Hydra sweeper on Optuna >= 4: ``labbook train -m hydra/sweeper=optuna 'model.lr=tag(log, interval(1e-4, 1e-1))'``.
 
-WORK IN PROGRESS (branch wip/optuna-sweeper, issue 10): TPE/random/grid/CMA-ES samplers, search spaces in
+Built so far (issue 10 is open): TPE, random and CMA-ES samplers, search spaces in
 Hydra's sweep syntax, a persistent study beside the tracking store that the same command continues
 (``n_trials`` is the study's total), trials launched through any Hydra launcher in batches of ``n_jobs``.
-Not yet: pruning, multi-objective (NSGA-II), grid sampler's search space, presets in conf/hparams_search/,
-tests, README. Known bug: the study's direction comes from the top-level ``direction`` key only (default
-minimize), so a model whose monitor is maximised (the GMM's val/log_likelihood) is searched the wrong way
-unless ``direction=maximize`` is given: take it from the model's monitor (the children's
-``objective.direction`` tag) before creating the study. Tried once by hand: 6 TPE trials of
-experiment=gmm_blobs, n_jobs=2, one parent run with the trials as children and the summary.
+The objective is the jobs' own (``optimized_metric`` and ``direction``, else the model's validation
+monitor; a ``test/`` metric is refused), and each trial's value is what its run reports as that objective.
+Not yet (issue 10): pruning, multi-objective (NSGA-II), the grid sampler, presets in conf/hparams_search/.
 """
 
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -24,7 +21,7 @@ from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
-SAMPLERS = ("tpe", "random", "grid", "cmaes")
+SAMPLERS = ("tpe", "random", "cmaes")
 
 
 @dataclass
@@ -81,7 +78,7 @@ class OptunaSweeper(Sweeper):
         if self.sampler_name not in SAMPLERS:
             raise ValueError(f"hydra.sweeper.sampler={self.sampler_name!r} is not allowed: one of {', '.join(SAMPLERS)}")
         return {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
-                "cmaes": optuna.samplers.CmaEsSampler}.get(self.sampler_name, optuna.samplers.TPESampler)(seed=self.seed)
+                "cmaes": optuna.samplers.CmaEsSampler}[self.sampler_name](seed=self.seed)
 
     def sweep(self, arguments: List[str]) -> Any:
         import optuna
@@ -93,7 +90,8 @@ class OptunaSweeper(Sweeper):
         space = {o.key_or_group: distribution(o) for o in parsed if o.is_sweep_override()}
         for key, expression in self.params.items():
             space[key] = distribution(parser.parse_override(f"{key}={expression}"))
-        direction = str(self.config.get("direction") or "minimize")
+        metric, direction = self._objective()
+        log.info(f"Optuna study {self._study_name()!r}: {direction} {metric}, {self.n_trials} trials in all")
         study = optuna.create_study(study_name=self._study_name(), storage=self._storage(), sampler=self._sampler(),
                                     direction=direction, load_if_exists=True)
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -120,6 +118,19 @@ class OptunaSweeper(Sweeper):
                     study.tell(trial, float(value))
             returns.append(results)
         return returns
+
+    def _objective(self) -> tuple:
+        """The objective and its direction, as every trial will record it (labbook.train.objective_of)."""
+        from hydra.utils import get_class
+
+        from labbook.schemas import validate
+        from labbook.train import objective_of
+
+        validate(self.config)  # optimized_metric=test/... is refused before any trial
+        objective = objective_of(self.config, get_class(self.config.model._target_))
+        if objective is None:
+            raise ValueError("the model names no validation monitor: set optimized_metric and direction")
+        return objective
 
     def _study_name(self) -> str:
         from labbook.tracking import experiment_name
