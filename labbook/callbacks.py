@@ -123,8 +123,9 @@ class StopOnSignal(Callback):
     def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
         # Every process decides on the same snapshot: a signal landing on rank 0 between its broadcast and
         # its own check would otherwise send rank 0 into the checkpoint's collectives alone (a deadlock).
-        stop = self._stop.clone()
+        stop = self._stop
         if trainer.world_size > 1:
+            stop = stop.clone()
             torch.distributed.broadcast(stop, src=0)
         if not stop.item() or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             return

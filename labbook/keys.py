@@ -26,6 +26,16 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def objective_value(objective: str, metrics: Mapping[str, float], monitor: str | None = None,
+                    best_score: float | None = None) -> float | None:
+    """A run's value of ``objective``: its best checkpoint's score when the checkpoint monitored that very
+    metric (the model a user would take), else the metric's last value; None when it has neither."""
+    if monitor == objective and best_score is not None:
+        return float(best_score)
+    value = metrics.get(objective)
+    return None if value is None else float(value)
+
+
 def run_local(key: str) -> bool:
     """Whether ``key`` (dotted) holds a value that belongs to one run only (see :data:`RUN_LOCAL_PREFIXES`)."""
     return key.startswith(RUN_LOCAL_PREFIXES)

@@ -130,6 +130,13 @@ class _Heartbeat(threading.Thread):
         self.join(timeout=5)
 
 
+def reap_own_host(uri: str) -> None:
+    """What every command that opens runs does first: fail this host's runs whose process is gone."""
+    for run_id, why in reap(MlflowClient(tracking_uri=uri), this_host_only=True):
+        print(f"labbook: run {run_id} was left RUNNING by a process that is gone; marked FAILED ({why})",
+              file=sys.stderr)
+
+
 # ---------------------------------------------------------------------------------------------- run
 class TrackedRun(Recorder):
     """An open MLflow run owned by this process; closing it sets the status that happened.

@@ -29,14 +29,11 @@ def reap_main(args: Sequence[str]) -> int:
     try:
         from mlflow.tracking import MlflowClient
 
-        from labbook.errors import UserError
         from labbook.lifecycle import reap
-        from labbook.store import resolve_tracking_uri, sqlite_path
+        from labbook.store import existing_sqlite_store, resolve_tracking_uri
 
         uri = resolve_tracking_uri(options.tracking_uri)
-        db = sqlite_path(uri)
-        if db is not None and not db.exists():
-            raise UserError(f"no tracking store at {db} (pass --tracking-uri URI or set MLFLOW_TRACKING_URI)")
+        existing_sqlite_store(uri)
         reaped = reap(MlflowClient(tracking_uri=uri), stale_after_s=options.stale_after)
     except Exception as exc:  # noqa: BLE001
         return fail(exc, full_error)

@@ -28,17 +28,14 @@ class StoredRun:
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
-        from labbook.store import sqlite_path
+        from labbook.store import existing_sqlite_store, run_not_found
 
-        db = sqlite_path(uri)
-        if db is not None and not db.exists():
-            raise UserError(f"no tracking store at {db} (pass --tracking-uri URI, set MLFLOW_TRACKING_URI, or run "
-                            "from the directory holding mlflow.db)")
+        existing_sqlite_store(uri)
         client = MlflowClient(tracking_uri=uri)
         try:
             return cls(client, client.get_run(run_id), uri)
         except MlflowException:
-            raise UserError(f"run {run_id!r} not found in the store {uri}") from None
+            raise UserError(run_not_found(run_id, uri)) from None
 
     @property
     def run_id(self) -> str:
@@ -106,10 +103,9 @@ def search_runs(uri: str, experiment: str | None = None, parent_run_id: str | No
         experiments = [found.experiment_id]
     if not experiments:
         return []
-    clauses = [f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items()]
-    if parent_run_id:
-        clauses.append(f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
-    if status:
-        clauses.append(f"attributes.status = '{status}'")
-    return client.search_runs(experiments, filter_string=" and ".join(clauses), max_results=50000,
+    from labbook.storeread import mlflow_filter
+
+    tags = {**(tags or {}), **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
+    status_clause = f"attributes.status = '{status}'" if status else ""
+    return client.search_runs(experiments, filter_string=mlflow_filter(tags, status_clause), max_results=50000,
                               order_by=["attributes.start_time DESC"])

@@ -50,6 +50,23 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri.split("?", 1)[0][len("sqlite:///"):])
 
 
+def existing_sqlite_store(uri: str) -> Path | None:
+    """The SQLite file of ``uri`` (None for other stores), which commands that only read must find in place:
+    a :class:`UserError` when it does not exist, rather than a new empty store created by reading."""
+    from labbook.errors import UserError
+
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise UserError(f"no tracking store at {db} (pass --tracking-uri URI, set MLFLOW_TRACKING_URI, or run "
+                        "from the directory holding mlflow.db)")
+    return db
+
+
+def run_not_found(run_id: str, uri: str) -> str:
+    """How every command says that a run id is not in the store."""
+    return f"run {run_id!r} not found in the store {uri}"
+
+
 def artifact_root(uri: str) -> str | None:
     """Artifacts of a SQLite store live beside the database file; a server decides for itself."""
     db = sqlite_path(uri)

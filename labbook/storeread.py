@@ -21,6 +21,7 @@ Every reader returns :class:`RunRecord` values: a run's info, params, latest met
 
 from __future__ import annotations
 
+import abc
 import base64
 import contextlib
 import json
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from labbook.errors import UserError
+from labbook.store import existing_sqlite_store, run_not_found
 
 PARENT_TAG = "mlflow.parentRunId"
 ROLE_TAG = "sweep.role"
@@ -67,24 +69,24 @@ class RunRecord:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-class Reader:
+class Reader(abc.ABC):
     """What ``compare`` and ``diff`` need from a store; subclasses read one kind of store."""
 
     uri: str
 
+    @abc.abstractmethod
     def experiments(self) -> dict[str, str]:
         """Active experiments, ``{experiment_id: name}``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def run(self, run_id: str) -> RunRecord | None:
         """The run with exactly this id, or None."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def search(self, experiment_ids: Iterable[str] | None = None, tags: Mapping[str, str] | None = None,
                filter_string: str = "", max_results: int | None = None) -> list[RunRecord]:
         """Active runs of these experiments (all active experiments when None) carrying these tags and
         matching MLflow's ``filter_string``, newest start first."""
-        raise NotImplementedError
 
     def run_ids_starting(self, prefix: str) -> list[str]:
         """Ids of the runs whose id starts with ``prefix``."""
@@ -111,15 +113,13 @@ class Reader:
             if len(matches) > 1:
                 raise AmbiguousRunId(f"run id prefix {run_id!r} matches {len(matches)} runs in the store {self.uri} "
                                 f"({', '.join(sorted(matches)[:4])}{', ...' if len(matches) > 4 else ''}): give more of it")
-        raise RunNotFound(f"run {run_id!r} not found in the store {self.uri}")
+        raise RunNotFound(run_not_found(run_id, self.uri))
 
 
 def open_reader(uri: str) -> Reader:
     """The fastest reader for the store ``uri`` (resolved by :func:`labbook.store.resolve_tracking_uri`).
     Never creates a store: a missing SQLite file or ``file:`` folder is a :class:`UserError`."""
-    from labbook.store import sqlite_path
-
-    db = sqlite_path(uri)
+    db = existing_sqlite_store(uri)
     if db is not None:
         return SqliteReader(uri, db)
     if uri.startswith(("http://", "https://")):
@@ -137,9 +137,6 @@ def open_reader(uri: str) -> Reader:
 class SqliteReader(Reader):
     def __init__(self, uri: str, db: Path) -> None:
         self.uri, self.db = uri, db
-        if not db.is_file():
-            raise UserError(f"no tracking store at {db} (pass --tracking-uri URI, set MLFLOW_TRACKING_URI, or run "
-                            "from the directory holding mlflow.db)")
         # mode=ro: a read never creates the file, never runs MLflow's schema migrations, never takes a
         # writer's lock; the timeout rides out a training run's commit in progress.
         self.con = sqlite3.connect(f"{Path(db).resolve().as_uri()}?mode=ro", uri=True, timeout=10)
@@ -282,7 +279,7 @@ class RestReader(Reader):
         ids = list(self.experiments() if experiment_ids is None else experiment_ids)
         if not ids:
             return []
-        body: dict[str, Any] = {"experiment_ids": ids, "filter": _filter(tags, filter_string),
+        body: dict[str, Any] = {"experiment_ids": ids, "filter": mlflow_filter(tags, filter_string),
                                 "run_view_type": "ACTIVE_ONLY", "order_by": ["attributes.start_time DESC"]}
         found: list[RunRecord] = []
         while max_results is None or len(found) < max_results:
@@ -334,7 +331,7 @@ def _int(value: Any) -> int | None:
     return None if value in (None, "") else int(value)
 
 
-def _filter(tags: Mapping[str, str] | None, filter_string: str) -> str:
+def mlflow_filter(tags: Mapping[str, str] | None, filter_string: str = "") -> str:
     """One MLflow filter string: the tag equalities, and the user's filter (the grammar has only AND)."""
     clauses = [f"tags.`{key}` = '{value}'" for key, value in (tags or {}).items()]
     if filter_string.strip():
@@ -381,7 +378,7 @@ class ClientReader(Reader):
         if not ids:
             return []
         try:
-            runs = self.client.search_runs(ids, filter_string=_filter(tags, filter_string),
+            runs = self.client.search_runs(ids, filter_string=mlflow_filter(tags, filter_string),
                                            max_results=max_results or 50000, order_by=["attributes.start_time DESC"])
         except MlflowException as exc:
             if filter_string.strip():

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from labbook.keys import objective_value
 from labbook.sweeps import JOB_RECORD, OpenSweep, short_names
 
 
@@ -128,12 +129,9 @@ def summarise(sweep: OpenSweep) -> Summary:
 
 def _row(run: Any, swept: list[str], objective: str | None, headline: str | None) -> Row:
     tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
-    value = None
-    if objective:
-        if tags.get("checkpoint.monitor") == objective and tags.get("checkpoint.best_score") not in (None, "n/a"):
-            value = float(tags["checkpoint.best_score"])
-        elif objective in metrics:
-            value = float(metrics[objective])
+    score = tags.get("checkpoint.best_score")
+    value = objective_value(objective, metrics, tags.get("checkpoint.monitor"),
+                            None if score in (None, "n/a") else float(score)) if objective else None
     overrides = _values(tags.get("sweep.overrides", "").split(), swept)
     values = {k: params.get(k, overrides.get(k, "")) for k in swept}
     end, start = run.info.end_time, run.info.start_time

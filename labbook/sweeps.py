@@ -70,13 +70,14 @@ def is_search(config: Any) -> bool:
 
 
 def config_hash(resolved: Mapping[str, Any]) -> str:
-    """Identifies what a job computes: its resolved config without run-local values (directories) and
-    without the sweep's own settings. Two jobs with the same hash train the same thing."""
+    """Identifies what a job computes: its resolved config without run-local values (directories, the
+    sweep's own settings) and without how it is recorded or where it starts from. Two jobs with the same
+    hash train the same thing."""
     from labbook.keys import flatten, run_local
 
     flat = {k: v for k, v in flatten(resolved).items()
-            if not run_local(k) and not k.startswith(("sweep.", "logger.run_name", "logger.heartbeat_s",
-                                                       "logger.flush_every_s", "resume", "ckpt_path"))}
+            if not run_local(k) and not k.startswith(("logger.run_name", "logger.heartbeat_s", "logger.flush_every_s",
+                                                       "resume", "ckpt_path"))}
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -130,7 +131,7 @@ class Sweep(Callback):
         uri = resolve_tracking_uri(config.logger.get("tracking_uri"))
         prepare_store(uri)
         os.environ[ENV_URI] = uri
-        from labbook.train_cli import reap_own_host
+        from labbook.lifecycle import reap_own_host
 
         reap_own_host(uri)  # a sweep SIGKILLed earlier left its parent RUNNING: FAILED now, so it can resume
         LAST_FAILED = 0

@@ -23,6 +23,7 @@ from labbook.callbacks import ModelCheckpoint, StopOnSignal, build_callbacks
 from labbook.errors import ConfigValueError, UserError
 from labbook.schemas import MLflowConfig, validate
 from labbook.store import ui_command
+from labbook.keys import objective_value
 from labbook.tracking import experiment_name
 from labbook.lifecycle import TrackedRun
 from labbook.resume import ResumePlan, resume_record
@@ -199,9 +200,8 @@ def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None
         headline = (headline_key, metrics.get(headline_key)) if headline_key in metrics else None
         tracked.set_tags({**timing, **({"headline_metric": headline_key} if headline else {})})
     objective = objective_of(job.cfg, job.model)
-    value = None
-    if objective is not None:  # what a search optimises: the best checkpoint's score when it is the monitor
-        value = checkpoints.get("score") if checkpoints.get("monitor") == objective[0] else metrics.get(objective[0])
+    value = None if objective is None else objective_value(objective[0], metrics, checkpoints.get("monitor"),
+                                                            checkpoints.get("score"))
     return {"run_id": tracked.run_id, "metrics": metrics, "headline": headline, "uri": tracked.uri,
             "objective": value}
 

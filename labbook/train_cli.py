@@ -62,6 +62,8 @@ def train_main(args: Sequence[str]) -> int:
 
                 run(prepare(cfg), None)
                 return None
+            from labbook.lifecycle import reap_own_host
+
             reap_own_host(uri)
             from labbook.train import open_run, prepare, run, summary
 
@@ -144,17 +146,6 @@ def train_main(args: Sequence[str]) -> int:
         print(f"labbook: error: {sweeps.LAST_FAILED} job(s) of the sweep did not finish", file=sys.stderr)
         return 1
     return 0
-
-
-def reap_own_host(uri: str) -> None:
-    """What every command that opens runs does first: fail this host's runs whose process is gone."""
-    from mlflow.tracking import MlflowClient
-
-    from labbook.lifecycle import reap
-
-    for run_id, why in reap(MlflowClient(tracking_uri=uri), this_host_only=True):
-        print(f"labbook: run {run_id} was left RUNNING by a process that is gone; marked FAILED ({why})",
-              file=sys.stderr)
 
 
 def check_resume_arguments(args: Sequence[str]) -> None:

@@ -70,8 +70,8 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return uri
 
 
-def training_logged(db: Path) -> bool:
-    """Whether a run in the SQLite store ``db`` has logged a ``train/`` metric yet.
+def store_has(db: Path, query: str) -> bool:
+    """Whether ``query`` finds a row in the SQLite store ``db`` (False while the store is not there yet).
 
     Read with sqlite3, read-only: an MlflowClient opened while `labbook` is still creating the store
     would run MLflow's table creation a second time, concurrently ("table ... already exists").
@@ -80,9 +80,14 @@ def training_logged(db: Path) -> bool:
         return False
     try:
         with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as con:
-            return con.execute("SELECT 1 FROM metrics WHERE key LIKE 'train/%' LIMIT 1").fetchone() is not None
+            return con.execute(query).fetchone() is not None
     except sqlite3.Error:  # tables not created yet, or the writer holds the lock
         return False
+
+
+def training_logged(db: Path) -> bool:
+    """Whether a run in the SQLite store ``db`` has logged a ``train/`` metric yet."""
+    return store_has(db, "SELECT 1 FROM metrics WHERE key LIKE 'train/%' LIMIT 1")
 
 
 @pytest.fixture

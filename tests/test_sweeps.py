@@ -3,13 +3,11 @@ interruption and sweep.resume, many jobs at once on a fresh store. Everything is
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -17,7 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import LABBOOK, kill_group, labbook, runs
+from tests.conftest import LABBOOK, kill_group, labbook, runs, store_has
 from tests.test_train_e2e import QUIET, artifacts
 
 GMM = ("experiment=gmm_blobs", "trainer.max_epochs=3", "datamodule.n_samples=600")
@@ -31,17 +29,9 @@ def parent_and_children(uri: str):  # noqa: ANN201
 
 
 def a_job_running(db: Path) -> bool:
-    """Whether a sweep's child run is RUNNING in the SQLite store ``db``, read with sqlite3, read-only: an
-    MlflowClient opened while `labbook` is still creating the store would create its tables a second time,
-    concurrently (see conftest.training_logged)."""
-    if not db.exists():
-        return False
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as con:
-            return con.execute("SELECT 1 FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid WHERE r.status = "
-                               "'RUNNING' AND t.key = 'sweep.role' AND t.value = 'child' LIMIT 1").fetchone() is not None
-    except sqlite3.Error:  # tables not created yet, or the writer holds the lock
-        return False
+    """Whether a sweep's child run is RUNNING in the SQLite store ``db`` (read as conftest.store_has does)."""
+    return store_has(db, "SELECT 1 FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid WHERE r.status = 'RUNNING' "
+                         "AND t.key = 'sweep.role' AND t.value = 'child' LIMIT 1")
 
 
 def differing_params(children) -> set[str]:  # noqa: ANN001

@@ -96,7 +96,7 @@ class OptunaSweeper(Sweeper):
                                     direction=direction, load_if_exists=True)
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             # A trial left RUNNING by a process that died (SIGKILL, a crashed sweep): failed, and asked again.
-            study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            study.tell(trial.number, state=TrialState.FAIL)
 
         def counted() -> int:
             return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
