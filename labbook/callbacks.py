@@ -153,6 +153,35 @@ class StopOnSignal(Callback):
         raise RunInterrupted(f"received {name}")
 
 
+class PruneTrial(Callback):
+    """A search's trial (``sweep.trial``) stops early when Optuna's pruner rejects it.
+
+    After each validation of fitting, rank 0 reports the objective to its trial (``report``: epoch and
+    the logged metrics -> whether to prune, :class:`labbook.search.TrialReport`); under DDP every process
+    learns the answer in the same step (one broadcast from rank 0), and training stops after that epoch as
+    with early stopping: the run keeps its metrics and checkpoints, and ends FINISHED. Worker ranks get
+    ``report`` None.
+    """
+
+    def __init__(self, report: Callable[[int, Any], bool] | None = None) -> None:
+        self.report = report
+        self.pruned = False
+        # The step a value is reported at: the number of validations so far (an epoch's, or several per epoch
+        # with trainer.val_check_interval; an EM model never moves Lightning's global step).
+        self.validations = 0
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        step, self.validations = self.validations, self.validations + 1
+        prune = bool(self.report(step, trainer.callback_metrics)) if self.report else False
+        if trainer.world_size > 1:
+            prune = bool(trainer.strategy.broadcast(prune, src=0))
+        if prune:
+            self.pruned = True
+            trainer.should_stop = True
+
+
 def build_callbacks(cfg: DictConfig, model: Any) -> list[Any]:
     """Checkpointing and early stopping follow the model's own ``monitor``/``monitor_mode`` unless set."""
     callbacks: list[Any] = []

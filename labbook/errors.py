@@ -98,6 +98,10 @@ def one_line(exc: BaseException) -> str:
                 break
             options.append(t.strip())
         return f"{text[0]} Available options: {', '.join(options)}"
+    if text and text[0].startswith("Error parsing override") and len(text) > 1 and "hydra.cc" not in text[1]:
+        # Hydra's reason is on the second line ("empty choice is not legal"); the third is a link.
+        return f"{text[0]}: {text[1].split(': ', 1)[-1]} (sweep syntax: choice(a,b), range(a,b[,step]), " \
+               "interval(a,b), tag(log, interval(a,b)))"
     return text[0] if text else type(first).__name__
 
 

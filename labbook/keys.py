@@ -36,6 +36,47 @@ def objective_value(objective: str, metrics: Mapping[str, float], monitor: str |
     return None if value is None else float(value)
 
 
+def objectives_of(cfg: Mapping[str, Any], model: Any) -> list[tuple[str, str]]:
+    """What a sweep or search of ``cfg`` optimises, each objective with its direction: ``optimized_metric``
+    (one metric or a list, for a multi-objective search) and ``direction`` (one or a list alike), else the
+    model's validation monitor and its mode (``model``: the model or its class). Empty when the model names
+    no monitor. A metric the model declares it never logs (its ``validation_metrics``) is refused."""
+    from labbook.errors import ConfigValueError
+
+    monitor, mode = getattr(model, "monitor", None), getattr(model, "monitor_mode", "min")
+    given, directions = cfg.get("optimized_metric"), cfg.get("direction")
+    metrics = [str(m) for m in given] if isinstance(given, (list, tuple)) or _listlike(given) else [given or monitor]
+    if metrics == [None]:
+        return []
+    if isinstance(directions, (list, tuple)) or _listlike(directions):
+        directions = [str(d) for d in directions]
+        if len(directions) != len(metrics):
+            raise ConfigValueError("direction", directions, f"one direction per objective: {len(metrics)} for "
+                                   f"optimized_metric={metrics}")
+    elif directions is not None and len(metrics) > 1:
+        raise ConfigValueError("direction", directions, f"a list, one direction per objective of {metrics}")
+    else:
+        directions = [directions] * len(metrics)
+    declared = getattr(model, "validation_metrics", None)
+    found = []
+    for metric, direction in zip(metrics, directions):
+        if declared is not None and metric not in declared:
+            raise ConfigValueError("optimized_metric", metric, f"{getattr(model, '__name__', type(model).__name__)} "
+                                   f"logs {', '.join(declared)} on validation")
+        if direction is None:
+            if metric != monitor:
+                raise ConfigValueError("direction", None, f"set direction=minimize or direction=maximize for "
+                                       f"optimized_metric={metric} (only the model's own monitor, {monitor}, has "
+                                       "a known one)")
+            direction = {"min": "minimize", "max": "maximize"}[mode]
+        found.append((metric, str(direction)))
+    return found
+
+
+def _listlike(value: Any) -> bool:
+    return type(value).__name__ == "ListConfig"
+
+
 def run_local(key: str) -> bool:
     """Whether ``key`` (dotted) holds a value that belongs to one run only (see :data:`RUN_LOCAL_PREFIXES`)."""
     return key.startswith(RUN_LOCAL_PREFIXES)

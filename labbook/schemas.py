@@ -339,6 +339,9 @@ class SweepConfig:
     # Re-running a sweep's command with sweep.resume=true continues its parent run: jobs whose resolved config
     # already has a FINISHED child are skipped, the others (failed, killed, missing) run again.
     resume: bool = False
+    # The Optuna trial this job is (set by labbook's sweeper, hydra/sweeper=optuna, never by hand): its rank 0
+    # reports the objective to the trial after each validation epoch, and stops when the pruner says so.
+    trial: Optional[int] = None
 
 
 DIRECTIONS = ("minimize", "maximize")
@@ -358,9 +361,10 @@ class TrainConfig:
     ckpt_path: Optional[str] = None  # a checkpoint to start fitting from
     resume: Optional[str] = None  # a stored run's id: continue that run from its last checkpoint
     # What a sweep or search optimises: a logged validation metric (never test/...); null: the model's
-    # own validation monitor. direction null: the monitor's mode (min -> minimize).
-    optimized_metric: Optional[str] = None
-    direction: Optional[str] = None
+    # own validation monitor. direction null: the monitor's mode (min -> minimize). A list of metrics (and
+    # of directions) is a multi-objective search (hydra/sweeper=optuna); a grid sweep ranks by the first.
+    optimized_metric: Any = None
+    direction: Any = None
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
@@ -385,18 +389,31 @@ def register(extra: dict[str, dict[str, type]] | None = None) -> None:
             cs.store(group=f"schema/{group}", name=name, node=node)
 
 
+def _one_or_list(value: Any) -> list[Any]:
+    from omegaconf import ListConfig
+
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
+
+
 def validate(cfg: Any) -> None:
     """Run every group's range and choice checks (``__post_init__``) on the composed config."""
     from omegaconf import OmegaConf
 
     if cfg.get("threads") is not None:
         check_range("threads", cfg.threads, low=1, integer=True)
-    metric = cfg.get("optimized_metric")
-    if metric is not None and str(metric).startswith("test/"):
-        raise ConfigValueError("optimized_metric", metric, "a sweep tunes on a validation metric (val/...), never "
-                               "on the test split, which must stay unseen until the chosen run is evaluated")
-    if cfg.get("direction") is not None and cfg.direction not in DIRECTIONS:
-        raise ConfigValueError("direction", cfg.direction, f"one of {', '.join(DIRECTIONS)} (null: the monitor's mode)")
+    for metric in _one_or_list(cfg.get("optimized_metric")):
+        if not isinstance(metric, str) or not metric:
+            raise ConfigValueError("optimized_metric", metric, "a logged validation metric's name (val/...), or a "
+                                   "list of them")
+        if metric.startswith("test/"):
+            raise ConfigValueError("optimized_metric", metric, "a sweep tunes on a validation metric (val/...), "
+                                   "never on the test split, which must stay unseen until the chosen run is evaluated")
+    for direction in _one_or_list(cfg.get("direction")):
+        if direction not in DIRECTIONS:
+            raise ConfigValueError("direction", direction, f"one of {', '.join(DIRECTIONS)} (null: the monitor's "
+                                   "mode), or a list of them, one per objective")
     for group in ("trainer", "model", "datamodule", "logger", "callbacks"):
         node = cfg.get(group)
         if node is not None and OmegaConf.get_type(node) not in (dict, None):

@@ -34,6 +34,7 @@ class Row:
     objective: float | None
     headline: float | None
     error: str = ""
+    pruned: bool = False  # a search's trial stopped early by the pruner (its run FINISHED)
 
 
 @dataclasses.dataclass
@@ -60,7 +61,7 @@ class Summary:
                 self.objective or "objective", self.headline or "headline"]
 
     def records(self) -> list[list[Any]]:
-        return [["*" if r is self.best else "", r.job, r.run_id or "", r.name, r.status,
+        return [["*" if r is self.best else "", r.job, r.run_id or "", r.name, r.status + (" (pruned)" if r.pruned else ""),
                  None if r.duration_s is None else round(r.duration_s, 1), *(r.values.get(k, "") for k in self.swept),
                  r.objective, r.headline] for r in self.rows]
 
@@ -139,7 +140,8 @@ def _row(run: Any, swept: list[str], objective: str | None, headline: str | None
     return Row(int(job) if job is not None and job.isdigit() else None, run.info.run_id,
                tags.get("mlflow.runName", ""), run.info.status,
                (end - start) / 1000 if end and start else None, values,
-               value, float(metrics[headline]) if headline and headline in metrics else None, tags.get("error", ""))
+               value, float(metrics[headline]) if headline and headline in metrics else None, tags.get("error", ""),
+               pruned=tags.get("optuna.state") == "PRUNED")
 
 
 def _values(overrides: list[str], swept: list[str]) -> dict[str, str]:

@@ -128,6 +128,10 @@ class Sweep(Callback):
         from labbook.store import ENV_URI, prepare_store, resolve_tracking_uri
         from labbook.tracking import experiment_name
 
+        if is_search(config):  # a bad search space fails here, before any run exists
+            from labbook.search import check
+
+            check(config)
         uri = resolve_tracking_uri(config.logger.get("tracking_uri"))
         prepare_store(uri)
         os.environ[ENV_URI] = uri
@@ -161,7 +165,7 @@ class Sweep(Callback):
         os.environ[ENV_SWEPT] = json.dumps(list(space))
         os.environ[ENV_EXPERIMENT] = experiment
         _OPEN = OpenSweep(parent, uri, experiment, Path(str(config.hydra.sweep.dir)), space,
-                          config.get("optimized_metric"), config.get("direction"))
+                          _first(config.get("optimized_metric")), _first(config.get("direction")))
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         global _OPEN, LAST_FAILED
@@ -180,6 +184,15 @@ class Sweep(Callback):
         LAST_FAILED = summary.failed
         print(summary.table(), flush=True)
         _close(sweep, None if not summary.failed else SweepFailed(summary.failure_text()))
+
+
+def _first(value: Any) -> Any:
+    """A multi-objective search's summary ranks its runs by the first objective."""
+    from omegaconf import ListConfig
+
+    if isinstance(value, (list, tuple, ListConfig)):
+        return value[0] if len(value) else None
+    return value
 
 
 class SweepFailed(Exception):
@@ -346,6 +359,15 @@ class SweepJob:
             "error": error, "reused": reused, "config_hash": self.config_hash, "at": time.time()}, sort_keys=False))
 
 
+def _shown(value: str) -> str:
+    """A value as a run's name shows it: a search's sampled 0.004430375245218269 as 0.00443."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return f"{number:.3g}" if "." in value and len(value) > 8 else value
+
+
 def job_of_sweep(hydra_config: Any, cfg: Any) -> SweepJob | None:
     """This job's :class:`SweepJob` when it runs inside a labbook sweep; None for a single run."""
     parent = os.environ.get(ENV_PARENT)
@@ -363,6 +385,6 @@ def job_of_sweep(hydra_config: Any, cfg: Any) -> SweepJob | None:
     overrides = [str(o) for o in hydra_config.overrides.task]
     values = {o.key_or_group: o.get_value_element_as_str() for o in OverridesParser.create().parse_overrides(overrides)}
     names = short_names([k for k in swept if k in values])
-    name = ",".join(f"{names[k]}={values[k]}" for k in names) or f"job-{hydra_config.job.num}"
+    name = ",".join(f"{names[k]}={_shown(values[k])}" for k in names) or f"job-{hydra_config.job.num}"
     return SweepJob(parent, os.environ.get(ENV_EXPERIMENT, ""), int(hydra_config.job.num), overrides, name,
                     config_hash(resolved), Path(str(hydra_config.runtime.output_dir)) / JOB_RECORD)

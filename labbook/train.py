@@ -19,11 +19,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from labbook.callbacks import ModelCheckpoint, StopOnSignal, build_callbacks
+from labbook.callbacks import ModelCheckpoint, PruneTrial, StopOnSignal, build_callbacks
 from labbook.errors import ConfigValueError, UserError
 from labbook.schemas import MLflowConfig, validate
 from labbook.store import ui_command
-from labbook.keys import objective_value
+from labbook.keys import objective_value, objectives_of
 from labbook.tracking import experiment_name
 from labbook.lifecycle import TrackedRun
 from labbook.resume import ResumePlan, resume_record
@@ -104,7 +104,12 @@ def prepare(cfg: DictConfig, choices: Mapping[str, Any] | None = None) -> Job:
         torch.set_num_threads(int(cfg.threads))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, model = build_data_and_model(cfg)
-    return Job(cfg, resolved, datamodule, model, build_callbacks(cfg, model))
+    callbacks = build_callbacks(cfg, model)
+    if cfg.sweep.get("trial") is not None:  # a search's trial: rank 0 reports to it, every rank may be pruned
+        from labbook.search import trial_report
+
+        callbacks.append(PruneTrial(trial_report(cfg, model) if is_rank_zero() else None))
+    return Job(cfg, resolved, datamodule, model, callbacks)
 
 
 def open_run(job: Job, uri: str, resume: ResumePlan | None = None, sweep: SweepJob | None = None) -> TrackedRun:
@@ -123,22 +128,26 @@ def open_run(job: Job, uri: str, resume: ResumePlan | None = None, sweep: SweepJ
                                    parent_run_id=sweep.parent_run_id if sweep else None)
     if objective is not None:
         tracked.set_tags({"objective": objective[0], "objective.direction": objective[1]})
+    report = _trial_report(job)
+    if report is not None:  # the search's trial knows its run, the run its trial
+        report.trial.set_user_attr("mlflow_run_id", tracked.run_id)
+        tracked.set_tags({"optuna.trial_number": report.trial.number, "optuna.state": "RUNNING",
+                          **{f"optuna.param.{k}": v for k, v in report.trial.params.items()}})
     return tracked
 
 
+def _trial_report(job: Job) -> Any:
+    return next((cb.report for cb in job.callbacks if isinstance(cb, PruneTrial) and cb.report is not None), None)
+
+
+def _pruned(job: Job) -> bool:
+    return any(isinstance(cb, PruneTrial) and cb.pruned for cb in job.callbacks)
+
+
 def objective_of(cfg: Any, model: Any) -> tuple[str, str] | None:
-    """What a sweep or search of ``cfg`` optimises, and in which direction: ``optimized_metric`` and
-    ``direction``, else the model's validation monitor and its mode (``model``: the model or its class).
-    None when the model names no monitor."""
-    monitor, mode = getattr(model, "monitor", None), getattr(model, "monitor_mode", "min")
-    metric = cfg.get("optimized_metric") or monitor
-    if not metric:
-        return None
-    direction = cfg.get("direction") or ({"min": "minimize", "max": "maximize"}[mode] if metric == monitor else None)
-    if direction is None:
-        raise ConfigValueError("direction", None, f"set direction=minimize or direction=maximize for "
-                               f"optimized_metric={metric} (only the model's own monitor, {monitor}, has a known one)")
-    return metric, direction
+    """The objective a sweep ranks runs by (the first of :func:`labbook.keys.objectives_of`), or None."""
+    objectives = objectives_of(cfg, model)
+    return objectives[0] if objectives else None
 
 
 def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None,
@@ -153,7 +162,7 @@ def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None
         trainer = build_trainer(cfg, callbacks)
         with process_group():
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-            if cfg.test:
+            if cfg.test and not _pruned(job):  # as rank 0 decides (every rank learnt the pruning)
                 trainer.test(model, datamodule=datamodule, ckpt_path=_test_ckpt(trainer), verbose=False)
         return {"run_id": os.environ.get(ENV_RUN_ID), "metrics": {}, "headline": None}
 
@@ -182,7 +191,7 @@ def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None
                 # Read before testing: loading the best checkpoint restores the callback's older state.
                 checkpoints = _checkpoint_state(trainer)
                 metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-                if cfg.test:
+                if cfg.test and not _pruned(job):  # a pruned trial's model is not one anybody would take
                     started = time.perf_counter()
                     trainer.test(model, datamodule=datamodule, ckpt_path=_test_ckpt(trainer), verbose=False)
                     timing["timing.test_s"] = round(time.perf_counter() - started, 3)
@@ -199,11 +208,12 @@ def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None
         headline_key = getattr(model, "headline_metric", None)
         headline = (headline_key, metrics.get(headline_key)) if headline_key in metrics else None
         tracked.set_tags({**timing, **({"headline_metric": headline_key} if headline else {})})
-    objective = objective_of(job.cfg, job.model)
-    value = None if objective is None else objective_value(objective[0], metrics, checkpoints.get("monitor"),
-                                                            checkpoints.get("score"))
+        if _trial_report(job) is not None:
+            tracked.set_tags({"optuna.state": "PRUNED" if _pruned(job) else "COMPLETE"})
+    values = {metric: objective_value(metric, metrics, checkpoints.get("monitor"), checkpoints.get("score"))
+              for metric, _ in objectives_of(job.cfg, job.model)}
     return {"run_id": tracked.run_id, "metrics": metrics, "headline": headline, "uri": tracked.uri,
-            "objective": value}
+            "objectives": values, "pruned": _pruned(job)}
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[Any], tracked: TrackedRun | None = None,

@@ -110,7 +110,13 @@ def train_main(args: Sequence[str]) -> int:
                 fail(exc, full_error, prefix=f"job {hc.job.num} ({' '.join(hc.overrides.task)}): ")
             return None
         print(summary(result), flush=True)
-        return result.get("objective")  # a sweeper's objective (validation), never the test headline
+        missing = [metric for metric, value in result["objectives"].items() if value is None]
+        if missing:
+            print(f"labbook: warning: optimized_metric {', '.join(missing)} was never logged by this run (it logged "
+                  f"{', '.join(sorted(result['metrics']))})", file=sys.stderr, flush=True)
+        # What a sweeper learns of the job: its objectives (validation, never the test headline), whether the
+        # search pruned it, its run.
+        return {"objectives": list(result["objectives"].values()), "pruned": result["pruned"], "run_id": result["run_id"]}
 
     sys.argv = [sys.argv[0], *args]
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us, so we decide how they are shown

@@ -22,6 +22,7 @@ from torchmetrics import MeanMetric
 class CharSeq2SeqTask(pl.LightningModule):
     monitor = "val/exact_match"
     monitor_mode = "max"
+    validation_metrics = ("val/loss", "val/token_accuracy", "val/exact_match")  # what it logs on validation
     headline_metric = "test/exact_match"
     default_optimizer: Callable[..., torch.optim.Optimizer] = functools.partial(torch.optim.Adam, lr=1e-3)
 

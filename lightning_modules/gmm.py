@@ -201,6 +201,8 @@ class GaussianMixtureEM(pl.LightningModule):
 
     monitor = "val/log_likelihood"
     monitor_mode = "max"
+    # What it logs on validation (accuracy and ARI when the data has labels).
+    validation_metrics = ("val/log_likelihood", "val/bic", "val/aic", "val/accuracy", "val/ari")
     headline_metric = "test/log_likelihood"
 
     def __init__(

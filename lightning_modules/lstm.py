@@ -34,6 +34,7 @@ from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError
 class LSTMForecaster(pl.LightningModule):
     monitor = "val/loss"
     monitor_mode = "min"
+    validation_metrics = ("val/loss", "val/rmse")  # what it logs on validation
     headline_metric = "test/rmse"
 
     def __init__(

@@ -25,6 +25,7 @@ from torchmetrics import MeanSquaredError
 class CubicPolynomial(pl.LightningModule):
     monitor = "val/loss"
     monitor_mode = "min"
+    validation_metrics = ("val/loss",)  # what it logs on validation
     headline_metric = "test/loss"
 
     def __init__(self, optimizer: Callable[..., torch.optim.Optimizer] | None = None) -> None:
