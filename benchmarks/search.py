@@ -1,47 +1,41 @@
-"""Optuna search on ``hparams_search=polynomial``: TPE against random sampling, and what median pruning saves.
+"""Optuna search through ``labbook train hparams_search=PRESET``: TPE against random sampling at the same
+budget, and what median pruning saves.
 
-The preset (conf/hparams_search/polynomial.yaml) fits a cubic with heavy-ball SGD for 60 epochs per trial and
-searches ``model.optimizer.lr`` (log interval 1e-4..1e-1) and ``model.optimizer.momentum`` (0..0.95), minimising
-``val/loss``; its median pruner waits for 4 finished trials and 10 epochs. Three configurations, each for
-seeds 0..S-1, each seed one command as a user types it, one at a time, in its own fresh working directory
-(so the MLflow store ``mlflow.db`` and the Optuna study ``optuna.db`` start empty):
+Each configuration runs for seeds 0..S-1, each seed one command as a user types it, one at a time, in its own
+fresh working directory (so the MLflow store ``mlflow.db`` and the Optuna study ``optuna.db`` start empty):
 
-    labbook train hparams_search=polynomial hydra.sweeper.n_trials=N hydra.sweeper.seed=S
-        hydra.sweeper.sampler=random|tpe hydra.sweeper.pruner.type=none|median debug=quiet
+    labbook train hparams_search=PRESET hydra.sweeper.n_trials=N hydra.sweeper.seed=S
+        hydra.sweeper.sampler=random|tpe hydra.sweeper.pruner.type=none|median debug=quiet [PRESET'S OVERRIDES]
 
     random        random sampler, no pruning
     tpe           TPE sampler, no pruning
     tpe+median    TPE sampler, median pruning (the preset's settings)
 
-Afterwards it reads the stores, never the command's output: from the study the best value
-(``study.best_value``), the COMPLETE / PRUNED (/ FAIL) trial counts and the values each trial reported
-(``trial.intermediate_values``, one per validation epoch with a finite ``val/loss``); from the MLflow store
-each child run's ``val/loss`` history, one entry per validation epoch trained, NaN included (MLflow stores
-inf as the largest float, 1.8e308). Two epoch counts:
+Presets (``--preset``):
 
-    epochs     epochs trained: the length of each trial's val/loss history in MLflow (what the search cost)
-    reported   the values reported to Optuna: sum over trials of len(trial.intermediate_values)
+    gmm_blobs   (default) the known good region is the data's own: 4 blobs, full covariances; 1-10 components x 4
+                covariance types to choose from by val/bic. ``model.tol=0 trainer.max_epochs=40``: every
+                trial runs 40 EM passes unless pruned, so the epochs saved are the pruner's, not EM's own
+                convergence test's.
+    polynomial  heavy-ball SGD on the cubic fit, lr x momentum, val/loss after 60 epochs: a narrow good
+                region whose curves oscillate early (momentum ~0.85), the hard case for a pruner.
 
-They differ by the epochs of trials whose loss diverged to NaN/inf: labbook does not report a non-finite
-value to the trial, so the study holds fewer values than epochs were trained. Checked for every command
-(assertions, after the table is printed): each trial's reported values are exactly its finite val/loss
-entries in MLflow, and a COMPLETE trial trained all its epochs. Wall time: the command's, start to exit.
+Afterwards it reads the stores, never the command's output: from the study the best value, the COMPLETE /
+PRUNED / FAIL counts and the values each trial reported (``trial.intermediate_values``, one per validation);
+from the MLflow store each child run's objective history, one entry per epoch trained. Checked for every
+command (after the table is printed): each trial reported exactly what labbook promises — the objective as
+logged, or its best so far when the objective is the checkpoint's monitor (a trial is judged on its best
+checkpoint), NaN for a non-finite value — a COMPLETE trial trained every epoch, a PRUNED one fewer.
 
 The last lines compare the configurations (medians over seeds of the best value; epochs summed over seeds):
 
-    tpe_vs_random: median best val/loss tpe=X random=Y (tpe/random = R)
-    pruning: epochs trained median=E1 none=E0 (-P% fewer), median best val/loss median=A none=B
+    tpe_vs_random: median best OBJECTIVE tpe=X random=Y (tpe/random = R)
+    pruning: epochs trained median=E1 none=E0 (-P% fewer), median best OBJECTIVE median=A none=B
 
-Measured (2 cores, 20 trials, seeds 0-2, 2026-11-25; 5 minutes in all, ~27-38 s a command):
-    tpe_vs_random: median best val/loss tpe=0.00821 random=0.0240 (tpe/random = 0.342)
-    pruning: epochs trained median=1830 none=3600 (-49% fewer), median best val/loss median=0.0343 none=0.00821
-(epochs reported to Optuna: 1830 against 3055, -40%; wall time only -13%, 89.5 s against 103.0 s: a trial's
-60 epochs take ~0.8 s, its job's start and records the rest). Pruning costs quality here: the good region
-(momentum ~0.85) oscillates early, so at epoch 10 its loss is above the median (seed 0: lr=0.00506,
-momentum=0.879, the best trial without pruning at 0.024, was pruned at 15.1 against a median ~2.2).
-TPE's first 10 trials are random (Optuna's n_startup_trials), the same 10 as the random sampler's for a seed.
+Measured figures are in the README ("Hyper-parameter search").
 
-    python benchmarks/search.py                       # 20 trials, seeds 0 1 2: 9 commands, ~5 minutes on 2 cores
+    python benchmarks/search.py                       # gmm_blobs, 20 trials, seeds 0 1 2: 9 commands, ~6 min on 2 cores
+    python benchmarks/search.py --preset polynomial
     python benchmarks/search.py --trials 10 --seeds 1
 """
 
@@ -60,8 +54,13 @@ from pathlib import Path
 from statistics import median
 
 LABBOOK = str(Path(sys.executable).parent / "labbook")
-STUDY = "polynomial"  # the study is named after the experiment
-MAX_EPOCHS = 60  # the preset's trainer.max_epochs
+# preset -> (study: the experiment's name, objective, epochs per trial, objective is the checkpoint monitor,
+# overrides given to every command)
+PRESETS = {
+    "gmm_blobs": ("gmm_blobs", "val/bic", 40, False, ["model.tol=0", "trainer.max_epochs=40"]),
+    "polynomial": ("polynomial", "val/loss", 60, True, []),
+}
+PRESET = "gmm_blobs"  # set from --preset
 CONFIGS = {"random": ("random", "none"), "tpe": ("tpe", "none"), "tpe+median": ("tpe", "median")}
 
 
@@ -80,8 +79,9 @@ class Result:
 
 def run_one(config: str, seed: int, trials: int) -> Result:
     sampler, pruner = CONFIGS[config]
+    overrides = PRESETS[PRESET][4]
     with tempfile.TemporaryDirectory(prefix="labbook-search-") as tmp:
-        command = [LABBOOK, "train", "hparams_search=polynomial", f"hydra.sweeper.n_trials={trials}",
+        command = [LABBOOK, "train", f"hparams_search={PRESET}", *overrides, f"hydra.sweeper.n_trials={trials}",
                    f"hydra.sweeper.seed={seed}", f"hydra.sweeper.sampler={sampler}",
                    f"hydra.sweeper.pruner.type={pruner}", "debug=quiet"]
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}  # the default, made explicit
@@ -101,7 +101,8 @@ def read_back(result: Result, workdir: Path, trials: int) -> None:
     from mlflow.tracking import MlflowClient
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{workdir}/optuna.db")
+    study_name, metric, max_epochs, running_best, _ = PRESETS[PRESET]
+    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{workdir}/optuna.db")
     result.best = study.best_value
     for trial in study.trials:
         result.states[trial.state.name] = result.states.get(trial.state.name, 0) + 1
@@ -119,14 +120,14 @@ def read_back(result: Result, workdir: Path, trials: int) -> None:
         run = children.get(trial.number)
         if run is None:
             continue
-        history = client.get_metric_history(run.info.run_id, "val/loss")
+        history = client.get_metric_history(run.info.run_id, metric)
         result.epochs += len(history)
-        # labbook reports, after each validation, the best val/loss so far (the trial is judged on its best
-        # checkpoint), NaN for a non-finite value.
+        # labbook reports, after each validation, the objective — its best so far when it is the checkpoint's
+        # monitor (the trial is judged on its best checkpoint) — and NaN for a non-finite value.
         expected, best = [], math.inf
         for m in history:
             if math.isfinite(m.value) and abs(m.value) < sys.float_info.max:
-                best = min(best, m.value)
+                best = min(best, m.value) if running_best else m.value
                 expected.append(best)
             else:
                 expected.append(math.nan)
@@ -135,10 +136,10 @@ def read_back(result: Result, workdir: Path, trials: int) -> None:
             (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-6) for a, b in zip(reported, expected))
         if not same:
             result.problems.append(f"trial {trial.number}: values reported to Optuna {reported[:5]}... are not the "
-                                   f"running best of its val/loss in MLflow {expected[:5]}...")
-        if trial.state.name == "COMPLETE" and len(history) != MAX_EPOCHS:
-            result.problems.append(f"trial {trial.number} COMPLETE after {len(history)} epochs, not {MAX_EPOCHS}")
-        if trial.state.name == "PRUNED" and len(history) >= MAX_EPOCHS:
+                                   f"objective's history in MLflow {expected[:5]}...")
+        if trial.state.name == "COMPLETE" and len(history) != max_epochs:
+            result.problems.append(f"trial {trial.number} COMPLETE after {len(history)} epochs, not {max_epochs}")
+        if trial.state.name == "PRUNED" and len(history) >= max_epochs:
             result.problems.append(f"trial {trial.number} PRUNED after all {len(history)} epochs")
         if run.data.tags.get("optuna.state") != trial.state.name:
             result.problems.append(f"trial {trial.number}: study says {trial.state.name}, its run's "
@@ -155,13 +156,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20, help="trials per search (hydra.sweeper.n_trials)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per configuration (hydra.sweeper.seed)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=PRESET, help="the hparams_search preset")
     args = parser.parse_args()
+    global PRESET
+    PRESET = args.preset
+    _, metric, max_epochs, _, overrides = PRESETS[PRESET]
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python "
           f"{platform.python_version()}")
-    print(f"search: hparams_search=polynomial, {args.trials} trials of {MAX_EPOCHS} epochs, seeds 0..{args.seeds - 1}, "
-          "one command at a time\n")
-    header = f"{'config':<11} {'seed':>4} {'best val/loss':>14} {'complete':>8} {'pruned':>6} {'failed':>6} " \
+    print(f"search: hparams_search={PRESET} {' '.join(overrides)}, {args.trials} trials of {max_epochs} epochs, "
+          f"seeds 0..{args.seeds - 1}, one command at a time\n")
+    header = f"{'config':<11} {'seed':>4} {'best ' + metric:>14} {'complete':>8} {'pruned':>6} {'failed':>6} " \
              f"{'epochs':>6} {'reported':>8} {'wall_s':>7}"
     print(header)
     results: list[Result] = []
@@ -193,16 +198,16 @@ def main() -> None:
             print(f"  {line[:200]}")
 
     tpe, rnd, pruned = summary["tpe"], summary["random"], summary["tpe+median"]
-    print(f"\ntpe_vs_random: median best val/loss tpe={tpe['best']:.6g} random={rnd['best']:.6g} "
+    print(f"\ntpe_vs_random: median best {metric} tpe={tpe['best']:.6g} random={rnd['best']:.6g} "
           f"(tpe/random = {tpe['best'] / rnd['best']:.3g})")
     print(f"pruning: epochs trained median={pruned['epochs']:.0f} none={tpe['epochs']:.0f} "
           f"({change(pruned['epochs'], tpe['epochs'])}), "
-          f"median best val/loss median={pruned['best']:.6g} none={tpe['best']:.6g}")
+          f"median best {metric} median={pruned['best']:.6g} none={tpe['best']:.6g}")
     print(f"pruning: epochs reported to Optuna median={pruned['reported']:.0f} none={tpe['reported']:.0f} "
           f"({change(pruned['reported'], tpe['reported'])})")
 
     problems = [f"{r.config} seed {r.seed}: {p}" for r in results for p in r.problems]
-    print(f"cross-check (Optuna's reported values against MLflow's val/loss, {len(results)} commands): "
+    print(f"cross-check (Optuna's reported values against MLflow's {metric}, {len(results)} commands): "
           f"{'ok' if not problems else f'{len(problems)} problems'}")
     assert not problems, "\n".join(problems)
 

@@ -60,6 +60,8 @@ def sweep_key(config: Any) -> str:
     """Identifies a sweep's command across re-runs: its overrides, those that only change how it runs left out."""
     kept = sorted(str(o) for o in config.hydra.overrides.task if not str(o).lstrip("+~").startswith(_HOW))
     kept.append(str(config.hydra.sweeper.get("_target_", "")))  # a grid sweep and a search are not one sweep
+    if is_search(config):  # a search's parent run is its study's: another study is another sweep
+        kept += [str(config.hydra.sweeper.get("study_name")), str(config.hydra.sweeper.get("storage"))]
     return hashlib.sha256(json.dumps(kept).encode()).hexdigest()[:16]
 
 
