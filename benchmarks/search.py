@@ -153,12 +153,12 @@ def change(new: float, old: float) -> str:
 
 
 def main() -> None:
+    global PRESET
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20, help="trials per search (hydra.sweeper.n_trials)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per configuration (hydra.sweeper.seed)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default=PRESET, help="the hparams_search preset")
     args = parser.parse_args()
-    global PRESET
     PRESET = args.preset
     _, metric, max_epochs, _, overrides = PRESETS[PRESET]
 

@@ -25,6 +25,10 @@ commands:
                              metrics (default: the newest run's sweep, else its experiment)
   diff [--tracking-uri URI] RUN_A RUN_B
                              what differs between two runs: config key by key, metrics, git commits
+  ui [--port P] [--host H] [--tracking-uri URI]
+                             MLflow's UI on this store (127.0.0.1:5000 by default); Ctrl-C stops it
+  server (--backend-store-uri postgresql://... | --local-postgres DIR) [--port P] [--host H]
+                             a team's tracking server: runs in PostgreSQL, artifacts served by it
 
 The store: train's logger.tracking_uri or another command's --tracking-uri, else $MLFLOW_TRACKING_URI,
 else sqlite:///mlflow.db in the working directory.
@@ -61,8 +65,21 @@ def _diff(args: Sequence[str]) -> int:
     return diff_main(args)
 
 
+def _ui(args: Sequence[str]) -> int:
+    from labbook.ui import ui_main
+
+    return ui_main(args)
+
+
+def _server(args: Sequence[str]) -> int:
+    from labbook.server import server_main
+
+    return server_main(args)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"train": _train, "predict": _predict, "reap": _reap,
-                                                        "compare": _compare, "diff": _diff}
+                                                        "compare": _compare, "diff": _diff, "ui": _ui,
+                                                        "server": _server}
 
 
 def version_line() -> str:

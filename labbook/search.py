@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from labbook.errors import ConfigValueError, UserError
+from labbook.store import redact_uri as redact
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "nsga2")
 PRUNERS = ("median", "successive_halving", "hyperband", "none")
@@ -201,11 +202,6 @@ def storage(url: str) -> Any:
     except Exception as exc:  # noqa: BLE001 - a wrong URL or a server that is away: one line
         raise UserError(f"hydra.sweeper.storage={redact(url)!r}: cannot open the study's storage: "
                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from exc
-
-
-def redact(url: str) -> str:
-    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
 def sampler(name: str, seed: int | None, space: Space, n_objectives: int) -> Any:

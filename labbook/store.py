@@ -98,6 +98,7 @@ def prepare_store(uri: str) -> None:
 
     from labbook.errors import UserError, one_line
 
+    check_server(uri)
     try:
         db = sqlite_path(uri)
         if db is not None:
@@ -108,6 +109,40 @@ def prepare_store(uri: str) -> None:
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001
         raise UserError(f"tracking store {uri}: {one_line(exc)}") from exc
+
+
+SERVER_TIMEOUT_S = 5.0  # one try: MLflow's own client retries an absent server for minutes
+
+
+def check_server(uri: str, timeout_s: float = SERVER_TIMEOUT_S) -> None:
+    """For an ``http(s)://`` tracking server: one request to its ``/health`` endpoint, so that a wrong host
+    or port, or a server that is down, is one line naming the URI within seconds (MLflow's client would
+    retry with back-off for about four minutes, printing urllib3 warnings)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    from labbook.errors import UserError
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+            return
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):  # a server with authentication: it is there; MLflow sends the credentials
+            return
+        reason = f"HTTP {exc.code} {exc.reason}"
+    except (urllib.error.URLError, OSError) as exc:
+        reason = str(getattr(exc, "reason", exc))
+    raise UserError(f"tracking server {redact_uri(uri)} cannot be reached ({reason}); is it running? (check the "
+                    "URI in logger.tracking_uri / MLFLOW_TRACKING_URI)")
+
+
+def redact_uri(uri: str) -> str:
+    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``: URIs as messages show them."""
+    import re
+
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", uri)
 
 
 def ui_command(uri: str) -> str:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pytest
 
@@ -54,6 +54,25 @@ def labbook(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None
     full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     full_env.update({"PYTHONWARNINGS": "ignore", **(env or {})})
     return run_process([LABBOOK, *args], timeout=timeout, cwd=cwd, env=full_env, stdin=stdin)
+
+
+def labbook_interrupted(*args: str, cwd: Path, ready: Callable[[], bool], then: Callable[[subprocess.Popen], None],
+                        timeout: float = 150) -> subprocess.CompletedProcess:
+    """Start `labbook ARGS`, wait until ``ready()`` (polled; the command must still be running), do ``then(proc)``
+    (send it a signal, kill one of its workers), and wait for it to exit. Nothing it started outlives this."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([LABBOOK, *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + timeout
+        while not ready():
+            assert time.time() < deadline and proc.poll() is None, proc.communicate()[1][-3000:]
+            time.sleep(0.3)
+        then(proc)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        kill_group(proc.pid)
+    return subprocess.CompletedProcess([LABBOOK, *args], proc.returncode, out, err)
 
 
 def python_script(script: Path | str, *args: str, cwd: Path | str, timeout: float = 300) -> subprocess.CompletedProcess:

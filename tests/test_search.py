@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import optuna
@@ -16,8 +15,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tests import postgres
-from tests.conftest import LABBOOK, kill_group, labbook, runs, store_has
+from labbook import postgres
+from tests.conftest import labbook, labbook_interrupted, runs, store_has
 from tests.test_sweeps import parent_and_children
 from tests.test_train_e2e import QUIET
 
@@ -175,13 +174,6 @@ def test_two_trials_in_flight_share_one_study(tmp_path: Path, store: str) -> Non
     assert {int(c.data.tags["sweep.job"]) for c in children} == {0, 1, 2, 3}  # job numbers are trial numbers
 
 
-def _wait_for(db: Path, proc: subprocess.Popen, query: str, timeout: float = 150) -> None:
-    deadline = time.time() + timeout
-    while not store_has(db, query):
-        assert time.time() < deadline and proc.poll() is None, proc.communicate()[1][-3000:]
-        time.sleep(0.3)
-
-
 def _running_trial(number: int | None = None) -> str:
     which = "" if number is None else f"AND t.value = '{number}'"
     return ("SELECT 1 FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid WHERE r.status = 'RUNNING' AND "
@@ -192,35 +184,24 @@ def _running_trial(number: int | None = None) -> str:
 def test_a_search_killed_twice_completes_to_exactly_n_trials(tmp_path: Path, store: str) -> None:
     search = ("train", *POLY, "hydra.sweeper.n_trials=4", "trainer.max_epochs=400", "hydra.sweeper.pruner.type=none",
               QUIET)
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     db = tmp_path / "mlflow.db"
 
     # 1. SIGTERM to the search while its second trial trains: the parent and that trial's run end KILLED.
-    proc = subprocess.Popen([LABBOOK, *search], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        _wait_for(db, proc, _running_trial(1))
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        kill_group(proc.pid)
-    assert proc.returncode == 143, err[-3000:]
+    out = labbook_interrupted(*search, cwd=tmp_path, ready=lambda: store_has(db, _running_trial(1)),
+                              then=lambda proc: proc.send_signal(signal.SIGTERM))
+    assert out.returncode == 143, out.stderr[-3000:]
     parent, children = parent_and_children(store)
     assert parent.info.status == "KILLED" and by_trial(children)[1].info.status == "KILLED"
     params_of_killed = study(tmp_path, "polynomial").trials[1].params
 
     # 2. The same command with two trials in flight; one trial's process is SIGKILLed mid-training.
-    proc = subprocess.Popen([LABBOOK, *search, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], cwd=tmp_path,
-                            env=env, stdin=subprocess.DEVNULL, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        _wait_for(db, proc, _running_trial())
+    def kill_a_trial(_: subprocess.Popen) -> None:
         victim = next(c for c in runs(store) if c.info.status == "RUNNING")
         os.kill(int(victim.data.tags["owner.pid"]), signal.SIGKILL)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        kill_group(proc.pid)
-    assert proc.returncode != 0
+
+    out = labbook_interrupted(*search, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", cwd=tmp_path,
+                              ready=lambda: store_has(db, _running_trial()), then=kill_a_trial)
+    assert out.returncode != 0
 
     # 3. Once more: the study completes to exactly n_trials, under the same parent run.
     out = labbook(*search, cwd=tmp_path)
@@ -277,7 +258,7 @@ def test_the_grid_sampler_tries_each_point_once(tmp_path: Path, store: str) -> N
 
 def test_a_study_on_postgresql(tmp_path: Path, store: str) -> None:
     with postgres.cluster() as server:
-        url = postgres.create_database(server, "studies")
+        url = server.database("studies")
         out = labbook("train", *POLY, "hydra.sweeper.n_trials=3", "trainer.max_epochs=20",
                       f"hydra.sweeper.storage={url}", "hydra.sweeper.study_name=cubic", QUIET, cwd=tmp_path)
         assert out.returncode == 0, out.stderr[-3000:]

@@ -75,3 +75,28 @@ def test_four_commands_at_once_on_a_store_that_does_not_exist(tmp_path: Path) ->
     found = runs(uri)
     assert sorted(r.data.params["seed"] for r in found) == ["0", "1", "2", "3"]
     assert all(r.info.status == "FINISHED" and "test/loss" in r.data.metrics for r in found)
+
+
+@pytest.mark.parametrize("server", ["refused", "silent"])
+def test_an_unreachable_tracking_server_is_one_line_within_seconds(tmp_path: Path, server: str) -> None:
+    """A wrong port (nothing listens) or a server that accepts and never answers: one line naming the URI,
+    in seconds, where MLflow's client alone retried for about four minutes."""
+    import socket
+    import time
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        if server == "silent":
+            silent.listen(8)  # the kernel accepts connections; nobody reads them
+        port = silent.getsockname()[1]
+        if server == "refused":
+            silent.close()
+        uri = f"http://127.0.0.1:{port}"
+        started = time.monotonic()
+        out = labbook("train", "experiment=gmm_iris", QUIET, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+        took = time.monotonic() - started
+    assert out.returncode == 1 and took < 20, (took, out.stderr[-2000:])
+    assert out.stderr.strip().splitlines() == [
+        f"labbook: error: tracking server {uri} cannot be reached "
+        f"({'[Errno 111] Connection refused' if server == 'refused' else 'timed out'}); is it running? (check the "
+        "URI in logger.tracking_uri / MLFLOW_TRACKING_URI)"]

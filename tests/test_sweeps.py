@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import LABBOOK, kill_group, labbook, runs, store_has
+from tests.conftest import LABBOOK, kill_group, labbook, labbook_interrupted, runs, store_has
 from tests.test_train_e2e import QUIET, artifacts
 
 GMM = ("experiment=gmm_blobs", "trainer.max_epochs=3", "datamodule.n_samples=600")
@@ -121,19 +121,10 @@ def test_an_interrupted_sweep_is_killed_then_resumed_to_each_configuration_finis
     sweep = ("train", "-m", "experiment=gmm_blobs", "model.tol=0", "datamodule.n_samples=100000",
              "trainer.max_epochs=40", "model.covariance_type=full,diag,tied,spherical",
              "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", QUIET)
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen([LABBOOK, *sweep], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        deadline = time.time() + 120
-        while not a_job_running(tmp_path / "mlflow.db"):
-            assert time.time() < deadline and proc.poll() is None, proc.communicate()[1][-2000:]
-            time.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        kill_group(proc.pid)
-    assert proc.returncode == 143, err[-3000:]
+    stopped = labbook_interrupted(*sweep, cwd=tmp_path, ready=lambda: a_job_running(tmp_path / "mlflow.db"),
+                                  then=lambda proc: proc.send_signal(signal.SIGTERM))
+    err = stopped.stderr
+    assert stopped.returncode == 143, err[-3000:]
     parent, children = parent_and_children(store)
     assert parent.info.status == "KILLED" and parent.data.tags["error"] == "interrupted by SIGTERM"
     assert "KILLED" in {c.info.status for c in children} and "RUNNING" not in {c.info.status for c in children}

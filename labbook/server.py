@@ -1,0 +1,71 @@
+"""``labbook server``: a team's tracking server — ``mlflow server`` with its backend store on PostgreSQL and the
+artifacts proxied by the server (``--serve-artifacts``, kept in ``--artifacts-destination``), on 127.0.0.1
+unless ``--host`` says otherwise.
+
+Jobs on any machine then record into it with ``MLFLOW_TRACKING_URI=http://HOST:PORT`` (or
+``logger.tracking_uri=``): runs, metrics and artifacts all travel over HTTP, so a job needs no database
+driver and no shared disk. To try it on one machine, ``--local-postgres DIR`` initialises (once) and starts a
+PostgreSQL cluster in DIR with Debian's binaries, and stops it again with the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+
+def server_main(args: Sequence[str]) -> int:
+    from labbook.console import fail, quiet_libraries
+
+    parser = argparse.ArgumentParser(
+        prog="labbook server",
+        description="A team's MLflow tracking server: backend store on PostgreSQL, artifacts served by it.")
+    parser.add_argument("--backend-store-uri", default=None, metavar="URI",
+                        help="the team's database, postgresql://USER[:PASSWORD]@HOST[:PORT]/DB")
+    parser.add_argument("--local-postgres", default=None, metavar="DIR", type=Path,
+                        help="instead: a PostgreSQL cluster in DIR (initialised on first use), for one machine")
+    parser.add_argument("--pg-port", type=int, default=5433, help="the local cluster's port (default 5433)")
+    parser.add_argument("--artifacts-destination", default="mlartifacts", metavar="DIR",
+                        help="where the server keeps the artifacts it receives (default ./mlartifacts)")
+    parser.add_argument("--host", default="127.0.0.1", help="the interface to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=5000, help="the port to listen on (default 5000)")
+    parser.add_argument("--workers", type=int, default=2, help="server worker processes (default 2)")
+    options = parser.parse_args(list(args))
+    if (options.backend_store_uri is None) == (options.local_postgres is None):
+        parser.error("give one of --backend-store-uri postgresql://... and --local-postgres DIR")
+    quiet_libraries()
+    full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))
+    cluster = None
+    try:
+        from labbook.store import prepare_store
+        from labbook.ui import start_mlflow_server
+
+        uri = options.backend_store_uri
+        if options.local_postgres is not None:
+            from labbook.postgres import Cluster
+
+            cluster = Cluster(options.local_postgres, options.pg_port).start()
+            uri = cluster.database("mlflow")
+            print(f"labbook server: PostgreSQL in {cluster.directory} on 127.0.0.1:{cluster.port}", file=sys.stderr)
+        prepare_store(uri)
+        destination = Path(options.artifacts_destination).resolve()
+        destination.mkdir(parents=True, exist_ok=True)
+        server = start_mlflow_server(uri, options.host, options.port, ["--serve-artifacts", "--artifacts-destination",
+                                                                       str(destination)],
+                                     name="server", workers=options.workers)
+    except BaseException as exc:  # noqa: BLE001 - the cluster we started must not outlive a failed start
+        if cluster is not None:
+            cluster.stop()
+        if isinstance(exc, KeyboardInterrupt):
+            return 130
+        return fail(exc, full_error) if isinstance(exc, Exception) else 1
+    print(f"labbook server: jobs record here with MLFLOW_TRACKING_URI={server.url} (artifacts in {destination})",
+          file=sys.stderr, flush=True)
+    try:
+        return server.serve()
+    finally:
+        if cluster is not None:
+            cluster.stop()

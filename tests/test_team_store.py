@@ -1,0 +1,94 @@
+"""A team store for real: `labbook server` on a PostgreSQL cluster it starts, eight jobs four at a time
+(joblib) recording into it over HTTP, then the same sweep straight into PostgreSQL; everything read back."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from labbook.postgres import cluster, free_port
+from tests.conftest import LABBOOK, kill_group, labbook
+from tests.test_sweeps import parent_and_children
+from tests.test_train_e2e import QUIET
+
+RATES = ("0.001", "0.002", "0.003", "0.004", "0.005", "0.006", "0.007", "0.008")
+SWEEP = ("train", "-m", "experiment=polynomial", "trainer.max_epochs=5", f"model.optimizer.lr={','.join(RATES)}",
+         "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", QUIET)
+
+
+def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while True:
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+
+
+def assert_eight_complete_jobs(uri: str) -> None:
+    parent, children = parent_and_children(uri)
+    assert parent.info.status == "FINISHED" and len(children) == 8
+    assert sorted(c.data.params["model.optimizer.lr"] for c in children) == list(RATES)
+    client = MlflowClient(tracking_uri=uri)
+    for child in children:
+        assert child.info.status == "FINISHED"
+        for key in ("train/loss", "val/loss"):  # every epoch's value arrived
+            assert [m.step for m in client.get_metric_history(child.info.run_id, key)] == [0, 1, 2, 3, 4]
+        stored = {a.path for folder in ("", "checkpoints", "config", "plots")
+                  for a in client.list_artifacts(child.info.run_id, folder or None)}
+        assert {"checkpoints/best.ckpt", "checkpoints/last.ckpt", "config/config.yaml", "plots/fit.png"} <= stored
+    summary = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
+    assert "sweep/summary.csv" in summary
+
+
+@pytest.fixture
+def team_server(tmp_path: Path):  # noqa: ANN201
+    port = free_port()
+    # Not under tmp_path: pytest's folders are private to their user, and as root the cluster runs as postgres.
+    data = Path(tempfile.mkdtemp(prefix="labbook-team-"))
+    proc = subprocess.Popen([LABBOOK, "server", "--local-postgres", str(data), "--pg-port",
+                             str(free_port()), "--port", str(port), "--artifacts-destination", str(tmp_path / "art")],
+                            cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(url, proc)
+        yield url, proc
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        finally:
+            kill_group(proc.pid)
+            shutil.rmtree(data, ignore_errors=True)
+
+
+def test_eight_jobs_four_at_a_time_into_a_team_server_on_postgresql(tmp_path: Path, team_server: tuple) -> None:
+    url, server = team_server
+    out = labbook(*SWEEP, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": url})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert_eight_complete_jobs(url)
+    # The artifacts went through the server into its destination; no job wrote a local store.
+    assert len(list((tmp_path / "art").rglob("best.ckpt"))) == 8
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+    server.send_signal(signal.SIGINT)  # Ctrl-C stops the server and its PostgreSQL cleanly
+    assert server.wait(timeout=60) == 0
+    assert "labbook server: stopped" in server.stderr.read()
+
+
+def test_a_sweep_straight_into_postgresql(tmp_path: Path) -> None:
+    with cluster() as pg:
+        uri = pg.database("team")
+        out = labbook(*SWEEP, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert_eight_complete_jobs(uri)
