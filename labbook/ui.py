@@ -24,6 +24,10 @@ from typing import Sequence
 from labbook.store import redact_uri
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# MLflow 3.17's UI opens in its GenAI view unless the URL (or the browser's localStorage key
+# mlflow.workflowType_v1) asks for the "Model training" one; the experiment's mlflow.experimentKind tag is
+# ignored by this version's UI. The parameter goes after the hash.
+MODEL_TRAINING = "workflowType=machine_learning"
 START_TIMEOUT_S = 90.0
 
 
@@ -136,9 +140,9 @@ def runs_url(base: str, uri: str) -> str:
 
     experiments = [e for e in MlflowClient(tracking_uri=uri).search_experiments() if e.name != "Default"]
     if not experiments:
-        return f"{base}/"
+        return f"{base}/#/?{MODEL_TRAINING}"
     newest = max(experiments, key=lambda e: e.last_update_time or e.creation_time or 0)
-    return f"{base}/#/experiments/{newest.experiment_id}/runs"
+    return f"{base}/#/experiments/{newest.experiment_id}/runs?{MODEL_TRAINING}"
 
 
 def _check_port_free(host: str, port: int) -> None:

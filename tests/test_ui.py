@@ -1,0 +1,124 @@
+"""`labbook ui` in a real browser: Debian's chromium driven by Playwright (no browser downloaded) on a store
+holding a finished run and a sweep. The screenshots stay in test-outputs/ui/ for a person to look at."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from labbook.postgres import free_port
+from tests.conftest import LABBOOK, REPO, kill_group, labbook, runs
+from tests.test_train_e2e import QUIET
+
+SHOTS = REPO / "test-outputs" / "ui"
+# What a person does once in MLflow 3.17's UI and the browser then remembers: close the assistant panel,
+# which opens by itself on a first visit from localhost, and the telemetry notice. The "Model training" view
+# is not set here: the URL `labbook ui` prints selects it (workflowType=machine_learning).
+FIRST_VISIT_DONE = """try {
+  localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');
+  localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');
+  localStorage.setItem('mlflow.telemetry.info.alert.dismissed_v1', 'true');
+} catch (e) {}"""
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        pytest.fail("Debian's chromium is not installed: apt-get install chromium (.ci/run does it)")
+    return found
+
+
+@pytest.fixture
+def ui(tmp_path: Path, store: str):  # noqa: ANN201
+    """A store with a finished run and a two-job sweep, and `labbook ui` serving it: (url, store, process)."""
+    single = labbook("train", "experiment=polynomial", "trainer.max_epochs=5", "logger.run_name=cubic-fit", QUIET,
+                     cwd=tmp_path)
+    assert single.returncode == 0, single.stderr[-2000:]
+    sweep = labbook("train", "-m", "experiment=polynomial", "trainer.max_epochs=3", "model.optimizer.lr=0.001,0.01",
+                    QUIET, cwd=tmp_path)
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    proc = subprocess.Popen([LABBOOK, "ui", "--port", str(free_port())], cwd=tmp_path, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("labbook ui: http://127.0.0.1:"), (line, proc.stderr.read() if proc.poll() else "")
+        yield line.split(": ", 1)[1].strip(), store, proc
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        finally:
+            kill_group(proc.pid)
+
+
+def test_the_ui_shows_a_run_and_a_sweep_in_a_real_browser(ui: tuple) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    url, store, server = ui
+    client = MlflowClient(tracking_uri=store)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                filter_string="attributes.run_name = 'cubic-fit'")
+    experiment = run.info.experiment_id
+    assert url.endswith(f"/#/experiments/{experiment}/runs?workflowType=machine_learning")  # the newest experiment
+    (parent,) = [r for r in runs(store, parents=True) if r.data.tags.get("sweep.role") == "parent"]
+    children = [r for r in runs(store) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2
+    SHOTS.mkdir(parents=True, exist_ok=True)
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        try:
+            context = browser.new_context(viewport={"width": 1600, "height": 1000})
+            context.add_init_script(FIRST_VISIT_DONE)
+            page = context.new_page()
+            page.goto(url)
+            names = page.locator('[role="gridcell"][col-id="attributes.`Run Name`"] a[href*="/runs/"]')
+            names.first.wait_for(timeout=60000)
+            # The "Model training" view: its runs table and sidebar, not the GenAI one ("Training runs").
+            expect(page.get_by_role("heading", name="Runs", exact=True)).to_be_visible()
+            expect(page.get_by_role("link", name="Model registry")).to_be_visible()
+            expect(page.get_by_role("link", name="cubic-fit", exact=True)).to_be_visible()
+            sweep_name = parent.data.tags["mlflow.runName"]
+            # The sweep's parent lists its children (collapsed under it until expanded).
+            page.locator('[role="gridcell"][col-id="attributes.`Run Name`"]',
+                         has=page.get_by_role("link", name=sweep_name, exact=True)
+                         ).locator('button[data-component-id$="runnamecellrenderer.tsx_46"]').click()
+            for child in children:
+                expect(page.get_by_role("link", name=child.data.tags["mlflow.runName"], exact=True)).to_be_visible()
+            page.screenshot(path=str(SHOTS / "runs-table-with-sweep.png"))
+
+            # One run's page: its name, a metric with the stored value, and a plot among its artifacts.
+            page.goto(f"{url.split('#')[0]}#/experiments/{experiment}/runs/{run.info.run_id}")
+            row = page.locator('[role="row"]', has=page.get_by_role("link", name="val/loss", exact=True))
+            row.wait_for(timeout=60000)
+            expect(page.get_by_text("cubic-fit").first).to_be_visible()
+            assert f"{run.data.metrics['val/loss']:.6}"[:6] in row.inner_text()
+            page.screenshot(path=str(SHOTS / "run-overview.png"))
+            page.get_by_role("tab", name="Artifacts").click()
+            page.locator('[data-testid="artifact-tree-node"][artifact-name="plots"]').click()
+            page.locator('[data-testid="artifact-tree-node"][artifact-name="fit.png"]').click()
+            page.locator('img[alt="plots/fit.png"]').wait_for(timeout=60000)
+            page.screenshot(path=str(SHOTS / "run-artifact-plot.png"))
+        finally:
+            browser.close()
+
+    server.send_signal(signal.SIGINT)  # Ctrl-C: the server goes with it
+    assert server.wait(timeout=30) == 0 and "labbook ui: stopped" in server.stderr.read()
+
+
+def test_ui_refuses_a_taken_port_and_warns_off_loopback(tmp_path: Path, store: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        out = labbook("ui", "--port", str(port), cwd=tmp_path)
+    assert out.returncode == 1 and out.stderr.strip().splitlines() == [
+        f"labbook: error: --port {port}: 127.0.0.1:{port} is not free (Address already in use; another UI or "
+        "server is there?); choose another with --port"]
+    assert (tmp_path / "mlflow.db").exists()  # the store was created (or upgraded) before anything else
