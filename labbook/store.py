@@ -146,9 +146,8 @@ def redact_uri(uri: str) -> str:
 
 
 def ui_command(uri: str) -> str:
-    db = sqlite_path(uri)
-    if db is not None:
-        return f"mlflow ui --backend-store-uri {uri} --port 5000"
+    """How to open ``uri``'s runs in MLflow's UI: ``labbook ui`` (with ``--tracking-uri`` unless it is the
+    store ``labbook ui`` in the working directory would find), or the server's own address."""
     if uri.startswith(("http://", "https://")):
-        return f"open {uri}"
-    return f"mlflow ui --backend-store-uri {uri}"
+        return f"open {redact_uri(uri)}"
+    return "labbook ui" if uri == resolve_tracking_uri(None) else f"labbook ui --tracking-uri {redact_uri(uri)}"

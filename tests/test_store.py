@@ -34,7 +34,7 @@ def test_logger_tracking_uri_is_the_only_store_touched_and_predict_reaches_it(tm
     uri = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     run = only_run(uri)
     assert run.info.status == "FINISHED" and run.data.params["logger.tracking_uri"] == "sqlite:///elsewhere.db"
-    assert out.stdout.strip().splitlines()[-1] == f"open the UI: mlflow ui --backend-store-uri {uri} --port 5000"
+    assert out.stdout.strip().splitlines()[-1] == f"open the UI: labbook ui --tracking-uri {uri}"
 
     elsewhere = tmp_path / "other"
     elsewhere.mkdir()

@@ -44,7 +44,7 @@ def test_gmm_on_blobs_records_everything(tmp_path: Path, store: str) -> None:
     tail = out.stdout.strip().splitlines()[-3:]
     assert tail[0] == f"run id: {run.info.run_id}"
     assert tail[1].startswith("test/log_likelihood: ")
-    assert tail[2].startswith("open the UI: mlflow ui --backend-store-uri " + store)
+    assert tail[2] == "open the UI: labbook ui"  # the store labbook ui finds here (MLFLOW_TRACKING_URI)
     assert run.info.status == "FINISHED"
     exp = client.get_experiment(run.info.experiment_id)
     assert exp.name == "gmm_blobs" and exp.tags["mlflow.experimentKind"] == "custom_model_development"
