@@ -18,6 +18,9 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 def quiet_libraries() -> None:
     # stdout/stderr belong to labbook's own answers and errors, not to download progress bars.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow prints "View run ... at URL" for server stores, credentials in the URL included; labbook prints
+    # its own closing lines (the URI redacted).
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
                  "lightning_fabric.utilities.rank_zero", "pytorch_lightning.accelerators.cuda",
                  "alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent",

@@ -26,6 +26,7 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from labbook.errors import RunInterrupted, RunKilled
+from labbook.redact import redact
 from labbook.tracking import MAX_TAG_LENGTH, Recorder, _user, ensure_experiment
 
 STALE_AFTER_S = 300.0  # `labbook reap`: a run on another host is dead after this long without a heartbeat
@@ -172,7 +173,8 @@ class TrackedRun(Recorder):
         }
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
+        run = client.create_run(exp_id, run_name=redact(run_name) if run_name else run_name,
+                                tags={k: redact(str(v)) for k, v in all_tags.items()})  # argv may hold a password
         return cls(client, run.info.run_id, uri, heartbeat_s)
 
     @classmethod
@@ -262,5 +264,5 @@ class TrackedRun(Recorder):
 
     def end(self, status: str, error: str | None = None) -> None:
         if error:
-            self.client.set_tag(self.run_id, "error", error[:MAX_TAG_LENGTH])
+            self.client.set_tag(self.run_id, "error", redact(error)[:MAX_TAG_LENGTH])
         self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.from_string(status)))

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from labbook.errors import ConfigValueError, UserError
-from labbook.store import redact_uri as redact
+from labbook.redact import redact_uri as redact
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "nsga2")
 PRUNERS = ("median", "successive_halving", "hyperband", "none")

@@ -17,6 +17,37 @@ from pathlib import Path
 from typing import Sequence
 
 
+ENV_ADMIN_PASSWORD = "LABBOOK_ADMIN_PASSWORD"
+ENV_ADMIN_USER = "LABBOOK_ADMIN_USER"
+
+
+def basic_auth(port: int) -> dict[str, str]:
+    """The environment MLflow's basic-auth app needs: its config file (admin user and password, its user
+    database beside the server's log) and a secret key for its sessions. Written readable by us only."""
+    import secrets
+
+    from labbook.errors import UserError
+
+    try:
+        import flask_wtf  # noqa: F401 - what mlflow[auth] adds; without it the server refuses to start
+    except ImportError:
+        raise UserError("--auth needs MLflow's auth extra: pip install 'labbook[team]'") from None
+    password = os.environ.get(ENV_ADMIN_PASSWORD, "")
+    if len(password) < 12:
+        raise UserError(f"--auth: set {ENV_ADMIN_PASSWORD} to the admin user's password (12 characters or more)")
+    folder = Path.cwd() / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / f"server-auth-{port}.ini"
+    config.touch(mode=0o600)
+    config.chmod(0o600)
+    config.write_text("[mlflow]\ndefault_permission = READ\n"
+                      f"database_uri = sqlite:///{Path.cwd() / 'mlflow-auth.db'}\n"
+                      f"admin_username = {os.environ.get(ENV_ADMIN_USER, 'admin')}\nadmin_password = {password}\n"
+                      "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    return {"MLFLOW_AUTH_CONFIG_PATH": str(config),
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or secrets.token_hex(32)}
+
+
 def server_main(args: Sequence[str]) -> int:
     from labbook.console import fail, quiet_libraries
 
@@ -33,9 +64,13 @@ def server_main(args: Sequence[str]) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="the interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=5000, help="the port to listen on (default 5000)")
     parser.add_argument("--workers", type=int, default=2, help="server worker processes (default 2)")
+    parser.add_argument("--auth", action="store_true",
+                        help="MLflow's basic-auth app: every request needs a user and password (jobs send "
+                             "$MLFLOW_TRACKING_USERNAME/$MLFLOW_TRACKING_PASSWORD); the admin user's password "
+                             f"comes from ${ENV_ADMIN_PASSWORD}")
     options = parser.parse_args(list(args))
     if (options.backend_store_uri is None) == (options.local_postgres is None):
-        parser.error("give one of --backend-store-uri postgresql://... and --local-postgres DIR")
+        parser.error("give one of --backend-store-uri URI (postgresql://...) and --local-postgres DIR")
     quiet_libraries()
     full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))
     cluster = None
@@ -53,9 +88,11 @@ def server_main(args: Sequence[str]) -> int:
         prepare_store(uri)
         destination = Path(options.artifacts_destination).resolve()
         destination.mkdir(parents=True, exist_ok=True)
-        server = start_mlflow_server(uri, options.host, options.port, ["--serve-artifacts", "--artifacts-destination",
-                                                                       str(destination)],
-                                     name="server", workers=options.workers)
+        extra, env = ["--serve-artifacts", "--artifacts-destination", str(destination)], {}
+        if options.auth:
+            extra, env = extra + ["--app-name", "basic-auth"], basic_auth(options.port)
+        server = start_mlflow_server(uri, options.host, options.port, extra, name="server", workers=options.workers,
+                                     env=env)
     except BaseException as exc:  # noqa: BLE001 - the cluster we started must not outlive a failed start
         if cluster is not None:
             cluster.stop()

@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from labbook.redact import redact_uri
+
 ENV_URI = "MLFLOW_TRACKING_URI"
 DEFAULT_DB = "mlflow.db"
 
@@ -125,8 +127,12 @@ def check_server(uri: str, timeout_s: float = SERVER_TIMEOUT_S) -> None:
 
     from labbook.errors import UserError
 
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(uri)  # credentials in the URI are the server's business, not this probe's
+    probe = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+        with urllib.request.urlopen(probe.rstrip("/") + "/health", timeout=timeout_s):
             return
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):  # a server with authentication: it is there; MLflow sends the credentials
@@ -136,13 +142,6 @@ def check_server(uri: str, timeout_s: float = SERVER_TIMEOUT_S) -> None:
         reason = str(getattr(exc, "reason", exc))
     raise UserError(f"tracking server {redact_uri(uri)} cannot be reached ({reason}); is it running? (check the "
                     "URI in logger.tracking_uri / MLFLOW_TRACKING_URI)")
-
-
-def redact_uri(uri: str) -> str:
-    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``: URIs as messages show them."""
-    import re
-
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", uri)
 
 
 def ui_command(uri: str) -> str:

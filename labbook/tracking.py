@@ -23,6 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from labbook.keys import flatten, run_local
+from labbook.redact import redact
 from labbook.store import artifact_root
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -44,7 +45,7 @@ def experiment_name(cfg: Any, choices: Mapping[str, Any] | None) -> str:
 
 
 def _param_text(value: Any) -> str:
-    text = "null" if value is None else str(value)
+    text = redact("null" if value is None else str(value))
     if len(text) > MAX_PARAM_LENGTH:
         marker = " …[truncated; full value in config/config.yaml]"
         text = text[: MAX_PARAM_LENGTH - len(marker)] + marker
@@ -155,12 +156,12 @@ class Recorder:
             self.client.log_batch(self.run_id, params=entries[i : i + _BATCH], synchronous=True)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        items = [RunTag(k, str(v)[:MAX_TAG_LENGTH]) for k, v in tags.items()]
+        items = [RunTag(k, redact(str(v))[:MAX_TAG_LENGTH]) for k, v in tags.items()]
         for i in range(0, len(items), _BATCH):
             self.client.log_batch(self.run_id, tags=items[i : i + _BATCH], synchronous=True)
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        self.client.log_text(self.run_id, redact(text), artifact_file)
 
     def log_file(self, path: str | os.PathLike, artifact_file: str) -> None:
         """Store ``path`` under ``artifact_file`` (a name of our choosing, not the file's own)."""
@@ -188,7 +189,7 @@ class Recorder:
                 self._log_bytes(buf.getvalue(), f"{name}.npz")
                 stored.append(f"{name}.npz")
             elif isinstance(item, str):
-                self.log_text(item, f"{name}.txt")
+                self.log_text(item, f"{name}.txt")  # redacted there
                 stored.append(f"{name}.txt")
         return stored
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from labbook.store import redact_uri
+from labbook.redact import redact_uri
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # MLflow 3.17's UI opens in its GenAI view unless the URL (or the browser's localStorage key
@@ -107,7 +107,7 @@ def start(tracking_uri: str | None, host: str, port: int) -> UIServer:
 
 
 def start_mlflow_server(uri: str, host: str, port: int, extra: list[str], name: str,
-                        workers: int = 1) -> UIServer:
+                        workers: int = 1, env: dict[str, str] | None = None) -> UIServer:
     """``mlflow server`` on ``uri`` (already prepared), in a process group of its own, its output in
     ``logs/NAME-PORT.log``; returns once it answers ``/health``."""
     _check_port_free(host, port)
@@ -123,7 +123,7 @@ def start_mlflow_server(uri: str, host: str, port: int, extra: list[str], name: 
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, env={**os.environ, **(env or {})})
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     server = UIServer(proc, redact_uri(uri), base, log, name)
     try:
@@ -163,6 +163,7 @@ def _last_line(log: Path) -> str:
 
 
 def _wait_until_up(proc: subprocess.Popen, base: str, log: Path) -> None:
+    import urllib.error
     import urllib.request
 
     from labbook.errors import UserError
@@ -172,8 +173,12 @@ def _wait_until_up(proc: subprocess.Popen, base: str, log: Path) -> None:
         if proc.poll() is not None:
             raise UserError(f"the MLflow server exited ({proc.returncode}) before it answered at {base}: "
                             f"{_last_line(log)}")
-        with contextlib.suppress(OSError):
+        try:
             with urllib.request.urlopen(f"{base}/health", timeout=2):
                 return
+        except urllib.error.HTTPError:
+            return  # it answers (a server with authentication refuses strangers even there)
+        except OSError:
+            pass
         time.sleep(0.3)
     raise UserError(f"the MLflow server did not answer at {base} within {START_TIMEOUT_S:g} s")

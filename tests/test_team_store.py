@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -92,3 +93,50 @@ def test_a_sweep_straight_into_postgresql(tmp_path: Path) -> None:
         out = labbook(*SWEEP, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
         assert out.returncode == 0, out.stderr[-3000:]
         assert_eight_complete_jobs(uri)
+
+
+def test_a_server_with_basic_auth_refuses_strangers_and_no_secret_is_recorded(tmp_path: Path) -> None:
+    import secrets
+    import urllib.error
+
+    password, token = f"pw-{secrets.token_hex(8)}", f"tok-{secrets.token_hex(8)}"
+    port = free_port()
+    proc = subprocess.Popen([LABBOOK, "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'backend.db'}", "--auth",
+                             "--port", str(port), "--artifacts-destination", str(tmp_path / "art")], cwd=tmp_path,
+                            env={**os.environ, "LABBOOK_ADMIN_PASSWORD": password}, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(url, proc)
+        with pytest.raises(urllib.error.HTTPError) as refused:  # no credentials, no runs
+            urllib.request.urlopen(f"{url}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10)
+        assert refused.value.code == 401
+
+        # A job with credentials records its run; one puts a password in its URI and a token in a tag.
+        out = labbook("train", "experiment=polynomial", "trainer.max_epochs=3",
+                      f"logger.tracking_uri=http://admin:{password}@127.0.0.1:{port}",
+                      "+logger.tags.note=${oc.env:TEAM_API_TOKEN}", QUIET, cwd=tmp_path,
+                      env={"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password,
+                           "TEAM_API_TOKEN": token})
+        assert out.returncode == 0, out.stderr[-3000:]
+        os.environ.update({"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password})
+        try:
+            (run,) = MlflowClient(tracking_uri=url).search_runs(["1"])
+        finally:
+            for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+                os.environ.pop(key)
+        assert run.info.status == "FINISHED" and run.data.tags["note"] == "***"
+        assert run.data.params["logger.tracking_uri"] == f"http://admin:***@127.0.0.1:{port}"
+        assert password not in out.stdout + out.stderr
+        # Neither secret anywhere in the store: its database and every artifact the server keeps.
+        stored = [tmp_path / "backend.db", *(p for p in (tmp_path / "art").rglob("*") if p.is_file())]
+        assert len(stored) > 5
+        for path in stored:
+            data = path.read_bytes()
+            assert password.encode() not in data and token.encode() not in data, path
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        finally:
+            kill_group(proc.pid)

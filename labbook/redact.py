@@ -1,0 +1,38 @@
+"""What a run never records: secrets. Every value labbook writes into a run (params, tags, text artifacts such
+as the config and the overrides) passes through :func:`redact` first.
+
+Two kinds are masked as ``***``: credentials inside URIs (``postgresql://user:PASSWORD@host``,
+``http://user:PASSWORD@host``), and the value of every environment variable whose name says it is a secret
+(``TOKEN``, ``PASSWORD``, ``SECRET``, ``KEY``), wherever it appears — a config value interpolated from such
+a variable, an override typed with it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+_URI_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@/\s]*@")
+_SECRET_NAME = re.compile(r"TOKEN|PASSWORD|PASSWD|SECRET|KEY", re.IGNORECASE)
+MASK = "***"
+
+
+def redact_uri(uri: str) -> str:
+    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``."""
+    return _URI_PASSWORD.sub(rf"\g<1>{MASK}@", uri)
+
+
+def secret_values() -> list[str]:
+    """Values of this process's secret-named environment variables (longest first; short ones, which would
+    mask ordinary text, are left alone)."""
+    values = {v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= 6}
+    return sorted(values, key=len, reverse=True)
+
+
+def redact(text: str) -> str:
+    """``text`` with URI credentials and secret environment values masked."""
+    text = redact_uri(text)
+    for value in secret_values():
+        if value in text:
+            text = text.replace(value, MASK)
+    return text
