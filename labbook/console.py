@@ -21,6 +21,9 @@ def quiet_libraries() -> None:
     # MLflow prints "View run ... at URL" for server stores, credentials in the URL included; labbook prints
     # its own closing lines (the URI redacted).
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    from labbook.patience import quick_http_retries
+
+    quick_http_retries()  # an absent server is waited for by labbook.patience, with the user's limit
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
                  "lightning_fabric.utilities.rank_zero", "pytorch_lightning.accelerators.cuda",
                  "alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent",

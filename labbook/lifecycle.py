@@ -146,8 +146,14 @@ class TrackedRun(Recorder):
     ``FAILED`` (with the error in the ``error`` tag) on any other exception.
     """
 
-    def __init__(self, client: MlflowClient, run_id: str, uri: str, heartbeat_s: float = 30.0) -> None:
-        super().__init__(client, run_id, uri)
+    def __init__(self, client: MlflowClient, run_id: str, uri: str, heartbeat_s: float = 30.0,
+                 patience_s: float | None = None) -> None:
+        from labbook.patience import PatientClient
+        from labbook.schemas import MLflowConfig
+
+        # Every call this run makes waits out a tracking server that is briefly away (labbook.patience).
+        super().__init__(PatientClient(client, uri, MLflowConfig.server_patience_s if patience_s is None else patience_s),
+                         run_id, uri)
         self.signal_received: int | None = None
         self._stop_requested: Any = None  # set while training: asks the trainer to stop at a batch boundary
         self._grace_s = STOP_GRACE_S
@@ -158,7 +164,7 @@ class TrackedRun(Recorder):
     @classmethod
     def start(cls, uri: str, experiment_name: str, run_name: str | None = None,
               tags: Mapping[str, str] | None = None, parent_run_id: str | None = None,
-              heartbeat_s: float = 30.0) -> "TrackedRun":
+              heartbeat_s: float = 30.0, patience_s: float | None = None) -> "TrackedRun":
         """Open a new run in ``experiment_name`` (a child of ``parent_run_id`` when given)."""
         client = MlflowClient(tracking_uri=uri)
         exp_id = ensure_experiment(client, experiment_name, uri)
@@ -175,10 +181,10 @@ class TrackedRun(Recorder):
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = client.create_run(exp_id, run_name=redact(run_name) if run_name else run_name,
                                 tags={k: redact(str(v)) for k, v in all_tags.items()})  # argv may hold a password
-        return cls(client, run.info.run_id, uri, heartbeat_s)
+        return cls(client, run.info.run_id, uri, heartbeat_s, patience_s)
 
     @classmethod
-    def reopen(cls, uri: str, run_id: str, heartbeat_s: float = 30.0) -> "TrackedRun":
+    def reopen(cls, uri: str, run_id: str, heartbeat_s: float = 30.0, patience_s: float | None = None) -> "TrackedRun":
         """Re-open an ended run (to resume it): RUNNING again, owned by this process."""
         client = MlflowClient(tracking_uri=uri)
         tags = client.get_run(run_id).data.tags
@@ -188,7 +194,7 @@ class TrackedRun(Recorder):
         client.update_run(run_id, status="RUNNING")
         for key, value in owner_tags().items():
             client.set_tag(run_id, key, value)
-        return cls(client, run_id, uri, heartbeat_s)
+        return cls(client, run_id, uri, heartbeat_s, patience_s)
 
     def __enter__(self) -> "TrackedRun":
         self.claim_signals()
@@ -242,6 +248,8 @@ class TrackedRun(Recorder):
             signal.signal(signum, handler)
         if self._heartbeat is not None:
             self._heartbeat.stop()
+        if getattr(self.client, "gave_up", False):  # the server is away: nothing more can be written
+            return False
         if self.logger is not None:
             try:
                 self.logger.flush()

@@ -20,7 +20,7 @@ import yaml
 from labbook.errors import UserError
 
 # Dotted prefixes a resume may change; anything else differing is refused.
-RESUMABLE = ("trainer.", "threads", "test", "logger.tags", "logger.flush_every_s", "logger.heartbeat_s",
+RESUMABLE = ("trainer.", "threads", "test", "logger.tags", "logger.flush_every_s", "logger.heartbeat_s", "logger.server_patience_s",
              "logger.log_checkpoints", "logger.tracking_uri", "callbacks.early_stopping.", "paths.")
 
 

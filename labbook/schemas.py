@@ -283,11 +283,15 @@ class MLflowConfig:
     flush_every_s: float = 5.0  # metrics are batched into one SQLite commit per interval, not one per step
     heartbeat_s: float = 30.0  # how often a running run says it is alive (`labbook reap` on other hosts); 0: never
     checkpoint_upload_every_s: float = 0.0  # checkpoints reach the store as written, each at most this often
+    # A tracking server that does not answer while a run records is waited for this long (every call retried,
+    # nothing dropped); then the run stops with one line (labbook/patience.py).
+    server_patience_s: float = 300.0
 
     def __post_init__(self) -> None:
         check_range("logger.flush_every_s", self.flush_every_s, low=0)
         check_range("logger.heartbeat_s", self.heartbeat_s, low=0)
         check_range("logger.checkpoint_upload_every_s", self.checkpoint_upload_every_s, low=0)
+        check_range("logger.server_patience_s", self.server_patience_s, low=0)
 
 
 # ------------------------------------------------------------------------------------------ callbacks

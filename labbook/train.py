@@ -119,13 +119,14 @@ def open_run(job: Job, uri: str, resume: ResumePlan | None = None, sweep: SweepJ
     cfg = job.cfg
     objective = objective_of(job.cfg, job.model)
     heartbeat_s = cfg.logger.get("heartbeat_s", MLflowConfig.heartbeat_s)  # absent from older runs' configs
+    patience_s = cfg.logger.get("server_patience_s", MLflowConfig.server_patience_s)
     if resume is not None:
-        tracked = TrackedRun.reopen(uri, resume.run_id, heartbeat_s=heartbeat_s)
+        tracked = TrackedRun.reopen(uri, resume.run_id, heartbeat_s=heartbeat_s, patience_s=patience_s)
     else:
         tags = {**(sweep.tags() if sweep else {}), **dict(cfg.logger.tags or {})}
         name = cfg.logger.run_name or (sweep.name if sweep else None)
         tracked = TrackedRun.start(uri, cfg.logger.experiment_name, name, tags, heartbeat_s=heartbeat_s,
-                                   parent_run_id=sweep.parent_run_id if sweep else None)
+                                   parent_run_id=sweep.parent_run_id if sweep else None, patience_s=patience_s)
     if objective is not None:
         tracked.set_tags({"objective": objective[0], "objective.direction": objective[1]})
     report = _trial_report(job)

@@ -16,7 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from labbook.postgres import cluster, free_port
-from tests.conftest import LABBOOK, kill_group, labbook
+from tests.conftest import LABBOOK, kill_group, labbook, store_has
 from tests.test_sweeps import parent_and_children
 from tests.test_train_e2e import QUIET
 
@@ -140,3 +140,72 @@ def test_a_server_with_basic_auth_refuses_strangers_and_no_secret_is_recorded(tm
             proc.wait(timeout=60)
         finally:
             kill_group(proc.pid)
+
+
+def test_a_run_waits_out_a_server_restart_and_gives_up_past_its_patience(tmp_path: Path) -> None:
+    backend, port = tmp_path / "backend.db", free_port()
+    url = f"http://127.0.0.1:{port}"
+
+    def start_server() -> subprocess.Popen:
+        proc = subprocess.Popen([LABBOOK, "server", "--backend-store-uri", f"sqlite:///{backend}", "--port", str(port),
+                                 "--artifacts-destination", str(tmp_path / "art")], cwd=tmp_path,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        wait_until_up(url, proc)
+        return proc
+
+    def stop_server(proc: subprocess.Popen) -> None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        finally:
+            kill_group(proc.pid)
+
+    def train(*args: str) -> subprocess.Popen:
+        return subprocess.Popen([LABBOOK, "train", "experiment=polynomial", "logger.flush_every_s=1", *args, QUIET],
+                                cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": url, "PYTHONWARNINGS": "ignore"},
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+
+    def logging(runs_logging: int) -> bool:
+        return store_has(backend, "SELECT 1 FROM (SELECT DISTINCT run_uuid FROM metrics WHERE key = 'val/loss') "
+                                  f"LIMIT 1 OFFSET {runs_logging - 1}")
+
+    server = start_server()
+    first = train("trainer.max_epochs=600")
+    second = None
+    try:
+        # 1. The server stops while the run trains, stays away ~10 s, and comes back on the same port.
+        deadline = time.time() + 120
+        while not logging(1):
+            assert time.time() < deadline and first.poll() is None, first.communicate()[1][-3000:]
+            time.sleep(0.3)
+        stop_server(server)
+        time.sleep(10)
+        server = start_server()
+        out, err = first.communicate(timeout=400)
+        assert first.returncode == 0, err[-3000:]
+        assert "is not answering; retrying for up to 300 s" in err and "nothing was lost" in err
+        (run,) = MlflowClient(tracking_uri=url).search_runs(["1"])
+        assert run.info.status == "FINISHED"
+        steps = [m.step for m in MlflowClient(tracking_uri=url).get_metric_history(run.info.run_id, "val/loss")]
+        assert len(steps) == 600 == len(set(steps))  # every epoch's value, each once
+
+        # 2. Away for longer than logger.server_patience_s: one line, in about that time, not a hang.
+        second = train("trainer.max_epochs=100000", "logger.server_patience_s=8")
+        deadline = time.time() + 120
+        while not logging(2):
+            assert time.time() < deadline and second.poll() is None, second.communicate()[1][-3000:]
+            time.sleep(0.3)
+        stop_server(server)
+        stopped = time.monotonic()
+        _, err = second.communicate(timeout=120)
+        assert second.returncode == 1 and time.monotonic() - stopped < 45, err[-3000:]
+        assert err.strip().splitlines()[-1].startswith(
+            f"labbook: error: tracking server {url} did not answer for 8 s (logger.server_patience_s); the run "
+            "stopped here."), err[-3000:]
+        assert "Traceback" not in err
+    finally:
+        for proc in (first, second, server):
+            if proc is not None:
+                kill_group(proc.pid)
