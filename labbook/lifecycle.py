@@ -160,6 +160,7 @@ class TrackedRun(Recorder):
         self._previous_handlers: dict[int, Any] = {}
         self._heartbeat_s = heartbeat_s
         self._heartbeat: _Heartbeat | None = None
+        self._system: Any = None  # MLflow's SystemMetricsMonitor, when monitor_system() started one
 
     @classmethod
     def start(cls, uri: str, experiment_name: str, run_name: str | None = None,
@@ -202,6 +203,17 @@ class TrackedRun(Recorder):
             self._heartbeat = _Heartbeat(self.client, self.run_id, self._heartbeat_s)
             self._heartbeat.start()
         return self
+
+    def monitor_system(self, every_s: float) -> None:
+        """Record MLflow's system metrics (CPU, memory, GPU where there is one) every ``every_s`` seconds until
+        the run ends."""
+        import logging
+
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # its start/stop chatter
+        self._system = SystemMetricsMonitor(self.run_id, sampling_interval=every_s, tracking_uri=self.uri)
+        self._system.start()
 
     def claim_signals(self) -> None:
         """(Re)install the SIGINT/SIGTERM handlers that end the run KILLED.
@@ -248,6 +260,8 @@ class TrackedRun(Recorder):
             signal.signal(signum, handler)
         if self._heartbeat is not None:
             self._heartbeat.stop()
+        if self._system is not None:
+            self._system.finish()  # its last samples, before the run's status changes
         if getattr(self.client, "gave_up", False):  # the server is away: nothing more can be written
             return False
         if self.logger is not None:

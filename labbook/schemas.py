@@ -286,12 +286,17 @@ class MLflowConfig:
     # A tracking server that does not answer while a run records is waited for this long (every call retried,
     # nothing dropped); then the run stops with one line (labbook/patience.py).
     server_patience_s: float = 300.0
+    # MLflow's system metrics (system/cpu_utilization_percentage, memory, GPU where there is one), sampled on
+    # rank 0 every system_metrics_every_s seconds while the run is open; false: none.
+    system_metrics: bool = True
+    system_metrics_every_s: float = 10.0
 
     def __post_init__(self) -> None:
         check_range("logger.flush_every_s", self.flush_every_s, low=0)
         check_range("logger.heartbeat_s", self.heartbeat_s, low=0)
         check_range("logger.checkpoint_upload_every_s", self.checkpoint_upload_every_s, low=0)
         check_range("logger.server_patience_s", self.server_patience_s, low=0)
+        check_range("logger.system_metrics_every_s", self.system_metrics_every_s, low=0, low_inclusive=False)
 
 
 # ------------------------------------------------------------------------------------------ callbacks

@@ -83,6 +83,7 @@ class Job:
     datamodule: Any
     model: Any
     callbacks: list[Any]
+    datamodule_choice: str | None = None  # the datamodule preset (conf/datamodule/NAME.yaml), when known
 
 
 def prepare(cfg: DictConfig, choices: Mapping[str, Any] | None = None) -> Job:
@@ -109,7 +110,7 @@ def prepare(cfg: DictConfig, choices: Mapping[str, Any] | None = None) -> Job:
         from labbook.search import trial_report
 
         callbacks.append(PruneTrial(trial_report(cfg, model) if is_rank_zero() else None))
-    return Job(cfg, resolved, datamodule, model, callbacks)
+    return Job(cfg, resolved, datamodule, model, callbacks, (choices or {}).get("datamodule"))
 
 
 def open_run(job: Job, uri: str, resume: ResumePlan | None = None, sweep: SweepJob | None = None) -> TrackedRun:
@@ -168,6 +169,8 @@ def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None
         return {"run_id": os.environ.get(ENV_RUN_ID), "metrics": {}, "headline": None}
 
     with tracked:
+        if cfg.logger.get("system_metrics", MLflowConfig.system_metrics):
+            tracked.monitor_system(cfg.logger.get("system_metrics_every_s", MLflowConfig.system_metrics_every_s))
         if resume is None:
             tracked.log_config(resolved, overrides or [])
         else:  # params stay as first logged (MLflow refuses new values); the stored config is the current one
@@ -176,6 +179,10 @@ def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None
             tracked.set_tags({"resumes": resume.number})
         tracked.log_git(PACKAGE_ROOT)
         tracked.log_environment()
+        if resume is None:
+            from labbook.datasets import dataset_entity, log_dataset
+
+            log_dataset(tracked, dataset_entity(resolved["datamodule"], job.datamodule_choice, datamodule))
         upload = CheckpointUpload(tracked, cfg.logger.get("checkpoint_upload_every_s",
                                                           MLflowConfig.checkpoint_upload_every_s))
         if cfg.logger.log_checkpoints:

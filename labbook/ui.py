@@ -110,11 +110,11 @@ def start_mlflow_server(uri: str, host: str, port: int, extra: list[str], name: 
                         workers: int = 1, env: dict[str, str] | None = None) -> UIServer:
     """``mlflow server`` on ``uri`` (already prepared), in a process group of its own, its output in
     ``logs/NAME-PORT.log``; returns once it answers ``/health``."""
-    _check_port_free(host, port)
     if host not in LOOPBACK:
         print(f"labbook: warning: --host {host}: the UI and everything in the store {redact_uri(uri)} (configs, "
               f"metrics, artifacts) are open to anyone who can reach this machine on port {port}",
               file=sys.stderr, flush=True)
+    _check_port_free(host, port)
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
                "--port", str(port), "--workers", str(workers), *extra]
     if host not in LOOPBACK:

@@ -84,6 +84,8 @@ def test_the_ui_shows_a_run_and_a_sweep_in_a_real_browser(ui: tuple) -> None:
             expect(page.get_by_role("heading", name="Runs", exact=True)).to_be_visible()
             expect(page.get_by_role("link", name="Model registry")).to_be_visible()
             expect(page.get_by_role("link", name="cubic-fit", exact=True)).to_be_visible()
+            # The Dataset column names each run's data (MLflow's dataset tracking).
+            expect(page.get_by_text("sine_curve").first).to_be_visible()
             sweep_name = parent.data.tags["mlflow.runName"]
             # The sweep's parent lists its children (collapsed under it until expanded).
             page.locator('[role="gridcell"][col-id="attributes.`Run Name`"]',
@@ -122,3 +124,44 @@ def test_ui_refuses_a_taken_port_and_warns_off_loopback(tmp_path: Path, store: s
         f"labbook: error: --port {port}: 127.0.0.1:{port} is not free (Address already in use; another UI or "
         "server is there?); choose another with --port"]
     assert (tmp_path / "mlflow.db").exists()  # the store was created (or upgraded) before anything else
+    with socket.socket() as taken:  # off loopback: a warning first, whatever happens next
+        taken.bind(("0.0.0.0", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        out = labbook("ui", "--host", "0.0.0.0", "--port", str(port), cwd=tmp_path)
+    warning, error = out.stderr.strip().splitlines()
+    assert warning == (f"labbook: warning: --host 0.0.0.0: the UI and everything in the store {store} (configs, "
+                       f"metrics, artifacts) are open to anyone who can reach this machine on port {port}")
+    assert out.returncode == 1 and error.startswith(f"labbook: error: --port {port}: 0.0.0.0:{port} is not free")
+
+
+def test_a_run_records_its_dataset_and_system_metrics(tmp_path: Path, store: str) -> None:
+    import hashlib
+    import json
+
+    import numpy as np
+
+    rows = np.random.default_rng(0).normal(size=(300, 3))
+    csv = tmp_path / "measurements.csv"
+    csv.write_text("a,b,c\n" + "\n".join(",".join(f"{v:.5f}" for v in row) for row in rows) + "\n")
+    out = labbook("train", "datamodule=tabular", f"datamodule.path={csv}", "model.n_components=2",
+                  "trainer.max_epochs=400", "model.tol=0", "logger.system_metrics_every_s=1", QUIET, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    off = labbook("train", "experiment=polynomial", "trainer.max_epochs=200", "logger.system_metrics=false",
+                  "logger.system_metrics_every_s=1", QUIET, cwd=tmp_path)
+    assert off.returncode == 0, off.stderr[-2000:]
+    (csv_run,) = [r for r in runs(store) if r.data.params.get("datamodule.path") == str(csv)]
+    (given,) = csv_run.inputs.dataset_inputs
+    dataset = given.dataset
+    assert dataset.name == "measurements.csv" and dataset.source_type == "local"
+    assert json.loads(dataset.source) == {"uri": str(csv)}
+    assert dataset.digest == hashlib.sha256(csv.read_bytes()).hexdigest()[:8]
+    profile = json.loads(dataset.profile)
+    assert profile["dims"]["n_features"] == 3 and sum(profile["examples"].values()) < 300
+    assert {t.key: t.value for t in given.tags} == {"mlflow.data.context": "training"}
+    # System metrics, sampled while the run was open; none when switched off.
+    assert "system/cpu_utilization_percentage" in csv_run.data.metrics
+    assert "system/system_memory_usage_megabytes" in csv_run.data.metrics
+    (poly,) = [r for r in runs(store) if r.info.run_id != csv_run.info.run_id]
+    assert not [k for k in poly.data.metrics if k.startswith("system/")]
+    assert poly.inputs.dataset_inputs[0].dataset.name == "sine_curve"
