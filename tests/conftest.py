@@ -48,6 +48,15 @@ def kill_group(pid: int, signum: int = signal.SIGKILL) -> None:
         os.killpg(pid, signum)
 
 
+def stop(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Ctrl-C to a long-running `labbook` (ui, server) and wait for it; its process group goes in any case."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        kill_group(proc.pid)
+
+
 def labbook(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None,
             stdin: str | None = None) -> subprocess.CompletedProcess:
     """Run the `labbook` console script of this test's environment as a user would."""

@@ -16,7 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from labbook.postgres import cluster, free_port
-from tests.conftest import LABBOOK, kill_group, labbook, store_has
+from tests.conftest import LABBOOK, kill_group, labbook, stop, store_has
 from tests.test_sweeps import parent_and_children
 from tests.test_train_e2e import QUIET
 
@@ -66,11 +66,9 @@ def team_server(tmp_path: Path):  # noqa: ANN201
         wait_until_up(url, proc)
         yield url, proc
     finally:
-        proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(timeout=60)
+            stop(proc, timeout=60)
         finally:
-            kill_group(proc.pid)
             shutil.rmtree(data, ignore_errors=True)
 
 
@@ -135,11 +133,7 @@ def test_a_server_with_basic_auth_refuses_strangers_and_no_secret_is_recorded(tm
             data = path.read_bytes()
             assert password.encode() not in data and token.encode() not in data, path
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        finally:
-            kill_group(proc.pid)
+        stop(proc, timeout=60)
 
 
 def test_a_run_waits_out_a_server_restart_and_gives_up_past_its_patience(tmp_path: Path) -> None:
@@ -153,13 +147,6 @@ def test_a_run_waits_out_a_server_restart_and_gives_up_past_its_patience(tmp_pat
                                 start_new_session=True)
         wait_until_up(url, proc)
         return proc
-
-    def stop_server(proc: subprocess.Popen) -> None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        finally:
-            kill_group(proc.pid)
 
     def train(*args: str) -> subprocess.Popen:
         return subprocess.Popen([LABBOOK, "train", "experiment=polynomial", "logger.flush_every_s=1", *args, QUIET],
@@ -180,7 +167,7 @@ def test_a_run_waits_out_a_server_restart_and_gives_up_past_its_patience(tmp_pat
         while not logging(1):
             assert time.time() < deadline and first.poll() is None, first.communicate()[1][-3000:]
             time.sleep(0.3)
-        stop_server(server)
+        stop(server)
         time.sleep(10)
         server = start_server()
         out, err = first.communicate(timeout=400)
@@ -197,7 +184,7 @@ def test_a_run_waits_out_a_server_restart_and_gives_up_past_its_patience(tmp_pat
         while not logging(2):
             assert time.time() < deadline and second.poll() is None, second.communicate()[1][-3000:]
             time.sleep(0.3)
-        stop_server(server)
+        stop(server)
         stopped = time.monotonic()
         _, err = second.communicate(timeout=120)
         assert second.returncode == 1 and time.monotonic() - stopped < 45, err[-3000:]

@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from labbook.postgres import free_port
-from tests.conftest import LABBOOK, REPO, kill_group, labbook, runs
+from tests.conftest import LABBOOK, REPO, labbook, runs, stop
 from tests.test_train_e2e import QUIET
 
 SHOTS = REPO / "test-outputs" / "ui"
@@ -50,11 +50,7 @@ def ui(tmp_path: Path, store: str):  # noqa: ANN201
         assert line.startswith("labbook ui: http://127.0.0.1:"), (line, proc.stderr.read() if proc.poll() else "")
         yield line.split(": ", 1)[1].strip(), store, proc
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        finally:
-            kill_group(proc.pid)
+        stop(proc, timeout=30)
 
 
 def test_the_ui_shows_a_run_and_a_sweep_in_a_real_browser(ui: tuple) -> None:
