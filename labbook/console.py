@@ -32,7 +32,9 @@ def quiet_libraries() -> None:
     # Advice aimed at Lightning users that labbook already acts on (exact sharded sums, worker counts).
     for message in (r".*does not have many workers.*", r".*`srun` command is available.*",
                     r".*recommended to use `self\.log\(.*sync_dist=True.*", r".*Using `DistributedSampler` with the dataloaders.*",
-                    r".*isinstance\(treespec, LeafSpec\).*", r".*The number of training batches .* is smaller than the logging interval.*"):
+                    r".*isinstance\(treespec, LeafSpec\).*", r".*The number of training batches .* is smaller than the logging interval.*",
+                    # EM fits without an optimizer on purpose (lightning_modules/gmm.py).
+                    r".*`LightningModule.configure_optimizers` returned `None`.*"):
         warnings.filterwarnings("ignore", message=message)
 
 

@@ -82,6 +82,9 @@ def one_line(exc: BaseException) -> str:
                 allowed = _allowed_keys(getattr(err, "object_type", None))
                 hint = f" (allowed keys: {allowed})" if allowed else ""
                 return f"{key}: unknown config key{hint}"
+            if type(err).__name__ == "MissingMandatoryValue":
+                return f"{key} is required and has no value: add {key}=VALUE" + (
+                    " (the CSV file to read)" if key == "datamodule.path" else "")
             if isinstance(err, ValidationError):
                 value = getattr(err, "value", None)
                 return f"{key}={value!r} is not allowed: {msg}" if value is not None else f"{key}: {msg}"
@@ -100,8 +103,17 @@ def one_line(exc: BaseException) -> str:
         return f"{text[0]} Available options: {', '.join(options)}"
     if text and text[0].startswith("Error parsing override") and len(text) > 1 and "hydra.cc" not in text[1]:
         # Hydra's reason is on the second line ("empty choice is not legal"); the third is a link.
-        return f"{text[0]}: {text[1].split(': ', 1)[-1]} (sweep syntax: choice(a,b), range(a,b[,step]), " \
-               "interval(a,b), tag(log, interval(a,b)))"
+        reason = text[1].split(": ", 1)[-1]
+        if "missing EQUAL" in text[1]:
+            hint = "not KEY=VALUE; a value with spaces needs quotes: key='two words'"
+        elif text[1].startswith("ValueError while evaluating"):
+            hint = "sweep syntax: choice(a,b), range(a,b[,step]), interval(a,b), tag(log, interval(a,b))"
+        else:
+            hint = "a value with spaces or special characters needs quotes: key='a value'"
+        return f"{text[0]}: {reason} ({hint})"
+    if text and text[0].startswith("Ambiguous value for argument"):  # Hydra's advice follows on 3 lines
+        return (f"{text[0]}: add -m to sweep over the values, or write key=[a,b] for a list, "
+                "key='a,b' for one string")
     return text[0] if text else type(first).__name__
 
 

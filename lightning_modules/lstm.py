@@ -186,14 +186,12 @@ class LSTMForecaster(pl.LightningModule):
         step), and arrays y_true, y_pred, y_persistence, each (N, H) in original units."""
         if self._report_rows is None:
             return {}
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # not pyplot: a notebook's backend stays as it was
 
         arrays = {k: self._report_rows[:, i].numpy() for i, k in enumerate(["y_true", "y_pred", "y_persistence"])}
         rmse = {k: float(np.sqrt(np.mean((arrays[k] - arrays["y_true"]) ** 2))) for k in ["y_pred", "y_persistence"]}
-        fig, ax = plt.subplots(figsize=(9, 4))
+        fig = Figure(figsize=(9, 4))
+        ax = fig.subplots()
         t = np.arange(len(arrays["y_true"]))
         ax.plot(t, arrays["y_true"][:, 0], "k.-", label="truth")
         ax.plot(t, arrays["y_pred"][:, 0], "C0-", label=f"LSTM (RMSE {rmse['y_pred']:.3g})")

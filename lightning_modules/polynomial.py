@@ -86,10 +86,7 @@ class CubicPolynomial(pl.LightningModule):
 
     def report(self) -> dict[str, Any]:
         """``fit``: the test targets (sin x) and the fitted cubic; ``coefficients``: arrays a, b, c, d."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # not pyplot: a notebook's backend stays as it was
 
         coefs = self.coefficients()
         out: dict[str, Any] = {"coefficients": {k: torch.tensor(v).numpy() for k, v in coefs.items()}}
@@ -97,7 +94,8 @@ class CubicPolynomial(pl.LightningModule):
             x, y = torch.cat(self._test_x), torch.cat(self._test_y)
             order = torch.argsort(x)
             x, y = x[order], y[order]
-            fig, ax = plt.subplots(figsize=(6, 4))
+            fig = Figure(figsize=(6, 4))
+            ax = fig.subplots()
             ax.plot(x.numpy(), y.numpy(), "k-", lw=3, alpha=0.4, label="data (sin x)")
             label = f"{coefs['a']:.3g} + {coefs['b']:.4g} x + {coefs['c']:.3g} x² + {coefs['d']:.4g} x³"
             ax.plot(x.numpy(), self.predict(x).numpy(), "C0-", label=label)

@@ -113,9 +113,7 @@ class AttentionSeq2Seq(CharSeq2SeqTask):
         """Attention heatmaps (output characters × input characters) for the first test questions."""
         if self._report_src is None:
             return {}
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # not pyplot: a notebook's backend stays as it was
 
         src = self._report_src.to(self.device)
         out = self.predict(src).cpu()
@@ -127,7 +125,8 @@ class AttentionSeq2Seq(CharSeq2SeqTask):
             a = weights[k, :, : len(ids)].numpy()  # padding is right of the real characters
             if self.hparams.src_reversed:  # show the question in reading order
                 ids, a = ids[::-1], a[:, ::-1]
-            fig, ax = plt.subplots(figsize=(max(4.0, 0.3 * len(ids) + 1.5), 4.0))
+            fig = Figure(figsize=(max(4.0, 0.3 * len(ids) + 1.5), 4.0))
+            ax = fig.subplots()
             im = ax.imshow(a, cmap="gray", vmin=0.0, vmax=1.0, aspect="auto")
             ax.set_xticks(range(len(ids)), [itos[i] for i in ids])
             ax.set_yticks(range(a.shape[0]), [itos[i] for i in out[k].tolist()])

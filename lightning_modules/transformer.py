@@ -222,9 +222,7 @@ class Transformer(CharSeq2SeqTask):
         """Per test example, one figure with one cross-attention heatmap per decoder layer (heads averaged)."""
         if self._report_src is None:
             return {}
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # not pyplot: a notebook's backend stays as it was
 
         was_training = self.training
         self.eval()
@@ -238,8 +236,8 @@ class Transformer(CharSeq2SeqTask):
         for k in range(src.shape[0]):
             ids = [i for i in src[k].tolist() if i != self.hparams.pad_id]
             n_layers = len(weights)
-            fig, axes = plt.subplots(1, n_layers, squeeze=False,
-                                     figsize=(n_layers * max(4.0, 0.3 * len(ids) + 1.0), 4.0))
+            fig = Figure(figsize=(n_layers * max(4.0, 0.3 * len(ids) + 1.0), 4.0))
+            axes = fig.subplots(1, n_layers, squeeze=False)
             for layer, ax in enumerate(axes[0]):
                 a = weights[layer][k, :, : len(ids)].numpy()  # padding is right of the real characters
                 x_ids = ids
