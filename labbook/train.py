@@ -169,8 +169,6 @@ def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None
         return {"run_id": os.environ.get(ENV_RUN_ID), "metrics": {}, "headline": None}
 
     with tracked:
-        if cfg.logger.get("system_metrics", MLflowConfig.system_metrics):
-            tracked.monitor_system(cfg.logger.get("system_metrics_every_s", MLflowConfig.system_metrics_every_s))
         if resume is None:
             tracked.log_config(resolved, overrides or [])
         else:  # params stay as first logged (MLflow refuses new values); the stored config is the current one
@@ -183,6 +181,8 @@ def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None
             from labbook.datasets import dataset_entity, log_dataset
 
             log_dataset(tracked, dataset_entity(resolved["datamodule"], job.datamodule_choice, datamodule))
+        if cfg.logger.get("system_metrics", MLflowConfig.system_metrics):  # after what rebuilds the run
+            tracked.monitor_system(cfg.logger.get("system_metrics_every_s", MLflowConfig.system_metrics_every_s))
         upload = CheckpointUpload(tracked, cfg.logger.get("checkpoint_upload_every_s",
                                                           MLflowConfig.checkpoint_upload_every_s))
         if cfg.logger.log_checkpoints:

@@ -31,7 +31,8 @@ def parent_and_children(uri: str):  # noqa: ANN201
 def a_job_running(db: Path) -> bool:
     """Whether a sweep's child run is RUNNING in the SQLite store ``db`` (read as conftest.store_has does)."""
     return store_has(db, "SELECT 1 FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid WHERE r.status = 'RUNNING' "
-                         "AND t.key = 'sweep.role' AND t.value = 'child' LIMIT 1")
+                         "AND t.key = 'sweep.role' AND t.value = 'child' AND EXISTS (SELECT 1 FROM params p "
+                         "WHERE p.run_uuid = r.run_uuid) LIMIT 1")  # past its start: its config is recorded
 
 
 def differing_params(children) -> set[str]:  # noqa: ANN001
