@@ -45,10 +45,10 @@ def objectives_of(cfg: Mapping[str, Any], model: Any) -> list[tuple[str, str]]:
 
     monitor, mode = getattr(model, "monitor", None), getattr(model, "monitor_mode", "min")
     given, directions = cfg.get("optimized_metric"), cfg.get("direction")
-    metrics = [str(m) for m in given] if isinstance(given, (list, tuple)) or _listlike(given) else [given or monitor]
+    metrics = [str(m) for m in one_or_list(given)] or [monitor]
     if metrics == [None]:
         return []
-    if isinstance(directions, (list, tuple)) or _listlike(directions):
+    if is_list(directions):
         directions = [str(d) for d in directions]
         if len(directions) != len(metrics):
             raise ConfigValueError("direction", directions, f"one direction per objective: {len(metrics)} for "
@@ -73,8 +73,16 @@ def objectives_of(cfg: Mapping[str, Any], model: Any) -> list[tuple[str, str]]:
     return found
 
 
-def _listlike(value: Any) -> bool:
-    return type(value).__name__ == "ListConfig"
+def is_list(value: Any) -> bool:
+    """A list in a config: a Python list or tuple, or OmegaConf's ListConfig (checked by name: no import)."""
+    return isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig"
+
+
+def one_or_list(value: Any) -> list[Any]:
+    """``optimized_metric``/``direction`` as a list: [] for null, [x] for one value, the list as it is."""
+    if value is None:
+        return []
+    return list(value) if is_list(value) else [value]
 
 
 def run_local(key: str) -> bool:

@@ -398,28 +398,22 @@ def register(extra: dict[str, dict[str, type]] | None = None) -> None:
             cs.store(group=f"schema/{group}", name=name, node=node)
 
 
-def _one_or_list(value: Any) -> list[Any]:
-    from omegaconf import ListConfig
-
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
-
-
 def validate(cfg: Any) -> None:
     """Run every group's range and choice checks (``__post_init__``) on the composed config."""
     from omegaconf import OmegaConf
 
+    from labbook.keys import one_or_list
+
     if cfg.get("threads") is not None:
         check_range("threads", cfg.threads, low=1, integer=True)
-    for metric in _one_or_list(cfg.get("optimized_metric")):
+    for metric in one_or_list(cfg.get("optimized_metric")):
         if not isinstance(metric, str) or not metric:
             raise ConfigValueError("optimized_metric", metric, "a logged validation metric's name (val/...), or a "
                                    "list of them")
         if metric.startswith("test/"):
             raise ConfigValueError("optimized_metric", metric, "a sweep tunes on a validation metric (val/...), "
                                    "never on the test split, which must stay unseen until the chosen run is evaluated")
-    for direction in _one_or_list(cfg.get("direction")):
+    for direction in one_or_list(cfg.get("direction")):
         if direction not in DIRECTIONS:
             raise ConfigValueError("direction", direction, f"one of {', '.join(DIRECTIONS)} (null: the monitor's "
                                    "mode), or a list of them, one per objective")

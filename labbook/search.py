@@ -367,6 +367,7 @@ def _plots(study: Any, names: list[str]) -> dict[str, Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as ov
+    from optuna.trial import TrialState
 
     target: dict[str, Callable[[Any], float]] = {}
     if len(names) > 1:  # several objectives: each figure shows the first
@@ -381,7 +382,7 @@ def _plots(study: Any, names: list[str]) -> dict[str, Path]:
         figures["pareto_front"] = lambda: ov.plot_pareto_front(study, target_names=names)
     else:
         figures["optimization_history"] = lambda: ov.plot_optimization_history(study, **target)
-    if len(study.get_trials(deepcopy=False, states=(_complete(),))) >= 4:
+    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= 4:
         figures["param_importances"] = lambda: ov.plot_param_importances(study, **target)
     written: dict[str, Path] = {}
     for name, draw in figures.items():
@@ -396,9 +397,3 @@ def _plots(study: Any, names: list[str]) -> dict[str, Path]:
             plt.close(figure)
             written[name] = path
     return written
-
-
-def _complete() -> Any:
-    from optuna.trial import TrialState
-
-    return TrialState.COMPLETE

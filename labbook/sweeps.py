@@ -190,11 +190,9 @@ class Sweep(Callback):
 
 def _first(value: Any) -> Any:
     """A multi-objective search's summary ranks its runs by the first objective."""
-    from omegaconf import ListConfig
+    from labbook.keys import one_or_list
 
-    if isinstance(value, (list, tuple, ListConfig)):
-        return value[0] if len(value) else None
-    return value
+    return next(iter(one_or_list(value)), None)
 
 
 class SweepFailed(Exception):
