@@ -57,7 +57,22 @@ def _examples(datamodule: Any) -> dict[str, int]:
 
 
 def log_dataset(tracked: Any, entity: Any) -> None:
+    """Record the dataset as the run's input. Parallel jobs on the same data race to insert the same dataset
+    row (MLflow's SQL store answers the loser with a unique-key violation): the second try finds it there.
+    A dataset record that still cannot be written is a warning, never a failed run."""
+    import sys
+    import time
+
     from mlflow.entities import DatasetInput, InputTag
 
-    tracked.client.log_inputs(tracked.run_id, datasets=[DatasetInput(
-        dataset=entity, tags=[InputTag(key="mlflow.data.context", value="training")])])
+    given = [DatasetInput(dataset=entity, tags=[InputTag(key="mlflow.data.context", value="training")])]
+    for attempt in range(3):
+        try:
+            tracked.client.log_inputs(tracked.run_id, datasets=given)
+            return
+        except Exception as exc:  # noqa: BLE001
+            if attempt == 2:
+                print(f"labbook: warning: the run's dataset was not recorded: {str(exc).splitlines()[0][:200]}",
+                      file=sys.stderr, flush=True)
+            else:
+                time.sleep(0.5 * (attempt + 1))
