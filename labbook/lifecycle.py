@@ -244,7 +244,10 @@ class TrackedRun(Recorder):
         if self.signal_received is None:
             self.signal_received = signum
             if self._stop_requested is not None:
-                self._stop_requested()
+                try:
+                    self._stop_requested()
+                except Exception as exc:  # noqa: BLE001 - raised here it could be caught as the job's error
+                    raise RunInterrupted(f"received {signal.Signals(signum).name} ({exc})") from None
                 self._previous_handlers.setdefault(signal.SIGALRM, signal.signal(signal.SIGALRM, self._on_grace_over))
                 signal.setitimer(signal.ITIMER_REAL, self._grace_s)
                 return
@@ -271,9 +274,11 @@ class TrackedRun(Recorder):
                 pass
         if self.signal_received is not None:
             name = signal.Signals(self.signal_received).name
-            self.end("KILLED", f"interrupted by {name}")
-            # The shell convention for death by signal, whatever Lightning turned the signal into.
-            raise RunKilled(128 + self.signal_received, self.run_id, name) from None
+            try:
+                self.end("KILLED", f"interrupted by {name}")
+            finally:  # even when the store refused the status: a signalled process stops (a sweep with it)
+                # The shell convention for death by signal, whatever Lightning turned the signal into.
+                raise RunKilled(128 + self.signal_received, self.run_id, name) from None
         if exc is None or (isinstance(exc, SystemExit) and exc.code in (0, None)):
             self.end("FINISHED")
         else:

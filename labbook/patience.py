@@ -6,6 +6,11 @@ later, from its stale heartbeat).
 
 MLflow's own client retries each request with back-off for minutes before it gives up; labbook processes
 ask it for one quick retry (:func:`quick_http_retries`) and do the waiting here, with a limit the user sets.
+
+A SQLite store is waited for the same way when it answers "database is locked": MLflow waits 20 s for a
+lock, but SQLite gives up at once, without waiting, when two transactions would deadlock (one reading and
+about to write while another commits), which several writers to one file (a sweep's parent and its jobs,
+heartbeats, system metrics) meet now and then. MLflow rolled the transaction back, so the call is repeated.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from labbook.errors import UserError
 from labbook.redact import redact_uri
 
 RETRY_EVERY_S = 2.0
+LOCKED_RETRY_S = 0.2  # a SQLite lock is held for milliseconds: try again soon
 
 
 class TrackingServerAway(UserError):
@@ -41,16 +47,24 @@ def unreachable(exc: BaseException) -> bool:
         "API request to" in text and any(m in text for m in markers))
 
 
+def locked(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite's "database is locked" (MLflow rolled the transaction back)."""
+    return "database is locked" in str(exc) or "database table is locked" in str(exc)
+
+
 class PatientClient:
-    """An ``MlflowClient`` whose calls wait out an unreachable server for up to ``patience_s`` seconds."""
+    """An ``MlflowClient`` whose calls wait out an unreachable server, or a locked SQLite store, for up to
+    ``patience_s`` seconds."""
 
     def __init__(self, client: Any, uri: str, patience_s: float) -> None:
         self._client, self._uri, self.patience_s = client, uri, patience_s
+        self._http = uri.startswith(("http://", "https://"))
+        self._sqlite = uri.startswith("sqlite:")
         self.gave_up = False
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._client, name)
-        if not callable(attribute) or not self._uri.startswith(("http://", "https://")):
+        if not callable(attribute) or not (self._http or self._sqlite):
             return attribute
         return lambda *args, **kwargs: self._call(attribute, name, *args, **kwargs)
 
@@ -58,11 +72,18 @@ class PatientClient:
         if self.gave_up:
             raise TrackingServerAway(self._message())
         away_since: float | None = None
+        locked_since: float | None = None
         while True:
             try:
                 result = method(*args, **kwargs)
-            except Exception as exc:  # noqa: BLE001 - only an absent server is waited for
-                if not unreachable(exc):
+            except Exception as exc:  # noqa: BLE001 - only an absent server or a locked file is waited for
+                if self._sqlite and locked(exc):
+                    locked_since = locked_since or time.monotonic()
+                    if time.monotonic() - locked_since >= self.patience_s:
+                        raise
+                    time.sleep(LOCKED_RETRY_S)
+                    continue
+                if not (self._http and unreachable(exc)):
                     raise
                 now = time.monotonic()
                 if away_since is None:

@@ -152,10 +152,12 @@ def test_checkpoints_reach_the_store_while_training_and_sigterm_then_resume_fini
     assert tags["owner.pid"] == str(proc.pid) and tags["owner.host"] == os.uname().nodename
     first_beat = int(tags["heartbeat"])
     _wait_for(lambda: int(client.get_run(run_id).data.tags["heartbeat"]) > first_beat, timeout=30)
-    shutil.rmtree(tmp_path / "logs")
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)
     assert proc.returncode == 143 and client.get_run(run_id).info.status == "KILLED"
+    # The local checkpoints go (once the process has stopped writing them): the resumes below must take theirs
+    # from the store.
+    shutil.rmtree(tmp_path / "logs")
     position = stored_position(client, run_id, tmp_path / "ckpt")
     assert position.batches > 0  # stopped between two batches of an epoch, not at the last epoch's end
     done = epochs_needed(position)

@@ -100,3 +100,31 @@ def test_an_unreachable_tracking_server_is_one_line_within_seconds(tmp_path: Pat
         f"labbook: error: tracking server {uri} cannot be reached "
         f"({'[Errno 111] Connection refused' if server == 'refused' else 'timed out'}); is it running? (check the "
         "URI in logger.tracking_uri / MLFLOW_TRACKING_URI)"]
+
+
+def test_a_locked_sqlite_store_is_waited_for_and_other_errors_are_not() -> None:
+    """SQLite answers "database is locked" at once, without MLflow's 20 s wait, when two writers would
+    deadlock; a run's client repeats the call (MLflow rolled it back) instead of failing the run."""
+    from mlflow.exceptions import MlflowException
+
+    from labbook.patience import PatientClient
+
+    class Store:  # the one behaviour under test: a call that is refused twice, then answered
+        calls = 0
+
+        def set_tag(self, run_id: str, key: str, value: str) -> str:
+            self.calls += 1
+            if self.calls <= 2:
+                raise MlflowException("(sqlite3.OperationalError) database is locked")
+            return f"{run_id}:{key}={value}"
+
+        def get_run(self, run_id: str) -> None:
+            raise MlflowException(f"Run '{run_id}' not found")
+
+    store = Store()
+    client = PatientClient(store, "sqlite:////tmp/x.db", patience_s=5)
+    assert client.set_tag("r", "k", "v") == "r:k=v" and store.calls == 3
+    with pytest.raises(MlflowException, match="not found"):
+        client.get_run("r")  # a refusal is not waited for
+    with pytest.raises(MlflowException, match="database is locked"):
+        PatientClient(Store(), "sqlite:////tmp/x.db", patience_s=0).set_tag("r", "k", "v")  # past its patience
