@@ -57,7 +57,7 @@ class TabularDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        batch_size: int = 65536,
+        batch_size: int = 8192,
         num_workers: int = 0,
         seed: int = 0,
         val_fraction: float = 0.1,
@@ -212,7 +212,7 @@ class BlobsDataModule(TabularDataModule):
 
     def __init__(
         self,
-        batch_size: int = 65536,
+        batch_size: int = 8192,
         num_workers: int = 0,
         seed: int = 0,
         val_fraction: float = 0.1,
@@ -266,10 +266,10 @@ class IrisDataModule(TabularDataModule):
 
     def __init__(
         self,
-        batch_size: int = 256,
+        batch_size: int = 64,
         num_workers: int = 0,
         seed: int = 0,
-        val_fraction: float = 0.1,
+        val_fraction: float = 0.2,
         test_fraction: float = 0.2,
         standardize: bool = False,
         shuffle: bool = False,
@@ -303,12 +303,12 @@ class CSVDataModule(TabularDataModule):
     def __init__(
         self,
         path: str,
-        batch_size: int = 65536,
+        batch_size: int = 8192,
         num_workers: int = 0,
         seed: int = 0,
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
-        standardize: bool = False,
+        standardize: bool = True,
         shuffle: bool = False,
         label_column: str | None = None,
         columns: Sequence[str] | None = None,

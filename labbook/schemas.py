@@ -76,13 +76,15 @@ class TrainerConfig:
 @dataclass
 class GMMConfig:
     _target_: str = "lightning_modules.gmm.GaussianMixtureEM"
-    n_components: int = 3
-    covariance_type: str = "full"
-    tol: float = 1e-3
+    n_components: int = 4
+    covariance_type: str = "full"  # full | diag | spherical | tied
+    tol: float = 1e-4  # stop once the mean train log-likelihood improves by less than this
     reg_covar: float = 1e-6
-    init: str = "kmeans++"
+    init: str = "kmeans++"  # kmeans++ | random
     seed: int = 0
+    means_init: Optional[list[list[float]]] = None  # [K, D] initial means; overrides init
     compute_dtype: str = "float64"  # float32: a faster E-step; statistics stay float64
+    init_samples: int = 100_000  # the seeding runs over at most this many training points
 
     def __post_init__(self) -> None:
         check_choice("model.compute_dtype", self.compute_dtype, ("float64", "float32"))
@@ -91,6 +93,7 @@ class GMMConfig:
         check_range("model.tol", self.tol, low=0)
         check_range("model.reg_covar", self.reg_covar, low=0)
         check_choice("model.init", self.init, ("kmeans++", "random"))
+        check_range("model.init_samples", self.init_samples, low=1, integer=True)
 
 
 @dataclass
@@ -105,7 +108,7 @@ class Seq2SeqConfig:
     wordvec_size: int = 16
     hidden_size: int = 256
     optimizer: Any = None
-    one_cycle: bool = True
+    one_cycle: bool = True  # the optimizer's lr is the peak of a one-cycle schedule over the whole run
     n_report: int = 3
 
     def __post_init__(self) -> None:
@@ -122,7 +125,7 @@ class TransformerConfig:
     n_encoder_layers: int = 2
     n_decoder_layers: int = 2
     d_ff: int = 256
-    dropout: float = 0.0
+    dropout: float = 0.0  # each question is seen once: nothing to regularise against
     optimizer: Any = None
     one_cycle: bool = True
     n_report: int = 3
@@ -153,7 +156,7 @@ class LSTMConfig:
 # ---------------------------------------------------------------------------------------- datamodules
 @dataclass
 class _TabularConfig:
-    batch_size: int = 4096
+    batch_size: int = 8192
     num_workers: int = 0
     seed: int = 0
     val_fraction: float = 0.1
@@ -211,7 +214,7 @@ class DatesConfig:
     num_workers: int = 0
     reverse_input: bool = True
     path: Optional[str] = None  # a file in the book's date.txt layout instead of generated data
-    split: str = "random"
+    split: str = "random"  # random | book (the book's seed-1984 split)
 
     def __post_init__(self) -> None:
         check_range("datamodule.n_samples", self.n_samples, low=2, integer=True)
@@ -262,6 +265,8 @@ class SunspotsConfig(_SeriesConfig):
 @dataclass
 class IrisConfig(_TabularConfig):
     _target_: str = "datamodules.tabular.IrisDataModule"
+    batch_size: int = 64  # 150 rows: a few batches an epoch
+    val_fraction: float = 0.2
 
 
 @dataclass
@@ -270,6 +275,7 @@ class CSVConfig(_TabularConfig):
     path: str = "???"
     label_column: Optional[str] = None
     columns: Optional[list[str]] = None
+    standardize: bool = True  # a user's columns come in any units; EM's covariances are better conditioned
 
 
 # --------------------------------------------------------------------------------------------- logger

@@ -26,6 +26,7 @@ from labbook.store import ui_command
 from labbook.keys import objective_value, objectives_of
 from labbook.tracking import experiment_name
 from labbook.lifecycle import TrackedRun
+from labbook.progress import TimedProgressBar, progress_callbacks
 from labbook.resume import ResumePlan, resume_record
 from labbook.sweeps import SweepJob
 from labbook.workers import ENV_RUN_ID, hand_off, is_rank_zero, process_group
@@ -228,11 +229,15 @@ def build_trainer(cfg: DictConfig, callbacks: list[Any], tracked: TrackedRun | N
                   **overrides: Any) -> Any:
     """The run's trainer: on rank 0 it logs into ``tracked``, whose run a signal stops at a batch boundary
     (:class:`StopOnSignal`); elsewhere (worker ranks) it has no logger. ``overrides`` go to the Trainer as
-    they are."""
+    they are. What rank 0 shows while training: :func:`labbook.progress.progress_callbacks`."""
     if tracked is None:
-        return instantiate(cfg.trainer, callbacks=[*callbacks, StopOnSignal()], logger=False, **overrides)
-    return instantiate(cfg.trainer, callbacks=[*callbacks, StopOnSignal(tracked)],
-                       logger=tracked.lightning_logger(cfg.logger.flush_every_s), **overrides)
+        return instantiate(cfg.trainer, callbacks=[*callbacks, StopOnSignal()], logger=False,
+                           **{"enable_progress_bar": False, **overrides})
+    progress = progress_callbacks(bool(cfg.trainer.enable_progress_bar))
+    bar = any(isinstance(cb, TimedProgressBar) for cb in progress)
+    return instantiate(cfg.trainer, callbacks=[*callbacks, *progress, StopOnSignal(tracked)],
+                       logger=tracked.lightning_logger(cfg.logger.flush_every_s),
+                       **{"enable_progress_bar": bar, **overrides})
 
 
 class CheckpointUpload:

@@ -48,6 +48,7 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 _COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 _INITS = ("kmeans++", "random")
@@ -91,16 +92,7 @@ def _all_gather_rows(t: Tensor) -> Tensor:
     """Concatenate the [m_r, D] tensors of all ranks in rank order (ranks may differ in m_r)."""
     if _world_size() == 1:
         return t
-    ws = _world_size()
-    size = torch.tensor([t.shape[0]], dtype=torch.long, device=t.device)
-    sizes = [torch.zeros_like(size) for _ in range(ws)]
-    dist.all_gather(sizes, size)
-    counts = [int(s.item()) for s in sizes]
-    padded = torch.zeros((max(counts),) + tuple(t.shape[1:]), dtype=t.dtype, device=t.device)
-    padded[: t.shape[0]] = t
-    parts = [torch.zeros_like(padded) for _ in range(ws)]
-    dist.all_gather(parts, padded.contiguous())
-    return torch.cat([p[:c] for p, c in zip(parts, counts)], dim=0)
+    return torch.cat(gather_all_tensors(t), dim=0)  # pads to the longest, gathers, trims
 
 
 def _split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
@@ -181,7 +173,6 @@ class GaussianMixtureEM(pl.LightningModule):
             statistics. Parameters, statistic accumulators and the M-step are always float64.
         init_samples: k-means++ runs over at most this many training points (all of them when
             the training set is no larger).
-        optimizer: accepted for config compatibility and ignored: EM needs no optimizer.
 
     Initialisation (first training epoch, before its E-step): the means are ``means_init`` or
     seeds drawn from the training points; the weights are 1/K; every covariance is the
@@ -208,9 +199,9 @@ class GaussianMixtureEM(pl.LightningModule):
     def __init__(
         self,
         n_features: int,
-        n_components: int = 3,
+        n_components: int = 4,
         covariance_type: str = "full",
-        tol: float = 1e-3,
+        tol: float = 1e-4,
         reg_covar: float = 1e-6,
         init: str = "kmeans++",
         n_classes: int | None = None,
@@ -218,7 +209,6 @@ class GaussianMixtureEM(pl.LightningModule):
         means_init: Sequence[Sequence[float]] | np.ndarray | Tensor | None = None,
         compute_dtype: str = "float64",
         init_samples: int = 100_000,
-        optimizer: Any = None,
     ) -> None:
         super().__init__()
         if covariance_type not in _COVARIANCE_TYPES:
@@ -238,7 +228,7 @@ class GaussianMixtureEM(pl.LightningModule):
             shape = np.asarray(means_init).shape
             if shape != (n_components, n_features):
                 raise ValueError(f"means_init must have shape ({n_components}, {n_features}), got {shape}")
-        self.save_hyperparameters(ignore=["optimizer"])
+        self.save_hyperparameters()
         self.automatic_optimization = False
 
         K, D = n_components, n_features

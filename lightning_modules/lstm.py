@@ -29,12 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 
 class LSTMForecaster(pl.LightningModule):
     monitor = "val/loss"
     monitor_mode = "min"
     validation_metrics = ("val/loss", "val/rmse")  # what it logs on validation
+    default_optimizer = functools.partial(torch.optim.Adam, lr=1e-3)  # when ``optimizer`` is None
     headline_metric = "test/rmse"
 
     def __init__(
@@ -155,21 +157,10 @@ class LSTMForecaster(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         rows = torch.cat(self._test_rows) if self._test_rows else torch.zeros(0, 3, self.hparams.horizon)
         if self.trainer.world_size > 1:
-            rows = self._gather_uneven(rows)
+            # Every rank's (n_r, 3, H) rows in rank order, n_r differing by one at most: the series datamodules
+            # give each rank a contiguous slice of the test windows, so rank order is time order.
+            rows = torch.cat(gather_all_tensors(rows.to(self.device))).cpu()
         self._report_rows = rows
-
-    def _gather_uneven(self, rows: torch.Tensor) -> torch.Tensor:
-        """Concatenate every rank's (n_r, 3, H) rows in rank order (n_r may differ by one).
-
-        The series datamodules give each rank a contiguous slice of the test windows, so rank order is time
-        order. all_gather needs equal shapes, hence pad to the longest slice and trim afterwards.
-        """
-        n = torch.tensor([len(rows)], device=self.device)
-        counts = self.all_gather(n).reshape(-1).tolist()
-        padded = torch.zeros(max(counts), *rows.shape[1:], device=self.device)
-        padded[: len(rows)] = rows.to(self.device)
-        gathered = self.all_gather(padded)  # (world, max_n, 3, H)
-        return torch.cat([gathered[r, :c] for r, c in enumerate(counts)]).cpu()
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,7 +169,7 @@ class LSTMForecaster(pl.LightningModule):
         return self(x.to(self.device)).cpu()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        make = self.optimizer or functools.partial(torch.optim.Adam, lr=1e-3)
+        make = self.optimizer or self.default_optimizer
         return make(self.parameters())
 
     def report(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ class CubicPolynomial(pl.LightningModule):
     monitor = "val/loss"
     monitor_mode = "min"
     validation_metrics = ("val/loss",)  # what it logs on validation
+    default_optimizer = functools.partial(torch.optim.SGD, lr=0.006, momentum=0.85)  # when ``optimizer`` is None
     headline_metric = "test/loss"
 
     def __init__(self, optimizer: Callable[..., torch.optim.Optimizer] | None = None) -> None:
@@ -81,7 +82,7 @@ class CubicPolynomial(pl.LightningModule):
         return self(x.to(self.device)).cpu()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        make = self.optimizer or functools.partial(torch.optim.SGD, lr=0.006, momentum=0.85)
+        make = self.optimizer or self.default_optimizer
         return make(self.parameters())
 
     def report(self) -> dict[str, Any]:

@@ -1,0 +1,95 @@
+"""What a run shows while it trains (``trainer.enable_progress_bar``).
+
+On a terminal: Lightning's tqdm bar, redrawn on time (every :data:`REFRESH_S`), not on every step. Lightning
+redraws it and rebuilds its metrics postfix every ``refresh_rate`` steps (default 1): for a model whose step
+takes a millisecond that is a sizeable share of training. Here a step that does not redraw costs one clock
+read.
+
+Anywhere else (a pipe, a CI log, a SLURM job's output file) no bar: a carriage-return bar fills such logs
+with thousands of partial lines. One plain line per epoch instead, with the epoch's main metrics.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+from pytorch_lightning.callbacks import Callback, TQDMProgressBar
+
+REFRESH_S = 0.25  # four redraws a second read as live; fewer would look stuck
+MAX_METRICS = 5  # an epoch line stays one readable line
+
+
+class TimedProgressBar(TQDMProgressBar):
+    """Lightning's bar, redrawn at most every ``refresh_s`` seconds (and at each bar's last batch)."""
+
+    def __init__(self, refresh_s: float = REFRESH_S) -> None:
+        super().__init__(refresh_rate=1)
+        self.refresh_s = refresh_s
+        self._drawn_at = -float("inf")
+
+    def _should_update(self, current: int, total: int) -> bool:
+        now = time.monotonic()
+        if current != total and now - self._drawn_at < self.refresh_s:
+            return False
+        self._drawn_at = now
+        return self.is_enabled
+
+
+class EpochLines(Callback):
+    """One line per training epoch on rank 0: ``epoch 3/100  val/loss=0.0145  train/loss=0.0123  (0.8 s)``.
+
+    Written when the next epoch starts, or training ends: Lightning aggregates the epoch's ``train/`` values
+    only after every ``on_train_epoch_end`` hook has run, so at that hook they are still the last epoch's.
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream
+        self._started = time.monotonic()
+        self._ended: tuple[int, float] | None = None  # (epoch, its duration) not written yet
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._write(trainer, pl_module)
+        self._started = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._ended = (trainer.current_epoch + 1, time.monotonic() - self._started)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self._write(trainer, pl_module)
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self._write(trainer, pl_module)  # the last complete epoch of a run stopped by a signal
+
+    def _write(self, trainer: Any, pl_module: Any) -> None:
+        ended, self._ended = self._ended, None
+        if ended is None or not trainer.is_global_zero:
+            return
+        print(epoch_line(ended[0], trainer.max_epochs, trainer.callback_metrics, ended[1],
+                         getattr(pl_module, "monitor", None)), file=self.stream or sys.stdout, flush=True)
+
+
+def epoch_line(epoch: int, max_epochs: int | None, metrics: dict[str, Any], seconds: float,
+               monitor: str | None = None) -> str:
+    """The epoch's line: its number; the model's monitor, its training counterpart (``train/loss`` for
+    ``val/loss``), the other validation metrics, then the other training ones, :data:`MAX_METRICS` at most;
+    and how long the epoch took."""
+    counterpart = "train/" + monitor.split("/", 1)[-1] if monitor else "train/loss"
+
+    def rank(key: str) -> tuple[int, str]:
+        order = 0 if key == monitor else 1 if key == counterpart else 2 if key.startswith("val/") else 3
+        return order, key
+
+    shown = sorted((k for k in metrics if k.startswith(("train/", "val/")) and not k.endswith("_step")), key=rank)
+    values = "  ".join(f"{k}={float(metrics[k]):.6g}" for k in shown[:MAX_METRICS])
+    total = f"/{max_epochs}" if max_epochs and max_epochs > 0 else ""
+    return f"epoch {epoch}{total}  {values}  ({seconds:.1f} s)".replace("    ", "  ")
+
+
+def progress_callbacks(enabled: bool, stream: TextIO | None = None) -> list[Callback]:
+    """The progress display for a run on rank 0: a timed bar on a terminal, epoch lines elsewhere, none when
+    ``enabled`` is false (``debug=quiet``)."""
+    if not enabled:
+        return []
+    return [TimedProgressBar()] if (stream or sys.stdout).isatty() else [EpochLines(stream)]
