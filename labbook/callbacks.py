@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import signal
+import time
 from typing import Any, Callable
 
 import torch
@@ -15,6 +17,7 @@ from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMon
 from pytorch_lightning.callbacks import ModelCheckpoint as _LightningModelCheckpoint
 
 from labbook.errors import ConfigValueError, RunInterrupted
+from labbook.schemas import CheckpointConfig
 
 
 class ModelCheckpoint(_LightningModelCheckpoint):
@@ -23,12 +26,14 @@ class ModelCheckpoint(_LightningModelCheckpoint):
     - "already saved" means the same epoch *and* step. Lightning skips a save when the global step has not
       moved since the last one; models fitted without optimizer steps (EM: one epoch is one M-step) never
       move it, so no best checkpoint would ever be kept.
-    - ``last.ckpt`` is the state at the end of every training epoch. Lightning 2.6 rewrites it only in a
-      step where it also saved a top-k checkpoint, so with a monitor it held the last *improvement* (epoch
-      9 of 12), and ``predict``'s fallback or a resume would have started from an older state than the run
-      reached. It is written in ``on_train_epoch_end``, after Lightning counted the epoch as processed (and
-      after an EM model's M-step): a checkpoint written during the epoch's validation is restored as
-      "mid-epoch", and the resumed epoch then reshuffled its data as the previous one had.
+    - ``last.ckpt`` is the state at the end of a training epoch, rewritten at most every ``last_every_s``
+      seconds and always at the last epoch. Lightning 2.6 rewrites it only in a step where it also saved a
+      top-k checkpoint, so with a monitor it held the last *improvement* (epoch 9 of 12), and ``predict``'s
+      fallback or a resume would have started from an older state than the run reached. It is written in
+      ``on_train_epoch_end``, after Lightning counted the epoch as processed (and after an EM model's
+      M-step): a checkpoint written during the epoch's validation is restored as "mid-epoch", and the
+      resumed epoch then reshuffled its data as the previous one had. Rank 0's clock decides, and every
+      process learns the decision (saving is collective under DDP).
     """
 
     _last_epoch_saved: int | None = None
@@ -36,6 +41,11 @@ class ModelCheckpoint(_LightningModelCheckpoint):
     _last_ckpt_at: tuple[int, int] | None = None  # (epoch, global step) of the last.ckpt written at an epoch's end
     # Called on rank 0 with each checkpoint file written (labbook uploads them to the run while it trains).
     on_save: Callable[[str], None] | None = None
+    _last_written_at = -math.inf  # time.monotonic() of the last last.ckpt
+
+    def __init__(self, *args: Any, last_every_s: float = CheckpointConfig.last_every_s, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.last_every_s = last_every_s
 
     @functools.cached_property
     def state_key(self) -> str:
@@ -64,9 +74,24 @@ class ModelCheckpoint(_LightningModelCheckpoint):
             self.on_save(filepath)
 
     def _save_last_checkpoint(self, trainer: Any, monitor_candidates: dict[str, Any]) -> None:
+        if not self.save_last or not self._last_due(trainer):
+            return
         super()._save_last_checkpoint(trainer, monitor_candidates)
-        if self.save_last and self._in_epoch_end:
+        self._last_written_at = time.monotonic()
+        if self._in_epoch_end:
             self._last_ckpt_at = (trainer.current_epoch, trainer.global_step)
+
+    def _last_due(self, trainer: Any) -> bool:
+        """Whether last.ckpt is to be rewritten now: at the last epoch's end, else once ``last_every_s`` has
+        passed since the last one."""
+        loop = trainer.fit_loop
+        final = self._in_epoch_end and (
+            trainer.should_stop or 0 < (loop.max_epochs or 0) <= loop.epoch_progress.current.processed
+            or 0 < loop.max_steps <= loop.epoch_loop.global_step)
+        due = final or time.monotonic() - self._last_written_at >= self.last_every_s
+        if trainer.world_size > 1:
+            due = bool(trainer.strategy.broadcast(due, src=0))
+        return due
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self._in_epoch_end = True
@@ -191,7 +216,8 @@ def build_callbacks(cfg: DictConfig, model: Any) -> list[Any]:
     if ck.enabled:
         callbacks.append(ModelCheckpoint(
             dirpath=cfg.paths.checkpoint_dir, filename="best", monitor=ck.monitor or monitor,
-            mode=ck.mode or mode, save_last=ck.save_last, save_top_k=1, auto_insert_metric_name=False))
+            mode=ck.mode or mode, save_last=ck.save_last, save_top_k=1, auto_insert_metric_name=False,
+            last_every_s=ck.get("last_every_s", CheckpointConfig.last_every_s)))  # absent from older runs' configs
     es = cfg.callbacks.early_stopping
     if es.enabled:
         if not (es.monitor or monitor):

@@ -72,9 +72,10 @@ def test_a_terminal_gets_a_progress_bar(tmp_path: Path, store: str) -> None:
 
 def test_the_bar_redraws_on_time_not_on_every_step() -> None:
     bar = TimedProgressBar(refresh_s=60.0)
-    decisions = [bar._should_update(n, 1000) for n in range(1, 1000)]
-    assert decisions[0] and not any(decisions[1:])  # the first step draws, the next 998 within 60 s do not
-    assert bar._should_update(1000, 1000)  # a bar's last step always draws
+    decisions = [bar._should_update(n, 10_000) for n in range(1, 1001)]
+    assert decisions[0] and not any(decisions[1:])  # the first step draws, the next 999 within 60 s do not
+    bar.refresh_s = 0.0
+    assert bar._should_update(5, 100)  # once the interval has passed
 
 
 def test_the_epoch_line_puts_the_monitor_and_its_training_counterpart_first() -> None:
