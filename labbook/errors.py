@@ -87,6 +87,9 @@ def one_line(exc: BaseException) -> str:
                     " (the CSV file to read)" if key == "datamodule.path" else "")
             if isinstance(err, ValidationError):
                 value = getattr(err, "value", None)
+                if msg.startswith("Invalid value") and "expected one of [" in msg:  # an enum's choices
+                    choices = msg.split("expected one of [", 1)[1].rstrip("]").split(", ")
+                    return f"{key}={value!r} is not allowed: expected one of " + ", ".join(map(repr, choices))
                 return f"{key}={value!r} is not allowed: {msg}" if value is not None else f"{key}: {msg}"
             return f"{key}: {msg}" + (f" (in {obj})" if obj and obj != "None" else "")
     first = chain[0]

@@ -1,19 +1,45 @@
 """Typed schemas for every config group, registered in Hydra's ConfigStore.
 
 Each YAML option in ``conf/<group>/`` starts its defaults list with ``/schema/<group>/<name>@_here_``
-so Hydra merges it into one of these dataclasses: a misspelled key or a wrong type fails at compose
-time. Ranges and choices are checked by ``__post_init__`` when :func:`validate` turns the composed
-config into objects, still before anything is built or any run is opened.
+so Hydra merges it into one of these dataclasses: a misspelled key, a wrong type or a choice that does not
+exist fails at compose time. String choices are enums (``str`` enums: a constructor gets the plain string,
+``to_container(..., enum_to_str=True)`` wherever the config is resolved); those whose values are not Python
+names (``kmeans++``, Lightning's ``bf16-mixed``) stay strings checked by ``__post_init__``, which also
+checks ranges when :func:`validate` turns the composed config into objects, still before anything is
+built or any run is opened.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
 from labbook.errors import ConfigValueError, check_choice, check_range
+
+class CovarianceType(str, Enum):
+    full = "full"
+    diag = "diag"
+    spherical = "spherical"
+    tied = "tied"
+
+
+class ComputeDtype(str, Enum):
+    float64 = "float64"
+    float32 = "float32"
+
+
+class DatesSplit(str, Enum):
+    random = "random"
+    book = "book"  # the book's seed-1984 split
+
+
+class Mode(str, Enum):
+    min = "min"
+    max = "max"
+
 
 PRECISIONS = ("64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64", "32", "16", "bf16")
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
@@ -77,19 +103,17 @@ class TrainerConfig:
 class GMMConfig:
     _target_: str = "lightning_modules.gmm.GaussianMixtureEM"
     n_components: int = 4
-    covariance_type: str = "full"  # full | diag | spherical | tied
+    covariance_type: CovarianceType = CovarianceType.full
     tol: float = 1e-4  # stop once the mean train log-likelihood improves by less than this
     reg_covar: float = 1e-6
     init: str = "kmeans++"  # kmeans++ | random
     seed: int = 0
     means_init: Optional[list[list[float]]] = None  # [K, D] initial means; overrides init
-    compute_dtype: str = "float64"  # float32: a faster E-step; statistics stay float64
+    compute_dtype: ComputeDtype = ComputeDtype.float64  # float32: a faster E-step; statistics stay float64
     init_samples: int = 100_000  # the seeding runs over at most this many training points
 
     def __post_init__(self) -> None:
-        check_choice("model.compute_dtype", self.compute_dtype, ("float64", "float32"))
         check_range("model.n_components", self.n_components, low=1, integer=True)
-        check_choice("model.covariance_type", self.covariance_type, ("full", "diag", "spherical", "tied"))
         check_range("model.tol", self.tol, low=0)
         check_range("model.reg_covar", self.reg_covar, low=0)
         check_choice("model.init", self.init, ("kmeans++", "random"))
@@ -214,14 +238,13 @@ class DatesConfig:
     num_workers: int = 0
     reverse_input: bool = True
     path: Optional[str] = None  # a file in the book's date.txt layout instead of generated data
-    split: str = "random"  # random | book (the book's seed-1984 split)
+    split: DatesSplit = DatesSplit.random
 
     def __post_init__(self) -> None:
         check_range("datamodule.n_samples", self.n_samples, low=2, integer=True)
         check_range("datamodule.n_test", self.n_test, low=1, high=self.n_samples - 1, integer=True)
         check_range("datamodule.val_fraction", self.val_fraction, low=0, high=1, high_inclusive=False)
         check_range("datamodule.batch_size", self.batch_size, low=1, integer=True)
-        check_choice("datamodule.split", self.split, ("random", "book"))
 
 
 @dataclass
@@ -310,7 +333,7 @@ class MLflowConfig:
 class CheckpointConfig:
     enabled: bool = True
     monitor: Optional[str] = None  # null: the model's own `monitor` attribute
-    mode: Optional[str] = None  # null: the model's own `monitor_mode`
+    mode: Optional[Mode] = None  # null: the model's own `monitor_mode`
     save_last: bool = True
     # last.ckpt is rewritten at an epoch's end at most this often, and always at the last epoch (and when a
     # signal stops the run): a SIGKILL loses at most this much training. 0: at every epoch's end, which costs
@@ -318,8 +341,6 @@ class CheckpointConfig:
     last_every_s: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.mode is not None:
-            check_choice("callbacks.checkpoint.mode", self.mode, ("min", "max"))
         check_range("callbacks.checkpoint.last_every_s", self.last_every_s, low=0)
 
 
@@ -327,14 +348,12 @@ class CheckpointConfig:
 class EarlyStoppingConfig:
     enabled: bool = False
     monitor: Optional[str] = None
-    mode: Optional[str] = None
+    mode: Optional[Mode] = None  # null: the model's own `monitor_mode`
     patience: int = 5
     min_delta: float = 0.0
 
     def __post_init__(self) -> None:
         check_range("callbacks.early_stopping.patience", self.patience, low=1, integer=True)
-        if self.mode is not None:
-            check_choice("callbacks.early_stopping.mode", self.mode, ("min", "max"))
 
 
 @dataclass

@@ -266,7 +266,7 @@ def check(config: Any) -> None:
 def _container(node: Any) -> Any:
     from omegaconf import DictConfig, OmegaConf
 
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    return OmegaConf.to_container(node, resolve=True, enum_to_str=True) if isinstance(node, DictConfig) else node
 
 
 # ------------------------------------------------------------------------------------- a trial's side

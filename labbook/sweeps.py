@@ -377,9 +377,9 @@ def job_of_sweep(hydra_config: Any, cfg: Any) -> SweepJob | None:
     from omegaconf import OmegaConf
 
     try:
-        resolved = OmegaConf.to_container(cfg, resolve=True)
+        resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     except Exception:  # noqa: BLE001 - a broken interpolation: the job fails on it right after, recorded
-        resolved = OmegaConf.to_container(cfg, resolve=False)
+        resolved = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
 
     swept = json.loads(os.environ.get(ENV_SWEPT, "[]"))
     overrides = [str(o) for o in hydra_config.overrides.task]

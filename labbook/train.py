@@ -97,7 +97,7 @@ def prepare(cfg: DictConfig, choices: Mapping[str, Any] | None = None) -> Job:
     check_hardware(cfg.trainer)
     if is_rank_zero() and cfg.logger.get("experiment_name") is None:
         cfg.logger.experiment_name = experiment_name(cfg, choices)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     cfg = OmegaConf.create(resolved)
 
     import pytorch_lightning as pl

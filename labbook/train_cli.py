@@ -90,8 +90,11 @@ def train_main(args: Sequence[str]) -> int:
                 from labbook.resume import plan_resume
 
                 new = [o for o in hc.overrides.task if not o.startswith("resume=")]
-                plan = plan_resume(uri, cfg.resume, new, checkpoint_dir=Path(cfg.paths.checkpoint_dir),
-                                   compose=lambda o: OmegaConf.to_container(compose("train", overrides=o), resolve=True))
+
+                def composed(overrides: list[str]) -> dict:
+                    return OmegaConf.to_container(compose("train", overrides=overrides), resolve=True, enum_to_str=True)
+
+                plan = plan_resume(uri, cfg.resume, new, checkpoint_dir=Path(cfg.paths.checkpoint_dir), compose=composed)
                 cfg = OmegaConf.create(plan.config)
             job = prepare(cfg, choices=dict(hc.runtime.choices))
             result = run(job, open_run(job, uri, resume=plan, sweep=sweep_job), overrides=list(hc.overrides.task),

@@ -49,7 +49,6 @@ def test_every_group_has_options() -> None:
 
 @pytest.mark.parametrize("override,key", [
     ("model.n_components=0", "model.n_components"),
-    ("model.covariance_type=banana", "model.covariance_type"),
     ("trainer.max_epochs=-1", "trainer.max_epochs"),
     ("trainer.precision=8", "trainer.precision"),
     ("datamodule.val_fraction=1.5", "datamodule.val_fraction"),
@@ -59,6 +58,15 @@ def test_range_checks_name_the_key(override: str, key: str) -> None:
     with pytest.raises(ConfigValueError) as err:
         schemas.validate(cfg)
     assert err.value.key == key and key in str(err.value)
+
+
+def test_a_choice_outside_its_enum_fails_when_composing() -> None:
+    from labbook.errors import one_line
+
+    with pytest.raises(Exception) as err:
+        _compose(["model.covariance_type=banana"])
+    assert one_line(err.value) == ("model.covariance_type='banana' is not allowed: expected one of 'full', 'diag', "
+                                   "'spherical', 'tied'")
 
 
 def test_ddp_cpu_preset_is_two_gloo_processes() -> None:

@@ -90,3 +90,19 @@ def test_yaml_options_restate_no_default(group: str, name: str) -> None:
 def test_the_other_schema_backed_yaml_files_restate_nothing(path: str) -> None:
     text = yaml.safe_load((CONF / f"{path}.yaml").read_text())
     assert set(text) == {"defaults"}, f"conf/{path}.yaml restates {set(text) - {'defaults'}}: its schema states them"
+
+
+@pytest.mark.parametrize("schema, key, accepted", [
+    (schemas.GMMConfig, "covariance_type", "lightning_modules.gmm._COVARIANCE_TYPES"),
+    (schemas.GMMConfig, "compute_dtype", "lightning_modules.gmm._DTYPES"),
+])
+def test_a_schema_enum_offers_exactly_what_the_constructor_accepts(schema: type, key: str, accepted: str) -> None:
+    """String choices are enums in the schemas (Hydra refuses any other value at compose time); the enum
+    and the constructor's own list of choices are the same set."""
+    import enum
+    import importlib
+
+    field = next(f for f in dataclasses.fields(schema) if f.name == key)
+    assert isinstance(field.default, enum.Enum), f"{schema.__name__}.{key} is not an enum"
+    module, name = accepted.rsplit(".", 1)
+    assert {m.value for m in type(field.default)} == set(getattr(importlib.import_module(module), name))
