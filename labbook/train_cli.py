@@ -35,6 +35,11 @@ def train_main(args: Sequence[str]) -> int:
     try:
         check_group_options(args)
         check_resume_arguments(args)
+        if "-h" in args or "--help" in args:
+            shown = own_help(args)
+            if shown is not None:
+                print(shown)
+                return 0
     except Exception as exc:  # noqa: BLE001
         return fail(exc, full_error)
     schemas.register()
@@ -154,6 +159,20 @@ def train_main(args: Sequence[str]) -> int:
     return 0
 
 
+def own_help(args: Sequence[str]) -> str | None:
+    """``labbook train [OVERRIDES] --help`` rendered by labbook (:mod:`labbook.train_help`, well under a
+    second), or None where Hydra's own is needed: another config path, name or folder. (``--hydra-help``
+    stays Hydra's; ``--help`` wins over it, as in Hydra.)"""
+    from hydra._internal.utils import get_args_parser
+
+    parsed = get_args_parser().parse_args(list(args))  # Hydra's own flags, parsed as Hydra parses them
+    if not parsed.help or parsed.config_path or parsed.config_name or parsed.config_dir:
+        return None
+    from labbook.train_help import train_help
+
+    return train_help(parsed.overrides, resolve=parsed.resolve)
+
+
 def check_resume_arguments(args: Sequence[str]) -> None:
     """For ``resume=RUN_ID``, before Hydra composes anything: the run must exist in the store, then every
     override must be one a resume may change (Hydra would otherwise judge ``model.hidden_size=8`` against
@@ -181,14 +200,16 @@ def check_resume_arguments(args: Sequence[str]) -> None:
 def check_group_options(args: Sequence[str]) -> None:
     """``GROUP=OPTION`` must name an option that exists, optional groups (``experiment``, ``debug``) too:
     Hydra silently composes the defaults for a misspelled optional one."""
+    from labbook.confgroups import options as group_options
     from labbook.errors import UserError
 
     for arg in args:
         key, sep, value = arg.lstrip("+~").partition("=")
-        group = CONF_DIR / key
-        if not sep or "." in key or key == "hydra" or not group.is_dir() or "(" in value or not value:
+        if not sep or "." in key or "(" in value or not value:
             continue
-        options = sorted(p.stem for p in group.glob("*.yaml"))
+        options = group_options(key)
+        if not options:  # not one of labbook's groups: a key, or Hydra's own (hydra/launcher)
+            continue
         for option in value.split(","):
             if option not in options and option != "null":
                 raise UserError(f"{key}={option!r} is not an option of the {key} group: expected one of "
