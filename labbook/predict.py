@@ -30,12 +30,13 @@ def load_run(run_id: str, uri: str, workdir: Path) -> tuple[dict, Path]:
 
 
 def predict(run_id: str, inputs: Sequence[str], uri: str) -> list[str]:
-    import torch
-    from hydra.utils import get_class, instantiate
-    from omegaconf import OmegaConf
-
     with tempfile.TemporaryDirectory() as tmp:
         config, ckpt = load_run(run_id, uri, Path(tmp))
+        # Only now torch (~1.5 s): a mistyped run id or store is answered without it.
+        import torch
+        from hydra.utils import get_class, instantiate
+        from omegaconf import OmegaConf
+
         cfg = OmegaConf.create(config)
         model_cls = get_class(cfg.model._target_)
         model = model_cls.load_from_checkpoint(str(ckpt), map_location="cpu")
