@@ -94,7 +94,10 @@ def version_line() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from labbook.timing import mark
     from labbook.workers import worker_config
+
+    mark("main")
 
     worker = worker_config()
     if worker is not None:
@@ -112,7 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command is None:
         print(f"labbook: error: unknown command {argv[0]!r}; expected one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    return command(argv[1:])
+    code = command(argv[1:])
+    mark("main-returned")
+    return code
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ def train_main(args: Sequence[str]) -> int:
     from labbook import schemas, sweeps
     from labbook.errors import RunKilled, one_line
     from labbook.store import prepare_store, resolve_tracking_uri
+    from labbook.timing import mark
+
+    mark("hydra-imported")
 
     full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))
     # Hydra needs HYDRA_FULL_ERROR=1 below and DDP workers inherit it: they learn the user's choice here.
@@ -48,6 +51,7 @@ def train_main(args: Sequence[str]) -> int:
 
     @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
     def _task(cfg: DictConfig) -> Any:
+        mark("composed")
         hc = HydraConfig.get()
         sweep_job = None
         quiet_libraries()  # again: a launcher may run this job in a fresh process (joblib, submitit)
@@ -60,8 +64,10 @@ def train_main(args: Sequence[str]) -> int:
             # A bad config is reported before torch, Lightning and MLflow are even imported (~5 s).
             schemas.validate(cfg)
             uri = resolve_tracking_uri(cfg.logger.tracking_uri)
+            mark("validated")
             if hc.mode != RunMode.MULTIRUN:  # a sweep's store was prepared before its first job (sweeps.Sweep)
                 prepare_store(uri)
+                mark("store-prepared")
             if not is_rank_zero():  # a rank started by the cluster (SLURM tasks): rank 0 owns the run
                 from labbook.train import prepare, run
 
@@ -70,7 +76,10 @@ def train_main(args: Sequence[str]) -> int:
             from labbook.lifecycle import reap_own_host
 
             reap_own_host(uri)
+            mark("reaped")
             from labbook.train import open_run, prepare, run, summary
+
+            mark("train-imported")
 
             if sweep_job is not None:
                 from labbook.sweeps import stopping
