@@ -43,6 +43,9 @@ def train_main(args: Sequence[str]) -> int:
             if shown is not None:
                 print(shown)
                 return 0
+        if "-sc" in args or "--shell-completion" in args:
+            print(completion_script(args), end="")
+            return 0
     except Exception as exc:  # noqa: BLE001
         return fail(exc, full_error)
     schemas.register()
@@ -180,6 +183,22 @@ def own_help(args: Sequence[str]) -> str | None:
     from labbook.train_help import train_help
 
     return train_help(parsed.overrides, resolve=parsed.resolve)
+
+
+def completion_script(args: Sequence[str]) -> str:
+    """``labbook train -sc install=bash|zsh``: labbook's completion script (``labbook completion SHELL``).
+    Hydra's would complete ``labbook`` itself as one Hydra app, whose first word is a subcommand, so that
+    ``labbook train mod<TAB>`` never reached it."""
+    from labbook.completion import SCRIPTS
+    from labbook.errors import UserError
+
+    for arg in args:
+        key, _, shell = arg.partition("=")
+        if key == "install" and shell in SCRIPTS:
+            return SCRIPTS[shell]
+    raise UserError('-sc: labbook completes with eval "$(labbook completion bash)" (or zsh), which '
+                    "-sc install=bash|zsh prints too; it is removed with complete -r labbook (bash) or "
+                    "compdef -d labbook (zsh)")
 
 
 def check_resume_arguments(args: Sequence[str]) -> None:
