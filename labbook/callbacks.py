@@ -6,7 +6,6 @@ import contextlib
 import functools
 import os
 import signal
-import time
 from typing import Any, Callable
 
 import torch
@@ -16,7 +15,7 @@ from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMon
 from pytorch_lightning.callbacks import ModelCheckpoint as _LightningModelCheckpoint
 
 from labbook.errors import ConfigValueError, RunInterrupted
-from labbook.timing import mark
+from labbook.timing import mark, now
 
 
 class ModelCheckpoint(_LightningModelCheckpoint):
@@ -190,7 +189,7 @@ class StepTiming(Callback):
 
     def __init__(self) -> None:
         self._started = False
-        self._last_end: float | None = None
+        self._last_end: tuple[float, float] | None = None
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if not self._started:
@@ -198,7 +197,7 @@ class StepTiming(Callback):
             mark("first-step")
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._last_end = time.monotonic()  # which step is the last is known only when training ends
+        self._last_end = now()  # which step is the last is known only when training ends
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         if self._last_end is not None:

@@ -1,7 +1,8 @@
 """Where a command's time goes: with ``LABBOOK_TIMING=1`` in the environment, :func:`mark` writes
-``labbook-timing: PHASE SECONDS`` to stderr, SECONDS being :func:`time.monotonic` (one clock for every
-process of the machine, so ``benchmarks/startup.py`` can set them against its own). Without it a mark
-costs one test of a flag.
+``labbook-timing: PHASE SECONDS CPU`` to stderr, SECONDS being :func:`time.monotonic` (one clock for every
+process of the machine, so ``benchmarks/startup.py`` can set them against its own) and CPU the process's
+:func:`time.process_time` (what the phases cost where other jobs share the cores and stretch wall times).
+Without it a mark costs one test of a flag.
 """
 
 from __future__ import annotations
@@ -18,8 +19,14 @@ def enabled() -> bool:
     return _ON
 
 
-def mark(phase: str, at: float | None = None) -> None:
-    """Say that ``phase`` (one word, such as ``composed``) ends now, or ended at ``at`` (a
-    :func:`time.monotonic` reading taken earlier)."""
+def now() -> tuple[float, float]:
+    """(wall, CPU) now, for a :func:`mark` made later: ``mark("last-step", at=reading)``."""
+    return time.monotonic(), time.process_time()
+
+
+def mark(phase: str, at: tuple[float, float] | None = None) -> None:
+    """Say that ``phase`` (one word, such as ``composed``) ends now, or ended at ``at`` (a :func:`now`
+    reading taken earlier)."""
     if _ON:
-        print(f"labbook-timing: {phase} {time.monotonic() if at is None else at:.6f}", file=sys.stderr, flush=True)
+        wall, cpu = now() if at is None else at
+        print(f"labbook-timing: {phase} {wall:.6f} {cpu:.6f}", file=sys.stderr, flush=True)
