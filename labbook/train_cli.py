@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from labbook.console import CONF_DIR, fail, quiet_libraries
+from labbook.console import CONF_DIR, fail, freeze_imports, quiet_libraries
 
 ENV_USER_FULL_ERROR = "LABBOOK_FULL_ERROR"
 
@@ -74,6 +74,7 @@ def train_main(args: Sequence[str]) -> int:
             if not is_rank_zero():  # a rank started by the cluster (SLURM tasks): rank 0 owns the run
                 from labbook.train import prepare, run
 
+                freeze_imports()
                 run(prepare(cfg), None)
                 return None
             from labbook.lifecycle import reap_own_host
@@ -82,6 +83,7 @@ def train_main(args: Sequence[str]) -> int:
             mark("reaped")
             from labbook.train import open_run, prepare, run, summary
 
+            freeze_imports()
             mark("train-imported")
 
             if sweep_job is not None:
@@ -252,6 +254,7 @@ def worker_main(config_path: Path) -> int:
     from labbook.train import prepare, run
     from labbook.workers import die_with_parent
 
+    freeze_imports()
     die_with_parent()
     quiet_libraries()
     cfg = OmegaConf.create(yaml.safe_load(config_path.read_text()))
