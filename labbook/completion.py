@@ -177,6 +177,7 @@ def command_options(command: str) -> list[Option] | None:
 
 
 def from_parser(parser: argparse.ArgumentParser) -> list[Option]:
+    # argparse lists its arguments only in _actions (Hydra's own --hydra-help reads them there too).
     return [Option(tuple(action.option_strings), action.nargs != 0, tuple(str(c) for c in action.choices or ()))
             for action in parser._actions if action.option_strings]
 

@@ -95,9 +95,15 @@ def _in_sqlite(uri: str, db: Path, run_id: str) -> bool:
     from labbook.storeread import SqliteReader
 
     try:
-        return SqliteReader(uri, db).run(run_id) is not None
+        reader = SqliteReader(uri, db)
     except UserError:
         return True
+    try:
+        return reader.run(run_id) is not None
+    except UserError:
+        return True
+    finally:
+        reader.con.close()
 
 
 def search_runs(uri: str, experiment: str | None = None, parent_run_id: str | None = None,

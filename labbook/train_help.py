@@ -13,7 +13,8 @@ if the template asks for them; ``--hydra-help`` is Hydra's.
 from __future__ import annotations
 
 import string
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 from labbook.confgroups import groups
 
