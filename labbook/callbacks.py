@@ -18,6 +18,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint as _LightningModelCheckp
 
 from labbook.errors import ConfigValueError, RunInterrupted
 from labbook.schemas import CheckpointConfig
+from labbook.timing import mark, now
 
 
 class ModelCheckpoint(_LightningModelCheckpoint):
@@ -205,6 +206,27 @@ class PruneTrial(Callback):
         if prune:
             self.pruned = True
             trainer.should_stop = True
+
+
+class StepTiming(Callback):
+    """With ``LABBOOK_TIMING=1`` (:mod:`labbook.timing`): when the first training step starts and when the
+    last one ended, the two ends of what ``benchmarks/startup.py`` calls start-up and shut-down."""
+
+    def __init__(self) -> None:
+        self._started = False
+        self._last_end: tuple[float, float] | None = None
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if not self._started:
+            self._started = True
+            mark("first-step")
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._last_end = now()  # which step is the last is known only when training ends
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._last_end is not None:
+            mark("last-step", at=self._last_end)
 
 
 def build_callbacks(cfg: DictConfig, model: Any) -> list[Any]:

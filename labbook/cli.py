@@ -29,6 +29,8 @@ commands:
                              MLflow's UI on this store (127.0.0.1:5000 by default); Ctrl-C stops it
   server (--backend-store-uri postgresql://... | --local-postgres DIR) [--port P] [--host H]
                              a team's tracking server: runs in PostgreSQL, artifacts served by it
+  completion bash|zsh        the script that makes <TAB> complete subcommands, flags and train's overrides:
+                             eval "$(labbook completion bash)" in ~/.bashrc (zsh: in ~/.zshrc)
 
 The store: train's logger.tracking_uri or another command's --tracking-uri, else $MLFLOW_TRACKING_URI,
 else sqlite:///mlflow.db in the working directory.
@@ -77,9 +79,15 @@ def _server(args: Sequence[str]) -> int:
     return server_main(args)
 
 
+def _completion(args: Sequence[str]) -> int:
+    from labbook.completion import completion_main
+
+    return completion_main(args)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"train": _train, "predict": _predict, "reap": _reap,
                                                         "compare": _compare, "diff": _diff, "ui": _ui,
-                                                        "server": _server}
+                                                        "server": _server, "completion": _completion}
 
 
 def version_line() -> str:
@@ -94,7 +102,10 @@ def version_line() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from labbook.timing import mark
     from labbook.workers import worker_config
+
+    mark("main")
 
     worker = worker_config()
     if worker is not None:
@@ -112,7 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command is None:
         print(f"labbook: error: unknown command {argv[0]!r}; expected one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    return command(argv[1:])
+    code = command(argv[1:])
+    mark("main-returned")
+    return code
 
 
 if __name__ == "__main__":

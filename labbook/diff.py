@@ -131,17 +131,21 @@ def diff_text(reader: Reader, a: RunRecord, b: RunRecord) -> str:
     return "\n".join(out) + "\n"
 
 
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="labbook diff", description="What differs between two runs: the config key by key (from their "
+                                         "stored config/config.yaml), the metrics, and the git commits.")
+    p.add_argument("run_a", metavar="RUN_A", help="a run id (a unique prefix will do)")
+    p.add_argument("run_b", metavar="RUN_B")
+    p.add_argument("--tracking-uri", default=None,
+                   help="the store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    return p
+
+
 def diff_main(args: Sequence[str]) -> int:
     from labbook.console import fail, quiet_libraries
 
-    parser = argparse.ArgumentParser(
-        prog="labbook diff", description="What differs between two runs: the config key by key (from their "
-                                         "stored config/config.yaml), the metrics, and the git commits.")
-    parser.add_argument("run_a", metavar="RUN_A", help="a run id (a unique prefix will do)")
-    parser.add_argument("run_b", metavar="RUN_B")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="the store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
-    options = parser.parse_args(list(args))
+    options = parser().parse_args(list(args))
     quiet_libraries()
     full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))
     try:

@@ -26,10 +26,10 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from labbook.errors import RunInterrupted, RunKilled
+from labbook.reap import STALE_AFTER_S
 from labbook.redact import redact
 from labbook.tracking import MAX_TAG_LENGTH, Recorder, _user, ensure_experiment
 
-STALE_AFTER_S = 300.0  # `labbook reap`: a run on another host is dead after this long without a heartbeat
 # After SIGINT/SIGTERM a training run stops at its next batch boundary, with a checkpoint of the state it
 # reached; one that does not get there within this many seconds (a long validation, a slow first batch)
 # is interrupted where it is, so that the run is KILLED within 10 s whatever it was doing.

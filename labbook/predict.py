@@ -15,6 +15,10 @@ from typing import Sequence
 
 from labbook.errors import UserError
 
+# Read by hand in predict_main (an input may itself start with "-"); tab completion offers FLAGS.
+URI_FLAG = "--tracking-uri"
+FLAGS = (URI_FLAG, "-h", "--help")
+
 USAGE = """\
 usage: labbook predict [--tracking-uri URI] RUN_ID [INPUT ...]
   Inputs come from stdin, one per line, when none are given. The store is URI, else $MLFLOW_TRACKING_URI,
@@ -30,12 +34,13 @@ def load_run(run_id: str, uri: str, workdir: Path) -> tuple[dict, Path]:
 
 
 def predict(run_id: str, inputs: Sequence[str], uri: str) -> list[str]:
-    import torch
-    from hydra.utils import get_class, instantiate
-    from omegaconf import OmegaConf
-
     with tempfile.TemporaryDirectory() as tmp:
         config, ckpt = load_run(run_id, uri, Path(tmp))
+        # Only now torch (~1.5 s): a mistyped run id or store is answered without it.
+        import torch
+        from hydra.utils import get_class, instantiate
+        from omegaconf import OmegaConf
+
         cfg = OmegaConf.create(config)
         model_cls = get_class(cfg.model._target_)
         model = model_cls.load_from_checkpoint(str(ckpt), map_location="cpu")
@@ -63,7 +68,7 @@ def predict_main(args: Sequence[str]) -> int:
         print(USAGE)
         return 0 if args else 2
     explicit_uri = None
-    if args[0] == "--tracking-uri" or args[0].startswith("--tracking-uri="):
+    if args[0] == URI_FLAG or args[0].startswith(URI_FLAG + "="):
         name, _, explicit_uri = args.pop(0).partition("=")
         if not explicit_uri:
             explicit_uri = args.pop(0) if args else ""

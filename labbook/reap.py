@@ -7,23 +7,30 @@ import os
 import sys
 from typing import Sequence
 
-from labbook.lifecycle import STALE_AFTER_S
+# Here, not in labbook.lifecycle (which uses it as its default): this module's import stays light, for tab
+# completion (labbook.completion reads parser()), while the lifecycle's pulls in MLflow.
+STALE_AFTER_S = 300.0  # a run on another host is dead after this long without a heartbeat
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="labbook reap",
+        description="Mark FAILED every RUNNING run whose owner is gone: on this host, a process that no longer "
+                    "exists (SIGKILL, the OOM killer); on another host, no heartbeat for --stale-after seconds.")
+    p.add_argument("--tracking-uri", default=None,
+                   help="the store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    p.add_argument("--stale-after", type=float, default=STALE_AFTER_S, metavar="SECONDS",
+                   help=f"a run on another host is dead after this long without a heartbeat (default {STALE_AFTER_S:g})")
+    return p
 
 
 def reap_main(args: Sequence[str]) -> int:
     from labbook.console import fail, quiet_libraries
 
-    parser = argparse.ArgumentParser(
-        prog="labbook reap",
-        description="Mark FAILED every RUNNING run whose owner is gone: on this host, a process that no longer "
-                    "exists (SIGKILL, the OOM killer); on another host, no heartbeat for --stale-after seconds.")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="the store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
-    parser.add_argument("--stale-after", type=float, default=STALE_AFTER_S, metavar="SECONDS",
-                        help=f"a run on another host is dead after this long without a heartbeat (default {STALE_AFTER_S:g})")
-    options = parser.parse_args(list(args))
+    arguments = parser()
+    options = arguments.parse_args(list(args))
     if options.stale_after <= 0:
-        parser.error(f"--stale-after={options.stale_after:g} is not allowed: expected a number of seconds > 0")
+        arguments.error(f"--stale-after={options.stale_after:g} is not allowed: expected a number of seconds > 0")
     quiet_libraries()
     full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))
     try:

@@ -25,12 +25,14 @@ class StoredRun:
     @classmethod
     def find(cls, uri: str, run_id: str) -> "StoredRun":
         """The run ``run_id`` in the store ``uri``; a :class:`UserError` saying which store lacks it."""
+        from labbook.store import existing_sqlite_store, run_not_found
+
+        db = existing_sqlite_store(uri)
+        if db is not None and not _in_sqlite(uri, db, run_id):  # a mistyped id: said before MLflow's import (~1.5 s)
+            raise UserError(run_not_found(run_id, uri))
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
-        from labbook.store import existing_sqlite_store, run_not_found
-
-        existing_sqlite_store(uri)
         client = MlflowClient(tracking_uri=uri)
         try:
             return cls(client, client.get_run(run_id), uri)
@@ -85,6 +87,23 @@ class StoredRun:
     def metric_history(self, key: str) -> list[tuple[int, float]]:
         return [(m.step, m.value) for m in sorted(self.client.get_metric_history(self.run_id, key),
                                                    key=lambda m: (m.step, m.timestamp))]
+
+
+def _in_sqlite(uri: str, db: Path, run_id: str) -> bool:
+    """Whether the SQLite store at ``db`` holds ``run_id``, read with :mod:`sqlite3` (:mod:`labbook.storeread`);
+    True when the file cannot be read that way, so that MLflow, which reads it next, has the last word."""
+    from labbook.storeread import SqliteReader
+
+    try:
+        reader = SqliteReader(uri, db)
+    except UserError:
+        return True
+    try:
+        return reader.run(run_id) is not None
+    except UserError:
+        return True
+    finally:
+        reader.con.close()
 
 
 def search_runs(uri: str, experiment: str | None = None, parent_run_id: str | None = None,

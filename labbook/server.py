@@ -48,29 +48,34 @@ def basic_auth(port: int) -> dict[str, str]:
             "MLFLOW_FLASK_SERVER_SECRET_KEY": os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or secrets.token_hex(32)}
 
 
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="labbook server",
+        description="A team's MLflow tracking server: backend store on PostgreSQL, artifacts served by it.")
+    p.add_argument("--backend-store-uri", default=None, metavar="URI",
+                   help="the team's database, postgresql://USER[:PASSWORD]@HOST[:PORT]/DB")
+    p.add_argument("--local-postgres", default=None, metavar="DIR", type=Path,
+                   help="instead: a PostgreSQL cluster in DIR (initialised on first use), for one machine")
+    p.add_argument("--pg-port", type=int, default=5433, help="the local cluster's port (default 5433)")
+    p.add_argument("--artifacts-destination", default="mlartifacts", metavar="DIR",
+                   help="where the server keeps the artifacts it receives (default ./mlartifacts)")
+    p.add_argument("--host", default="127.0.0.1", help="the interface to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=5000, help="the port to listen on (default 5000)")
+    p.add_argument("--workers", type=int, default=2, help="server worker processes (default 2)")
+    p.add_argument("--auth", action="store_true",
+                   help="MLflow's basic-auth app: every request needs a user and password (jobs send "
+                        "$MLFLOW_TRACKING_USERNAME/$MLFLOW_TRACKING_PASSWORD); the admin user's password "
+                        f"comes from ${ENV_ADMIN_PASSWORD}")
+    return p
+
+
 def server_main(args: Sequence[str]) -> int:
     from labbook.console import fail, quiet_libraries
 
-    parser = argparse.ArgumentParser(
-        prog="labbook server",
-        description="A team's MLflow tracking server: backend store on PostgreSQL, artifacts served by it.")
-    parser.add_argument("--backend-store-uri", default=None, metavar="URI",
-                        help="the team's database, postgresql://USER[:PASSWORD]@HOST[:PORT]/DB")
-    parser.add_argument("--local-postgres", default=None, metavar="DIR", type=Path,
-                        help="instead: a PostgreSQL cluster in DIR (initialised on first use), for one machine")
-    parser.add_argument("--pg-port", type=int, default=5433, help="the local cluster's port (default 5433)")
-    parser.add_argument("--artifacts-destination", default="mlartifacts", metavar="DIR",
-                        help="where the server keeps the artifacts it receives (default ./mlartifacts)")
-    parser.add_argument("--host", default="127.0.0.1", help="the interface to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=5000, help="the port to listen on (default 5000)")
-    parser.add_argument("--workers", type=int, default=2, help="server worker processes (default 2)")
-    parser.add_argument("--auth", action="store_true",
-                        help="MLflow's basic-auth app: every request needs a user and password (jobs send "
-                             "$MLFLOW_TRACKING_USERNAME/$MLFLOW_TRACKING_PASSWORD); the admin user's password "
-                             f"comes from ${ENV_ADMIN_PASSWORD}")
-    options = parser.parse_args(list(args))
+    arguments = parser()
+    options = arguments.parse_args(list(args))
     if (options.backend_store_uri is None) == (options.local_postgres is None):
-        parser.error("give one of --backend-store-uri URI (postgresql://...) and --local-postgres DIR")
+        arguments.error("give one of --backend-store-uri URI (postgresql://...) and --local-postgres DIR")
     quiet_libraries()
     full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))
     cluster = None

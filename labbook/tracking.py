@@ -71,15 +71,19 @@ def git_state(repo: Path) -> dict[str, str]:
 @functools.lru_cache(maxsize=1)
 def installed_packages() -> dict[str, str]:
     """Every installed distribution's version, by normalised name. Read once per process: the packages a
-    process imported cannot change under it, and reading ~120 distributions' metadata costs ~0.1 s, which
-    every job of a sweep run by a reused worker process would pay again."""
+    process imported cannot change under it. A ``NAME-VERSION.dist-info`` folder's name says both (parsing
+    ~130 METADATA files instead took ~0.13 s of every run's start); other distributions (``.egg-info``) are
+    read from their metadata."""
     from importlib.metadata import distributions
 
     installed: dict[str, str] = {}
     for dist in distributions():
-        name = dist.metadata["Name"]
+        folder = str(getattr(dist, "_path", ""))  # PathDistribution's folder; private, so only a shortcut
+        name, sep, version = Path(folder).name.removesuffix(".dist-info").partition("-")
+        if not (folder.endswith(".dist-info") and sep and version):
+            name, version = dist.metadata["Name"], dist.version
         if name:
-            installed.setdefault(name.lower().replace("_", "-"), dist.version)
+            installed.setdefault(name.lower().replace("_", "-"), version)
     return installed
 
 

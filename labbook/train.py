@@ -19,7 +19,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from labbook.callbacks import ModelCheckpoint, PruneTrial, StopOnSignal, build_callbacks
+from labbook.callbacks import ModelCheckpoint, PruneTrial, StepTiming, StopOnSignal, build_callbacks
 from labbook.errors import ConfigValueError, UserError
 from labbook.schemas import MLflowConfig, validate
 from labbook.store import ui_command
@@ -29,6 +29,7 @@ from labbook.lifecycle import TrackedRun
 from labbook.progress import TimedProgressBar, progress_callbacks
 from labbook.resume import ResumePlan, resume_record
 from labbook.sweeps import SweepJob
+from labbook.timing import enabled as timing_enabled, mark
 from labbook.workers import ENV_RUN_ID, hand_off, is_rank_zero, process_group
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -111,6 +112,7 @@ def prepare(cfg: DictConfig, choices: Mapping[str, Any] | None = None) -> Job:
         from labbook.search import trial_report
 
         callbacks.append(PruneTrial(trial_report(cfg, model) if is_rank_zero() else None))
+    mark("built")
     return Job(cfg, resolved, datamodule, model, callbacks, (choices or {}).get("datamodule"))
 
 
@@ -136,6 +138,7 @@ def open_run(job: Job, uri: str, resume: ResumePlan | None = None, sweep: SweepJ
         report.trial.set_user_attr("mlflow_run_id", tracked.run_id)
         tracked.set_tags({"optuna.trial_number": report.trial.number, "optuna.state": "RUNNING",
                           **{f"optuna.param.{k}": v for k, v in report.trial.params.items()}})
+    mark("run-opened")
     return tracked
 
 
@@ -186,17 +189,20 @@ def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None
             tracked.monitor_system(cfg.logger.get("system_metrics_every_s", MLflowConfig.system_metrics_every_s))
         upload = CheckpointUpload(tracked, cfg.logger.get("checkpoint_upload_every_s",
                                                           MLflowConfig.checkpoint_upload_every_s))
+        mark("recorded")
         if cfg.logger.log_checkpoints:
             for cb in callbacks:
                 if isinstance(cb, ModelCheckpoint):
                     cb.on_save = upload
         trainer = build_trainer(cfg, callbacks, tracked)
+        mark("trainer-built")
         try:
             with hand_off(resolved, Path(cfg.paths.output_dir), tracked.run_id, trainer,
                           on_abandon=lambda error: tracked.end("FAILED", error)):
                 started = time.perf_counter()
                 trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
                 timing = {"timing.fit_s": round(time.perf_counter() - started, 3)}
+                mark("fit-done")
                 # Read before testing: loading the best checkpoint restores the callback's older state.
                 checkpoints = _checkpoint_state(trainer)
                 metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -205,6 +211,7 @@ def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None
                     trainer.test(model, datamodule=datamodule, ckpt_path=_test_ckpt(trainer), verbose=False)
                     timing["timing.test_s"] = round(time.perf_counter() - started, 3)
                     metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+                    mark("tested")
         except BaseException:
             upload.flush()  # interrupted or failed: the newest checkpoints reach the store for a resume
             raise
@@ -219,6 +226,8 @@ def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None
         tracked.set_tags({**timing, **({"headline_metric": headline_key} if headline else {})})
         if _trial_report(job) is not None:
             tracked.set_tags({"optuna.state": "PRUNED" if _pruned(job) else "COMPLETE"})
+        mark("artifacts-logged")
+    mark("run-closed")
     values = {metric: objective_value(metric, metrics, checkpoints.get("monitor"), checkpoints.get("score"))
               for metric, _ in objectives_of(job.cfg, job.model)}
     return {"run_id": tracked.run_id, "metrics": metrics, "headline": headline, "uri": tracked.uri,
@@ -230,6 +239,8 @@ def build_trainer(cfg: DictConfig, callbacks: list[Any], tracked: TrackedRun | N
     """The run's trainer: on rank 0 it logs into ``tracked``, whose run a signal stops at a batch boundary
     (:class:`StopOnSignal`); elsewhere (worker ranks) it has no logger. ``overrides`` go to the Trainer as
     they are. What rank 0 shows while training: :func:`labbook.progress.progress_callbacks`."""
+    if timing_enabled():  # only when measured: otherwise no extra hook runs in every step
+        callbacks = [*callbacks, StepTiming()]
     if tracked is None:
         return instantiate(cfg.trainer, callbacks=[*callbacks, StopOnSignal()], logger=False,
                            **{"enable_progress_bar": False, **overrides})

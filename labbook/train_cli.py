@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from labbook.console import CONF_DIR, fail, quiet_libraries
+from labbook.console import CONF_DIR, fail, freeze_imports, quiet_libraries
 
 ENV_USER_FULL_ERROR = "LABBOOK_FULL_ERROR"
 
@@ -27,6 +27,9 @@ def train_main(args: Sequence[str]) -> int:
     from labbook import schemas, sweeps
     from labbook.errors import RunKilled, one_line
     from labbook.store import prepare_store, resolve_tracking_uri
+    from labbook.timing import mark
+
+    mark("hydra-imported")
 
     full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))
     # Hydra needs HYDRA_FULL_ERROR=1 below and DDP workers inherit it: they learn the user's choice here.
@@ -35,6 +38,14 @@ def train_main(args: Sequence[str]) -> int:
     try:
         check_group_options(args)
         check_resume_arguments(args)
+        if "-h" in args or "--help" in args:
+            shown = own_help(args)
+            if shown is not None:
+                print(shown)
+                return 0
+        if "-sc" in args or "--shell-completion" in args:
+            print(completion_script(args), end="")
+            return 0
     except Exception as exc:  # noqa: BLE001
         return fail(exc, full_error)
     schemas.register()
@@ -43,6 +54,7 @@ def train_main(args: Sequence[str]) -> int:
 
     @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
     def _task(cfg: DictConfig) -> Any:
+        mark("composed")
         hc = HydraConfig.get()
         sweep_job = None
         quiet_libraries()  # again: a launcher may run this job in a fresh process (joblib, submitit)
@@ -55,17 +67,24 @@ def train_main(args: Sequence[str]) -> int:
             # A bad config is reported before torch, Lightning and MLflow are even imported (~5 s).
             schemas.validate(cfg)
             uri = resolve_tracking_uri(cfg.logger.tracking_uri)
+            mark("validated")
             if hc.mode != RunMode.MULTIRUN:  # a sweep's store was prepared before its first job (sweeps.Sweep)
                 prepare_store(uri)
+                mark("store-prepared")
             if not is_rank_zero():  # a rank started by the cluster (SLURM tasks): rank 0 owns the run
                 from labbook.train import prepare, run
 
+                freeze_imports()
                 run(prepare(cfg), None)
                 return None
             from labbook.lifecycle import reap_own_host
 
             reap_own_host(uri)
+            mark("reaped")
             from labbook.train import open_run, prepare, run, summary
+
+            freeze_imports()
+            mark("train-imported")
 
             if sweep_job is not None:
                 from labbook.sweeps import stopping
@@ -157,6 +176,36 @@ def train_main(args: Sequence[str]) -> int:
     return 0
 
 
+def own_help(args: Sequence[str]) -> str | None:
+    """``labbook train [OVERRIDES] --help`` rendered by labbook (:mod:`labbook.train_help`, well under a
+    second), or None where Hydra's own is needed: another config path, name or folder. (``--hydra-help``
+    stays Hydra's; ``--help`` wins over it, as in Hydra.)"""
+    from hydra._internal.utils import get_args_parser
+
+    parsed = get_args_parser().parse_args(list(args))  # Hydra's own flags, parsed as Hydra parses them
+    if not parsed.help or parsed.config_path or parsed.config_name or parsed.config_dir:
+        return None
+    from labbook.train_help import train_help
+
+    return train_help(parsed.overrides, resolve=parsed.resolve)
+
+
+def completion_script(args: Sequence[str]) -> str:
+    """``labbook train -sc install=bash|zsh``: labbook's completion script (``labbook completion SHELL``).
+    Hydra's would complete ``labbook`` itself as one Hydra app, whose first word is a subcommand, so that
+    ``labbook train mod<TAB>`` never reached it."""
+    from labbook.completion import SCRIPTS
+    from labbook.errors import UserError
+
+    for arg in args:
+        key, _, shell = arg.partition("=")
+        if key == "install" and shell in SCRIPTS:
+            return SCRIPTS[shell]
+    raise UserError('-sc: labbook completes with eval "$(labbook completion bash)" (or zsh), which '
+                    "-sc install=bash|zsh prints too; it is removed with complete -r labbook (bash) or "
+                    "compdef -d labbook (zsh)")
+
+
 def check_resume_arguments(args: Sequence[str]) -> None:
     """For ``resume=RUN_ID``, before Hydra composes anything: the run must exist in the store, then every
     override must be one a resume may change (Hydra would otherwise judge ``model.hidden_size=8`` against
@@ -184,14 +233,16 @@ def check_resume_arguments(args: Sequence[str]) -> None:
 def check_group_options(args: Sequence[str]) -> None:
     """``GROUP=OPTION`` must name an option that exists, optional groups (``experiment``, ``debug``) too:
     Hydra silently composes the defaults for a misspelled optional one."""
+    from labbook.confgroups import options as group_options
     from labbook.errors import UserError
 
     for arg in args:
         key, sep, value = arg.lstrip("+~").partition("=")
-        group = CONF_DIR / key
-        if not sep or "." in key or key == "hydra" or not group.is_dir() or "(" in value or not value:
+        if not sep or "." in key or "(" in value or not value:
             continue
-        options = sorted(p.stem for p in group.glob("*.yaml"))
+        options = group_options(key)
+        if not options:  # not one of labbook's groups: a key, or Hydra's own (hydra/launcher)
+            continue
         for option in value.split(","):
             if option not in options and option != "null":
                 raise UserError(f"{key}={option!r} is not an option of the {key} group: expected one of "
@@ -206,6 +257,7 @@ def worker_main(config_path: Path) -> int:
     from labbook.train import prepare, run
     from labbook.workers import die_with_parent
 
+    freeze_imports()
     die_with_parent()
     quiet_libraries()
     cfg = OmegaConf.create(yaml.safe_load(config_path.read_text()))

@@ -31,19 +31,24 @@ MODEL_TRAINING = "workflowType=machine_learning"
 START_TIMEOUT_S = 90.0
 
 
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="labbook ui", description="Serve MLflow's UI on the store `labbook train` here would use.")
+    p.add_argument("--port", type=int, default=5000, help="the port to listen on (default 5000)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="the interface to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="the store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    return p
+
+
 def ui_main(args: Sequence[str]) -> int:
     from labbook.console import fail, quiet_libraries
 
-    parser = argparse.ArgumentParser(
-        prog="labbook ui", description="Serve MLflow's UI on the store `labbook train` here would use.")
-    parser.add_argument("--port", type=int, default=5000, help="the port to listen on (default 5000)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="the interface to listen on (default 127.0.0.1: this machine only)")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="the store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
-    options = parser.parse_args(list(args))
+    arguments = parser()
+    options = arguments.parse_args(list(args))
     if not 0 < options.port < 65536:
-        parser.error(f"--port={options.port} is not allowed: expected a port number 1-65535")
+        arguments.error(f"--port={options.port} is not allowed: expected a port number 1-65535")
     quiet_libraries()
     full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))
     try:

@@ -85,6 +85,18 @@ def test_splits_partition_the_data() -> None:
     assert torch.equal(rows[rows[:, 0].argsort(stable=True)].sort(0).values, full.sort(0).values)
 
 
+def test_iris_is_scikit_learns_iris() -> None:
+    """Read from scikit-learn's bundled file without importing scikit-learn: the same arrays as load_iris()."""
+    from sklearn.datasets import load_iris
+
+    dm = IrisDataModule()
+    X, y = dm._load()
+    data = load_iris()
+    assert np.array_equal(X, data.data) and X.dtype == data.data.dtype
+    assert np.array_equal(y, data.target) and y.dtype == data.target.dtype
+    assert dm.class_names == [str(c) for c in data.target_names]
+
+
 def test_iris_dims_and_standardize() -> None:
     dm = IrisDataModule(standardize=True, seed=0)
     dm.setup("fit")
