@@ -81,6 +81,7 @@ class GMMConfig:
     tol: float = 1e-3
     reg_covar: float = 1e-6
     init: str = "kmeans++"
+    n_init: int = 1
     seed: int = 0
     compute_dtype: str = "float64"  # float32: a faster E-step; statistics stay float64
 
@@ -90,7 +91,8 @@ class GMMConfig:
         check_choice("model.covariance_type", self.covariance_type, ("full", "diag", "spherical", "tied"))
         check_range("model.tol", self.tol, low=0)
         check_range("model.reg_covar", self.reg_covar, low=0)
-        check_choice("model.init", self.init, ("kmeans++", "random"))
+        check_choice("model.init", self.init, ("kmeans", "kmeans++", "random"))
+        check_range("model.n_init", self.n_init, low=1, integer=True)
 
 
 @dataclass
