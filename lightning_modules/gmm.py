@@ -180,8 +180,8 @@ class GaussianMixtureEM(pl.LightningModule):
             ``kmeans_plusplus``), ``"random"`` (K distinct training points as means), or
             ``"kmeans"`` (scikit-learn's default: Lloyd's k-means from k-means++ seeds, streamed
             over the training set, then weights, means and covariances of its clusters).
-        n_init: the number of starts made; with more than one, the first EM iteration of every
-            start runs in one pass and the start with the best log-likelihood continues.
+        n_init: the number of starts made; the one with the best log-likelihood of the seeding
+            sample is fitted.
         n_classes: number of label classes (datamodule ``dims``); enables ``accuracy``/``ari``.
         feature_mean, feature_std: the standardisation z = (x − mean) / std the datamodule applied
             to the rows the model is fed (datamodule ``dims``), or None. Used only in what the model
@@ -206,11 +206,12 @@ class GaussianMixtureEM(pl.LightningModule):
     With ``init="kmeans"`` those means seed Lloyd's k-means over the whole training set (one
     pass per iteration, statistics summed over processes in float64), and the start is the
     M-step of its hard assignments, as scikit-learn's ``init_params="kmeans"``. With ``n_init``
-    starts (seeded one after the other from ``seed``; start 0 is the ``n_init=1`` start), one
-    more pass runs the first E-step of all of them and keeps the best by mean log-likelihood,
-    its M-step applied: the model then enters its first epoch at ``n_iter = 1``. scikit-learn
-    instead fits every start to convergence and keeps the best final lower bound, at ``n_init``
-    times the passes. ``means_init`` makes ``init`` and ``n_init`` moot: one start, as given.
+    starts (seeded one after the other from ``seed``; start 0 is the ``n_init=1`` start; the
+    Lloyd passes of all of them are the same passes), the start with the best mean
+    log-likelihood of the seeding sample is fitted, the others dropped: choosing costs no pass.
+    scikit-learn instead fits every start to convergence and keeps the best final lower bound,
+    at ``n_init`` times the passes. ``means_init`` makes ``init`` and ``n_init`` moot: one start,
+    as given.
 
     Empty components (total responsibility below 1e-8 samples, e.g. a mean seeded far from all
     data) keep their previous mean and covariance and get the near-zero weight
@@ -626,10 +627,9 @@ class GaussianMixtureEM(pl.LightningModule):
     def initialize_from(self, loader: Any) -> None:
         """Set the starting parameters from the training data (see the class docstring).
 
-        Passes over ``loader``: one to collect the seeding sample; with ``init="kmeans"`` one per Lloyd
-        iteration; with ``n_init > 1`` one more, the first EM iteration of every start at once, after which
-        the start with the best log-likelihood continues (its M-step applied) and the others are dropped.
-        ``init_passes`` counts them.
+        Passes over ``loader``: one to collect the seeding sample, and with ``init="kmeans"`` one per Lloyd
+        iteration; ``init_passes`` counts them. Choosing among ``n_init`` starts makes none: the starts are
+        scored on the seeding sample.
         """
         K, D = self.n_components, self.n_features
         X = self._collect_init_sample(loader)
@@ -672,13 +672,9 @@ class GaussianMixtureEM(pl.LightningModule):
             if self.hparams.init == "kmeans" and not given:
                 starts, lloyd = self._kmeans_starts(loader, seeds, X.mean(0).to(self.device), float((Xc**2).mean()))
                 passes += lloyd
-            if len(starts) > 1:
-                self._best_start(loader, starts)
-                passes += 1
-            else:
-                self._set_start(*starts[0])
-                self.n_iter.zero_()
-                self.lower_bound.fill_(-math.inf)
+            self._set_start(*starts[self._best_start(X.to(self.device), starts)] if len(starts) > 1 else starts[0])
+            self.n_iter.zero_()
+            self.lower_bound.fill_(-math.inf)
         except BaseException:
             self.initialized.fill_(False)
             raise
@@ -743,30 +739,20 @@ class GaussianMixtureEM(pl.LightningModule):
             starts.append((self.weights.clone(), self.means.clone(), self.covariances.clone()))
         return starts, passes
 
-    def _best_start(self, loader: Any, starts: list[tuple[Tensor, Tensor, Tensor]]) -> None:
-        """One pass: the E-step of every start; the start whose mean log-likelihood is highest (the first of
-        equals) takes its M-step and becomes the model, as after its first EM iteration."""
-        plans = []
-        for weights, means, cov in starts:
-            self._set_start(weights, means, cov)
-            plans.append({k: v.clone() for k, v in self._plan_for(self.weights, self.means, self.precisions_cholesky).items()})
-        sums = [self._new_train_stats() for _ in starts]
+    def _best_start(self, X: Tensor, starts: list[tuple[Tensor, Tensor, Tensor]]) -> int:
+        """The start whose mean log-likelihood over the seeding sample X is highest: no pass over the data (the
+        sample is the training set itself when that has at most ``init_samples`` rows). X is the same on every
+        rank, so every rank picks the same start."""
+        ll = []
         with torch.no_grad():
-            for batch in loader:
-                x = _split_batch(batch)[0].to(self.device)
-                for st, plan in zip(sums, plans):
-                    self._accumulate(x, st, plan)
-        sizes = [v.numel() for v in sums[0].values()]
-        flat = _all_reduce_sum(torch.cat([v.reshape(-1) for st in sums for v in st.values()]))
-        reduced = []
-        for part in flat.split(sum(sizes)):
-            reduced.append(dict(zip(sums[0], (p.view_as(v) for p, v in zip(part.split(sizes), sums[0].values())))))
-        ll = [float(st["ll"]) / float(st["count"]) for st in reduced]
-        best = max(range(len(ll)), key=lambda s: (ll[s], -s))
-        self._set_start(*starts[best])
-        self._m_step(reduced[best], plans[best]["shift64"])
-        self.n_iter.fill_(1)
-        self.lower_bound.fill_(ll[best])
+            for weights, means, cov in starts:
+                self._set_start(weights, means, cov)
+                plan = self._plan_for(self.weights, self.means, self.precisions_cholesky)
+                ll.append(sum(float(part[1].sum(dtype=torch.float64)) for part in self._e_step(X, plan=plan)) / X.shape[0])
+        # Starts that reached the same clustering (in another order) tie up to rounding: the first within 1e-9
+        # (relative) of the best wins.
+        top = max(ll)
+        return next(s for s in range(len(ll)) if ll[s] >= top - 1e-9 * max(1.0, abs(top)))
 
     # ------------------------------------------------------------------ Lightning hooks: training
     def configure_optimizers(self) -> None:
