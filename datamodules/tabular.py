@@ -341,7 +341,7 @@ class _BlobSource:
 
     def labels(self, rows: np.ndarray) -> np.ndarray:
         """The blob (int64) of each generated row index."""
-        return np.searchsorted(self.ends, rows, side="right").astype(np.int64)
+        return np.searchsorted(self.ends, rows, side="right").astype(np.int64, copy=False)
 
     def blocks(self, values: bool = True) -> Iterator[tuple[int, int, np.ndarray]]:
         """``(a, b, X [b − a, D] float64)`` over the rows in generation order (X is None with ``values=False``)."""

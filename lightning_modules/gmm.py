@@ -602,8 +602,12 @@ class GaussianMixtureEM(pl.LightningModule):
 
         Each new seed is the best of 2 + ⌊log K⌋ candidates drawn with probability ∝ d²(x),
         the squared distance to the nearest seed so far; best = smallest resulting Σ_n d²(x_n).
+        Distances as scikit-learn computes them, ‖x‖² − 2 x·c + ‖c‖² (one GEMM for all candidates),
+        here of the points centred on their mean, which keeps the cancellation small.
         """
         n = X.shape[0]
+        Xc = X - X.mean(0)
+        sq = (Xc * Xc).sum(1)
         trials = 2 + int(math.log(n_clusters))
         centers = torch.empty(n_clusters, X.shape[1], dtype=X.dtype)
         first = int(torch.randint(n, (1,), generator=generator))
@@ -617,7 +621,7 @@ class GaussianMixtureEM(pl.LightningModule):
             else:
                 u = torch.rand(trials, generator=generator, dtype=X.dtype) * total
                 cand = torch.searchsorted(torch.cumsum(closest, 0), u).clamp_(max=n - 1)
-            dist_c = torch.cdist(X[cand], X).square_()
+            dist_c = torch.addmm(sq[None, :] + sq[cand, None], Xc[cand], Xc.T, alpha=-2.0).clamp_(min=0.0)
             dist_c = torch.minimum(closest[None], dist_c)
             best = int(dist_c.sum(1).argmin())
             centers[c] = X[cand[best]]
@@ -711,7 +715,9 @@ class GaussianMixtureEM(pl.LightningModule):
         while True:
             passes += 1
             stats = torch.zeros(S * K, self._n_moments(), dtype=f64, device=self.device)
-            c = centres.to(dt)
+            # Nearest centres from float32 distances: the [rows, S·K] matrix is the pass's largest, and in float64
+            # it costs 5 times as much; only a row within ~1e-7 (relative) of a tie could go the other way.
+            c = centres.to(torch.float32)
             half_norms = 0.5 * (c * c).sum(1)
             with torch.no_grad(), torch.autocast(device_type=self.device.type, enabled=False):
                 for batch in loader:
@@ -719,10 +725,12 @@ class GaussianMixtureEM(pl.LightningModule):
                     for chunk in torch.split(x, self._chunk_rows()):
                         F = self._features(chunk, shift, second_moments=True)
                         xt = F[:, -(D + 1) : -1]
-                        nearest = torch.addmm(half_norms, xt, c.T, alpha=-1.0).view(-1, S, K).argmin(2) + offsets
-                        onehot = torch.zeros(F.shape[0], S * K, dtype=dt, device=self.device)
-                        onehot.scatter_(1, nearest, 1.0)
-                        stats += (onehot.T @ F).to(f64)
+                        nearest = torch.addmm(half_norms, xt.to(torch.float32), c.T, alpha=-1.0).view(-1, S, K).argmin(2)
+                        nearest += offsets
+                        sums = torch.zeros(S * K, F.shape[1], dtype=dt, device=self.device)
+                        for s in range(S):  # a scatter-add per start: S·M adds a row, not the one-hot GEMM's S·K·M
+                            sums.index_add_(0, nearest[:, s], F)
+                        stats += sums.to(f64)
             stats = _all_reduce_sum(stats)
             N, S1 = stats[:, -1], stats[:, -(D + 1) : -1]
             moved = torch.where((N > 0)[:, None], S1 / N.clamp(min=1)[:, None], centres)
@@ -748,7 +756,10 @@ class GaussianMixtureEM(pl.LightningModule):
             for weights, means, cov in starts:
                 self._set_start(weights, means, cov)
                 plan = self._plan_for(self.weights, self.means, self.precisions_cholesky)
-                ll.append(sum(float(part[1].sum(dtype=torch.float64)) for part in self._e_step(X, plan=plan)) / X.shape[0])
+                total = 0.0
+                for rows in torch.split(X, self._chunk_rows()):  # chunk by chunk: no [rows, K] array for all of X
+                    total += float(self._e_step(rows, plan=plan)[0][1].sum(dtype=torch.float64))
+                ll.append(total / X.shape[0])
         # Starts that reached the same clustering (in another order) tie up to rounding: the first within 1e-9
         # (relative) of the best wins.
         top = max(ll)
