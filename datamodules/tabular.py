@@ -13,11 +13,13 @@ over the split.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import math
 import os
-from typing import Any, Sequence
+import warnings
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -26,6 +28,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from datamodules.sharding import sharded_loader
+
+
+# Rows converted (gathered, standardised, narrowed to float32) or generated at a time: a few MB of temporaries.
+_BLOCK_ROWS = 65536
+_READ_BYTES = 1 << 22
 
 
 def _split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
@@ -49,8 +56,9 @@ def _min_rows(val_fraction: float, test_fraction: float) -> int:
 class TabularDataModule(pl.LightningDataModule):
     """Base class: subclasses implement ``_load() -> (X [N, D] float, y [N] int or None)``.
 
-    ``dims`` = ``{"n_features": D, "n_classes": C or None}``. With ``standardize`` every feature
-    is shifted and scaled by the mean and standard deviation of the training split.
+    ``dims`` = ``{"n_features": D, "n_classes": C or None, "feature_mean": …, "feature_std": …}``. With
+    ``standardize`` every feature is shifted and scaled by the mean and standard deviation of the training
+    split, and ``dims`` hands those on (None without).
     """
 
     source = "data"
@@ -99,15 +107,32 @@ class TabularDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._splits is not None:
             return
-        X, y = self._load()
-        X = np.asarray(X, dtype=np.float64)
-        n = X.shape[0]
+        self._splits = self._build_splits()
+
+    def _check_rows(self, n: int) -> None:
         need = _min_rows(self.val_fraction, self.test_fraction)
         if n < need:
             raise ValueError(
                 f"{self.source}: {n} data rows are too few for val_fraction={self.val_fraction} and "
                 f"test_fraction={self.test_fraction} (need at least {need})"
             )
+
+    def _split_order(self, n: int) -> tuple[np.ndarray, dict[str, tuple[int, int]]]:
+        """The permutation drawn from ``seed`` and each split's range ``[a, b)`` in it: train, val, test."""
+        perm = np.random.default_rng(self.seed).permutation(n)
+        n_train, n_val, _ = _split_counts(n, self.val_fraction, self.test_fraction)
+        return perm, {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
+
+    def _build_splits(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """Load everything (``_load``), then cut the splits, standardised and as float32.
+
+        Memory: beside the loaded float64 rows, only the float32 splits and one block of rows at a time
+        (a float64 copy of the training rows while their mean and standard deviation are computed).
+        """
+        X, y = self._load()
+        X = np.asarray(X, dtype=np.float64)
+        n = X.shape[0]
+        self._check_rows(n)
         if y is None:
             y = np.full(n, -1, dtype=np.int64)
             self._n_classes = None
@@ -115,24 +140,38 @@ class TabularDataModule(pl.LightningDataModule):
             y = np.asarray(y, dtype=np.int64)
             self._n_classes = self._declared_classes() or (int(y.max()) + 1 if (y >= 0).any() else None)
         self._n_features = X.shape[1]
-        perm = np.random.default_rng(self.seed).permutation(n)
-        n_train, n_val, _ = _split_counts(n, self.val_fraction, self.test_fraction)
-        parts = {"train": perm[:n_train], "val": perm[n_train : n_train + n_val], "test": perm[n_train + n_val :]}
+        perm, ranges = self._split_order(n)
+        mean = std = None
         if self.standardize:
-            mean = X[parts["train"]].mean(0)
-            std = X[parts["train"]].std(0)
+            train = X[perm[: ranges["train"][1]]]
+            mean, std = train.mean(0), train.std(0)
+            del train
             std[std == 0] = 1.0  # a constant feature stays constant rather than becoming NaN
-            X = (X - mean) / std
             self.mean, self.std = torch.from_numpy(mean), torch.from_numpy(std)
-        self._splits = {
-            name: (torch.from_numpy(X[idx].astype(np.float32)), torch.from_numpy(y[idx].copy()))
-            for name, idx in parts.items()
-        }
+        splits = {}
+        for name, (a, b) in ranges.items():
+            x = np.empty((b - a, X.shape[1]), dtype=np.float32)
+            for c in range(a, b, _BLOCK_ROWS):
+                rows = X[perm[c : min(b, c + _BLOCK_ROWS)]]
+                if mean is not None:
+                    rows = (rows - mean) / std
+                x[c - a : c - a + rows.shape[0]] = rows
+            splits[name] = (torch.from_numpy(x), torch.from_numpy(y[perm[a:b]]))
+        return splits
 
     @property
     def dims(self) -> dict[str, Any]:
+        """``n_features``, ``n_classes`` and, with ``standardize``, the per-feature ``feature_mean`` and
+        ``feature_std`` the rows were standardised with (z = (x − mean) / std), so that a model can report
+        what it measures in the data's own units; both None without standardisation."""
         self.setup("fit")
-        return {"n_features": self._n_features, "n_classes": self._n_classes}
+        scaled = self.standardize and self.mean is not None and self.std is not None
+        return {
+            "n_features": self._n_features,
+            "n_classes": self._n_classes,
+            "feature_mean": [float(v) for v in self.mean] if scaled else None,
+            "feature_std": [float(v) for v in self.std] if scaled else None,
+        }
 
     def split(self, name: str) -> tuple[Tensor, Tensor]:
         """The (x [N, D] float32, y [N] int64) tensors of ``train``, ``val`` or ``test``."""
@@ -236,27 +275,128 @@ class BlobsDataModule(TabularDataModule):
     def _load(self) -> tuple[np.ndarray, np.ndarray]:
         return make_blobs(self.n_samples, self._n_features, self.n_centers, self.cluster_std, self.seed)
 
+    def _build_splits(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """The splits of ``make_blobs``' rows, generated block by block straight into them.
+
+        The same numbers as loading everything, without ever holding the data in float64: the rows are
+        generated twice (three times with ``standardize``) from the same random state — first only to reach
+        the row order drawn after them, then into their place in the float32 splits. Peak memory beyond the
+        splits (4·D + 8 bytes a row) is about 24 bytes a row of indices.
+        """
+        n, D = self.n_samples, int(self._n_features)
+        self._check_rows(n)
+        self._n_classes = self._declared_classes()
+        source = _BlobSource(n, D, self.n_centers, self.cluster_std, self.seed)
+        for _ in source.blocks(values=False):  # the row order is drawn after all the rows
+            pass
+        order = source.rng.permutation(n)
+        perm, ranges = self._split_order(n)
+        # The generated row that lands at each position of the split order (train rows first, then val, test).
+        src = order[perm]
+        del order, perm
+        labels = source.labels(src)
+        where = np.empty(n, dtype=np.int32 if n < 2**31 else np.int64)  # generated row -> its split position
+        for c in range(0, n, _BLOCK_ROWS):
+            where[src[c : c + _BLOCK_ROWS]] = np.arange(c, min(n, c + _BLOCK_ROWS), dtype=where.dtype)
+        del src
+        mean = std = None
+        if self.standardize:
+            mean, std = _train_moments(source, where, ranges["train"][1])
+            std[std == 0] = 1.0
+            self.mean, self.std = torch.from_numpy(mean), torch.from_numpy(std)
+        xs = {name: np.empty((b - a, D), dtype=np.float32) for name, (a, b) in ranges.items()}
+        for a, b, X in source.blocks():
+            if mean is not None:
+                X = (X - mean) / std
+            pos = where[a:b]
+            for name, (lo, hi) in ranges.items():
+                sel = (pos >= lo) & (pos < hi)
+                xs[name][pos[sel] - lo] = X[sel]
+        return {name: (torch.from_numpy(xs[name]), torch.from_numpy(labels[a:b])) for name, (a, b) in ranges.items()}
+
+
+class _BlobSource:
+    """``make_blobs``' random draws, with the rows produced in blocks that can be produced again.
+
+    Rows come in generation order (grouped by blob, ``labels``); ``blocks()`` restarts the random state
+    where the rows begin, and after a complete pass ``rng`` stands where ``make_blobs`` draws the row order.
+    """
+
+    def __init__(self, n_samples: int, n_features: int, n_centers: int, cluster_std: float, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        centres = rng.uniform(-10.0, 10.0, size=(n_centers, n_features))
+        for k in range(1, n_centers):
+            candidates = rng.uniform(-10.0, 10.0, size=(32, n_features))
+            gaps = np.linalg.norm(candidates[:, None, :] - centres[None, :k, :], axis=-1).min(axis=1)
+            centres[k] = candidates[gaps.argmax()]
+        q, r = np.linalg.qr(rng.normal(size=(n_centers, n_features, n_features)))
+        # Sign fix makes the QR rotation Haar-distributed rather than biased.
+        self.rot = q * np.sign(np.diagonal(r, axis1=1, axis2=2))[:, None, :]
+        self.scales = cluster_std * rng.uniform(0.5, 1.5, size=(n_centers, n_features))
+        counts = rng.multinomial(n_samples, rng.dirichlet(np.full(n_centers, 5.0)))
+        self.centres, self.n, self.n_features = centres, n_samples, n_features
+        self.ends = np.cumsum(counts)  # blob k's rows are [ends[k-1], ends[k]) in generation order
+        self._state = rng.bit_generator.state
+        self.rng = rng
+
+    def labels(self, rows: np.ndarray) -> np.ndarray:
+        """The blob (int64) of each generated row index."""
+        return np.searchsorted(self.ends, rows, side="right").astype(np.int64, copy=False)
+
+    def blocks(self, values: bool = True) -> Iterator[tuple[int, int, np.ndarray]]:
+        """``(a, b, X [b − a, D] float64)`` over the rows in generation order (X is None with ``values=False``)."""
+        self.rng = np.random.Generator(type(self.rng.bit_generator)())
+        self.rng.bit_generator.state = self._state
+        n, D = self.n, self.n_features
+        for a in range(0, n, _BLOCK_ROWS):
+            b = min(n, a + _BLOCK_ROWS)
+            z = self.rng.normal(size=(b - a, D))  # one stream: the same numbers as one call for all rows
+            if not values:
+                yield a, b, None
+                continue
+            y = self.labels(np.arange(a, b))
+            z *= self.scales[y]
+            X = np.empty_like(z)
+            # Per blob, the einsum of make_blobs' first version with the rotation gathered per row
+            # ("nj,nij->ni" over rot[y]) gives these very numbers without the [rows, D, D] gather.
+            cuts = np.searchsorted(y, np.arange(len(self.ends) + 1))
+            for k in np.unique(y):
+                lo, hi = cuts[k], cuts[k + 1]
+                X[lo:hi] = self.centres[k] + np.einsum("nj,ij->ni", z[lo:hi], self.rot[k])
+            yield a, b, X
+
+
+def _train_moments(source: _BlobSource, where: np.ndarray, n_train: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (biased) standard deviation of the rows whose split position is below ``n_train``.
+
+    Block means and centred sums of squares, merged pairwise (Chan et al.): agrees with numpy's mean/std of
+    the gathered rows to rounding (≈1e-16 relative).
+    """
+    count, mean, m2 = 0, np.zeros(source.n_features), np.zeros(source.n_features)
+    for a, b, X in source.blocks():
+        rows = X[where[a:b] < n_train]
+        if not rows.shape[0]:
+            continue
+        m, bm = rows.shape[0], rows.mean(0)
+        bm2 = ((rows - bm) ** 2).sum(0)
+        delta = bm - mean
+        total = count + m
+        mean = mean + delta * (m / total)
+        m2 = m2 + bm2 + delta**2 * (count * m / total)
+        count = total
+    return mean, np.sqrt(m2 / max(count, 1))
+
 
 def make_blobs(
     n_samples: int, n_features: int, n_centers: int, cluster_std: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """X [n_samples, n_features] float64 and y [n_samples] int64 (see ``BlobsDataModule``)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.uniform(-10.0, 10.0, size=(n_centers, n_features))
-    for k in range(1, n_centers):
-        candidates = rng.uniform(-10.0, 10.0, size=(32, n_features))
-        gaps = np.linalg.norm(candidates[:, None, :] - centres[None, :k, :], axis=-1).min(axis=1)
-        centres[k] = candidates[gaps.argmax()]
-    q, r = np.linalg.qr(rng.normal(size=(n_centers, n_features, n_features)))
-    # Sign fix makes the QR rotation Haar-distributed rather than biased.
-    rot = q * np.sign(np.diagonal(r, axis1=1, axis2=2))[:, None, :]
-    scales = cluster_std * rng.uniform(0.5, 1.5, size=(n_centers, n_features))
-    counts = rng.multinomial(n_samples, rng.dirichlet(np.full(n_centers, 5.0)))
-    y = np.repeat(np.arange(n_centers), counts)
-    z = rng.normal(size=(n_samples, n_features)) * scales[y]
-    X = centres[y] + np.einsum("nj,nij->ni", z, rot[y])
-    order = rng.permutation(n_samples)
-    return X[order], y[order]
+    source = _BlobSource(n_samples, n_features, n_centers, cluster_std, seed)
+    X = np.empty((n_samples, n_features))
+    for a, b, block in source.blocks():
+        X[a:b] = block
+    order = source.rng.permutation(n_samples)
+    return X[order], source.labels(order)
 
 
 class IrisDataModule(TabularDataModule):
@@ -340,25 +480,46 @@ class CSVDataModule(TabularDataModule):
     def _fail(self, message: str) -> ValueError:
         return ValueError(f"{self.path}: {message}")
 
-    def _read_text(self) -> str:
+    def _check_file(self) -> None:
+        """The path is a file of UTF-8 text without NUL bytes; read in blocks, nothing kept."""
         if not os.path.exists(self.path):
             raise FileNotFoundError(f"{self.path}: no such file")
         if os.path.isdir(self.path):
             raise self._fail("is a directory, not a CSV file")
         with open(self.path, "rb") as fh:
-            raw = fh.read()
-        nul = raw.find(b"\x00")
-        if nul >= 0:
-            raise self._fail(f"binary file (NUL byte at offset {nul}), not a text CSV")
-        try:
-            return raw.decode("utf-8-sig")
-        except UnicodeDecodeError as err:
-            raise self._fail(f"not UTF-8 text (undecodable byte at offset {err.start}); is it a binary file?") from None
+            offset = 0
+            for chunk in iter(lambda: fh.read(_READ_BYTES), b""):
+                nul = chunk.find(b"\x00")
+                if nul >= 0:
+                    raise self._fail(f"binary file (NUL byte at offset {offset + nul}), not a text CSV")
+                offset += len(chunk)
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        with open(self.path, "rb") as fh:
+            offset, pending = 0, 0
+            try:
+                for chunk in iter(lambda: fh.read(_READ_BYTES), b""):
+                    pending = len(decoder.getstate()[0])  # bytes of a character cut by the previous block
+                    decoder.decode(chunk)
+                    offset += len(chunk)
+                pending = len(decoder.getstate()[0])
+                decoder.decode(b"", final=True)
+            except UnicodeDecodeError as err:
+                at = offset - pending + err.start
+                raise self._fail(f"not UTF-8 text (undecodable byte at offset {at}); is it a binary file?") from None
 
-    def _header(self, text: str) -> tuple[list[str], list[int], int | None]:
-        """Header names, indices of the feature columns and of the label column."""
-        reader = csv.reader(io.StringIO(text))
-        header = next((row for row in reader if row), None)
+    def _read_text(self) -> str:
+        self._check_file()
+        with open(self.path, encoding="utf-8-sig", newline="") as fh:
+            return fh.read()
+
+    def _header(self) -> tuple[list[str], list[int], int | None, int]:
+        """Header names, indices of the feature columns and of the label column, and the number of lines up to
+        and including the header (the first row that is not blank)."""
+        self._check_file()
+        with open(self.path, encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh)
+            header = next((row for row in reader if row and any(c.strip() for c in row)), None)
+            header_lines = reader.line_num
         if header is None:
             raise self._fail("empty file (no header row)")
         header = [h.strip() for h in header]
@@ -378,18 +539,73 @@ class CSVDataModule(TabularDataModule):
             feature_idx = [i for i in range(len(header)) if i != label_idx]
         if not feature_idx:
             raise self._fail("no feature columns (only the label column)")
-        return header, feature_idx, label_idx
+        return header, feature_idx, label_idx, header_lines
 
     def _expected_features(self) -> int | None:
         if self._n_features is None and self.columns is not None:
             return len(self.columns)
         if self._n_features is None and os.path.isfile(self.path):
-            self._n_features = len(self._header(self._read_text())[1])
+            self._n_features = len(self._header()[1])
         return self._n_features
 
     def _load(self) -> tuple[np.ndarray, np.ndarray | None]:
+        header, feature_idx, label_idx, header_lines = self._header()
+        self.feature_names = [header[i] for i in feature_idx]
+        loaded = self._load_fast(header, feature_idx, label_idx, header_lines)
+        return loaded if loaded is not None else self._load_checked(header, feature_idx, label_idx)
+
+    def _load_fast(
+        self, header: list[str], feature_idx: list[int], label_idx: int | None, header_lines: int
+    ) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """pandas' C parser, for a file without problems; None when anything looks off (a cell that is not a
+        finite number, a row of the wrong length, an empty cell in the last column), and the careful reader
+        then reads it again to name the problem or, for what only it accepts (blank rows of commas, an empty
+        last cell in the label column), to read it.
+
+        When it answers, it answers what the careful reader would: each cell that is a number parses to the
+        same float64 (correctly rounded, as Python's ``float``), and a row shorter than the header always
+        lacks the last column, which is read with an empty cell meaning missing.
+        """
+        import pandas as pd
+
+        last = len(header) - 1
+        features = set(feature_idx)
+        if label_idx is not None and label_idx in features:
+            return None
+        # Every column is read (``usecols`` would drop the cells of a row longer than the header unseen): a longer
+        # row is then a parser error, or more columns than the header when it is the first.
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                frame = pd.read_csv(
+                    self.path, header=None, skiprows=header_lines,
+                    dtype={i: np.float64 if i in features else object for i in range(len(header))},
+                    keep_default_na=False, na_values={i: [""] for i in range(len(header)) if i in features or i == last},
+                    skip_blank_lines=True, encoding="utf-8", engine="c", low_memory=False,
+                )
+        except Exception:  # noqa: BLE001 - whatever it refuses, the careful reader explains
+            return None
+        if frame.shape[0] == 0 or frame.shape[1] != len(header):
+            return None
+        if last not in features and bool(frame[last].isna().any()):
+            return None
+        X = frame[feature_idx].to_numpy(dtype=np.float64)
+        if not np.isfinite(X).all():
+            return None
+        y = None
+        if label_idx is not None:
+            codes, uniques = pd.factorize(frame[label_idx].str.strip())
+            present = sorted((str(u) for u in uniques if u), key=_label_sort_key)
+            rank = {v: i for i, v in enumerate(present)}
+            y = np.array([rank.get(str(u), -1) for u in uniques], dtype=np.int64)[codes]
+            self.class_names = present
+        return X, y
+
+    def _load_checked(
+        self, header: list[str], feature_idx: list[int], label_idx: int | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Cell by cell with the csv module: slow, but names the row and column of the first problem."""
         text = self._read_text()
-        header, feature_idx, label_idx = self._header(text)
         reader = csv.reader(io.StringIO(text))
         rows: list[list[str]] = []
         line_numbers: list[int] = []
@@ -412,7 +628,6 @@ class CSVDataModule(TabularDataModule):
         except ValueError:
             X = None
         if X is None or not np.isfinite(X).all():
-            # Slow path only to name the first offending cell.
             for r, row in enumerate(cells):
                 for j, cell in enumerate(row):
                     name = header[feature_idx[j]]
@@ -430,7 +645,6 @@ class CSVDataModule(TabularDataModule):
             self.class_names = present
             code = {v: i for i, v in enumerate(present)}
             y = np.array([code[v] if v else -1 for v in labels], dtype=np.int64)
-        self.feature_names = [header[i] for i in feature_idx]
         return X, y
 
     def _declared_classes(self) -> int | None:

@@ -106,7 +106,8 @@ class GMMConfig:
     covariance_type: CovarianceType = CovarianceType.full
     tol: float = 1e-4  # stop once the mean train log-likelihood improves by less than this
     reg_covar: float = 1e-6
-    init: str = "kmeans++"  # kmeans++ | random
+    init: str = "kmeans++"  # kmeans | kmeans++ | random (a string: "kmeans++" is no Python name for an enum)
+    n_init: int = 1  # starts; the best after its first EM iteration continues
     seed: int = 0
     means_init: Optional[list[list[float]]] = None  # [K, D] initial means; overrides init
     compute_dtype: ComputeDtype = ComputeDtype.float64  # float32: a faster E-step; statistics stay float64
@@ -116,7 +117,8 @@ class GMMConfig:
         check_range("model.n_components", self.n_components, low=1, integer=True)
         check_range("model.tol", self.tol, low=0)
         check_range("model.reg_covar", self.reg_covar, low=0)
-        check_choice("model.init", self.init, ("kmeans++", "random"))
+        check_choice("model.init", self.init, ("kmeans", "kmeans++", "random"))
+        check_range("model.n_init", self.n_init, low=1, integer=True)
         check_range("model.init_samples", self.init_samples, low=1, integer=True)
 
 

@@ -86,6 +86,7 @@ class Job:
     model: Any
     callbacks: list[Any]
     datamodule_choice: str | None = None  # the datamodule preset (conf/datamodule/NAME.yaml), when known
+    build_s: float = 0.0  # seconds to build the datamodule (reading or generating its data) and the model
 
 
 def prepare(cfg: DictConfig, choices: Mapping[str, Any] | None = None) -> Job:
@@ -106,14 +107,16 @@ def prepare(cfg: DictConfig, choices: Mapping[str, Any] | None = None) -> Job:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    started = time.perf_counter()
     datamodule, model = build_data_and_model(cfg)
+    build_s = time.perf_counter() - started
     callbacks = build_callbacks(cfg, model)
     if cfg.sweep.get("trial") is not None:  # a search's trial: rank 0 reports to it, every rank may be pruned
         from labbook.search import trial_report
 
         callbacks.append(PruneTrial(trial_report(cfg, model) if is_rank_zero() else None))
     mark("built")
-    return Job(cfg, resolved, datamodule, model, callbacks, (choices or {}).get("datamodule"))
+    return Job(cfg, resolved, datamodule, model, callbacks, (choices or {}).get("datamodule"), build_s)
 
 
 def open_run(job: Job, uri: str, resume: ResumePlan | None = None, sweep: SweepJob | None = None) -> TrackedRun:
@@ -201,7 +204,8 @@ def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None
                           on_abandon=lambda error: tracked.end("FAILED", error)):
                 started = time.perf_counter()
                 trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-                timing = {"timing.fit_s": round(time.perf_counter() - started, 3)}
+                # timing.build_s: the data were read before the run opened, so its duration leaves them out.
+                timing = {"timing.build_s": round(job.build_s, 3), "timing.fit_s": round(time.perf_counter() - started, 3)}
                 mark("fit-done")
                 # Read before testing: loading the best checkpoint restores the callback's older state.
                 checkpoints = _checkpoint_state(trainer)

@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 _COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
-_INITS = ("kmeans++", "random")
+_INITS = ("kmeans", "kmeans++", "random")
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 # A component whose total responsibility is below this (in units of samples) has no data to
 # estimate a mean or a covariance from.
@@ -59,6 +59,10 @@ _EMPTY_MASS = 1e-8
 # Rows per E-step chunk keep each [rows, columns] temporary at ~8 MB in float64, small enough to stay in cache.
 _MAX_CHUNK_ELEMENTS = 1 << 20
 _REPORT_SAMPLE = 2000
+# init="kmeans": Lloyd passes stop when the centres move by at most this much in total, Σ_k ‖c_k' − c_k‖²,
+# relative to the mean variance of the features (scikit-learn's KMeans tol), or after this many passes.
+_KMEANS_TOL = 1e-4
+_KMEANS_MAX_ITER = 20
 
 
 def _world_size() -> int:
@@ -163,10 +167,19 @@ class GaussianMixtureEM(pl.LightningModule):
         tol: training stops once the mean train log-likelihood improves by less than ``tol``
             from one epoch to the next; ``tol <= 0`` never stops early.
         reg_covar: added to the diagonal of every covariance.
-        init: how the initial means are seeded when ``means_init`` is not given:
-            ``"kmeans++"`` (greedy k-means++ over the training points, as scikit-learn's
-            ``kmeans_plusplus``) or ``"random"`` (K distinct training points).
+        init: how the start is made when ``means_init`` is not given: ``"kmeans++"`` (means
+            seeded by greedy k-means++ over the training points, as scikit-learn's
+            ``kmeans_plusplus``), ``"random"`` (K distinct training points as means), or
+            ``"kmeans"`` (scikit-learn's default: Lloyd's k-means from k-means++ seeds, streamed
+            over the training set, then weights, means and covariances of its clusters).
+        n_init: the number of starts made; the one with the best log-likelihood of the seeding
+            sample is fitted.
         n_classes: number of label classes (datamodule ``dims``); enables ``accuracy``/``ari``.
+        feature_mean, feature_std: the standardisation z = (x − mean) / std the datamodule applied
+            to the rows the model is fed (datamodule ``dims``), or None. Used only in what the model
+            reports: every log-likelihood, BIC and AIC is of the rows in their own units,
+            log p_x(x) = log p_z(z) − Σ_d log std_d (scikit-learn's ``score`` on the CSV's rows),
+            and the report draws the data's units; EM itself works on z.
         seed: seeds the initialisation.
         means_init: optional initial means, array-like [K, D]; overrides ``init``.
         compute_dtype: ``"float64"`` or ``"float32"``, the dtype of the per-batch E-step and
@@ -174,13 +187,22 @@ class GaussianMixtureEM(pl.LightningModule):
         init_samples: k-means++ runs over at most this many training points (all of them when
             the training set is no larger).
 
-    Initialisation (first training epoch, before its E-step): the means are ``means_init`` or
-    seeds drawn from the training points; the weights are 1/K; every covariance is the
-    (biased) covariance of those training points plus ``reg_covar`` (its diagonal for
+    Initialisation (first training epoch, before its E-step; ``initialize_from``): the means are
+    ``means_init`` or seeds drawn from the training points; the weights are 1/K; every covariance
+    is the (biased) covariance of those training points plus ``reg_covar`` (its diagonal for
     ``diag``, the mean of that diagonal for ``spherical``). This is scikit-learn's
     ``GaussianMixture(weights_init=1/K, means_init=…, precisions_init=inv(cov))``. When the
     training set exceeds ``init_samples``, each process contributes a seeded random subset
     of its shard, so the start then also depends on the number of processes.
+    With ``init="kmeans"`` those means seed Lloyd's k-means over the whole training set (one
+    pass per iteration, statistics summed over processes in float64), and the start is the
+    M-step of its hard assignments, as scikit-learn's ``init_params="kmeans"``. With ``n_init``
+    starts (seeded one after the other from ``seed``; start 0 is the ``n_init=1`` start; the
+    Lloyd passes of all of them are the same passes), the start with the best mean
+    log-likelihood of the seeding sample is fitted, the others dropped: choosing costs no pass.
+    scikit-learn instead fits every start to convergence and keeps the best final lower bound,
+    at ``n_init`` times the passes. ``means_init`` makes ``init`` and ``n_init`` moot: one start,
+    as given.
 
     Empty components (total responsibility below 1e-8 samples, e.g. a mean seeded far from all
     data) keep their previous mean and covariance and get the near-zero weight
@@ -204,7 +226,10 @@ class GaussianMixtureEM(pl.LightningModule):
         tol: float = 1e-4,
         reg_covar: float = 1e-6,
         init: str = "kmeans++",
+        n_init: int = 1,
         n_classes: int | None = None,
+        feature_mean: Sequence[float] | None = None,
+        feature_std: Sequence[float] | None = None,
         seed: int = 0,
         means_init: Sequence[Sequence[float]] | np.ndarray | Tensor | None = None,
         compute_dtype: str = "float64",
@@ -219,6 +244,22 @@ class GaussianMixtureEM(pl.LightningModule):
             raise ValueError(f"compute_dtype must be one of {tuple(_DTYPES)}, got {compute_dtype!r}")
         if n_components < 1 or n_features < 1:
             raise ValueError("n_components and n_features must be positive")
+        if int(n_init) != n_init or n_init < 1:
+            raise ValueError(f"n_init must be an integer >= 1, got {n_init!r}")
+        n_init = int(n_init)
+        # Plain lists of floats, as means_init below: checkpoints stay loadable with weights_only=True.
+        scaling = {}
+        for name, value in (("feature_mean", feature_mean), ("feature_std", feature_std)):
+            if value is not None:
+                value = [float(v) for v in (value.tolist() if isinstance(value, (Tensor, np.ndarray)) else value)]
+                if len(value) != n_features:
+                    raise ValueError(f"{name} must have {n_features} values (n_features), got {len(value)}")
+            scaling[name] = value
+        feature_mean, feature_std = scaling["feature_mean"], scaling["feature_std"]
+        if (feature_mean is None) != (feature_std is None):
+            raise ValueError("feature_mean and feature_std come together (both or neither)")
+        if feature_std is not None and not all(math.isfinite(v) and v > 0 for v in feature_std):
+            raise ValueError("feature_std must be positive and finite")
         if means_init is not None:
             if isinstance(means_init, Tensor):
                 means_init = means_init.detach().cpu().numpy()
@@ -255,6 +296,11 @@ class GaussianMixtureEM(pl.LightningModule):
         self._test_sample: list[Tensor] = []
         self._test_sample_rows = 0
         self.last_metrics: dict[str, float] = {}
+        # Passes over the training data the initialisation made (``initialize_from``); logged with the first epoch.
+        self.init_passes: int | None = None
+        self._init_metrics: dict[str, float] = {}
+        # log p_x(x) = log p_z(z) − Σ_d log s_d for z = (x − m)/s: what reported likelihoods add back.
+        self._log_scale = float(sum(math.log(v) for v in feature_std)) if feature_std is not None else 0.0
 
     # ------------------------------------------------------------------ parameters
     @property
@@ -346,13 +392,17 @@ class GaussianMixtureEM(pl.LightningModule):
         The expanded forms cancel terms of order ‖x̃‖²·‖P_k‖ down to ‖y‖²; centring on c keeps that
         ratio small, so in float64 they agree with the whitened form to ~1e-13 (see the tests).
         """
-        if self._plan is not None:
-            return self._plan
+        if self._plan is None:
+            self._plan = self._plan_for(self.weights, self.means, self.precisions_cholesky)
+        return self._plan
+
+    def _plan_for(self, weights: Tensor, means: Tensor, precisions_cholesky: Tensor) -> dict[str, Tensor]:
+        """The E-step constants of the given parameters (see ``_e_plan``)."""
         K, D = self.n_components, self.n_features
         dt = self._compute_dtype
-        shift = (self.weights[:, None] * self.means).sum(0)
-        m = self.means - shift
-        U = self.precisions_cholesky
+        shift = (weights[:, None] * means).sum(0)
+        m = means - shift
+        U = precisions_cholesky
         ct = self.covariance_type
         if ct in ("full", "tied"):
             U = U if ct == "full" else U.expand(K, D, D)
@@ -378,11 +428,10 @@ class GaussianMixtureEM(pl.LightningModule):
             log_det = torch.log(U).sum(-1) if ct == "diag" else D * torch.log(U)
             Q = torch.cat([prec, -2.0 * m * prec, (m * m * prec).sum(1, keepdim=True)], dim=1)
             plan = {"Q": (-0.5 * Q).T}
-        plan["const"] = -0.5 * D * math.log(2 * math.pi) + log_det + torch.log(self.weights)
+        plan["const"] = -0.5 * D * math.log(2 * math.pi) + log_det + torch.log(weights)
         plan = {k: v.to(dt).contiguous() for k, v in plan.items()}
         plan["shift"] = shift.to(dt)
         plan["shift64"] = shift
-        self._plan = plan
         return plan
 
     def _n_moments(self) -> int:
@@ -394,15 +443,15 @@ class GaussianMixtureEM(pl.LightningModule):
         """Rows per E-step chunk, bounding the [rows, max(F columns, K·D)] temporaries."""
         return max(1, _MAX_CHUNK_ELEMENTS // max(self._n_moments(), self.n_components * self.n_features))
 
-    def _features(self, x: Tensor, plan: dict[str, Tensor], second_moments: bool) -> Tensor:
-        """F [B, M] = [second moments of x̃, x̃, 1] in the compute dtype, x̃ = x − c.
+    def _features(self, x: Tensor, shift: Tensor, second_moments: bool) -> Tensor:
+        """F [B, M] = [second moments of x̃, x̃, 1] in the compute dtype, x̃ = x − c (c = ``shift``).
 
         full/tied: the upper triangle x̃_i x̃_j (i ≤ j), D(D+1)/2 columns, only when
         ``second_moments`` (the E-step itself only reads [x̃, 1]); diag/spherical: x̃² always.
         """
         n, D = x.shape[0], self.n_features
-        xt = x.to(self._compute_dtype) - plan["shift"]
-        if "W" not in plan:
+        xt = x.to(self._compute_dtype) - shift.to(self._compute_dtype)
+        if self.covariance_type not in ("full", "tied"):
             return torch.cat([xt * xt, xt, torch.ones(n, 1, dtype=xt.dtype, device=xt.device)], dim=1)
         P = D * (D + 1) // 2 if second_moments else 0
         F = torch.empty(n, P + D + 1, dtype=xt.dtype, device=xt.device)
@@ -434,16 +483,20 @@ class GaussianMixtureEM(pl.LightningModule):
         top, best = lp.max(dim=1, keepdim=True)
         return log_resp, (top - log_resp.gather(1, best)).squeeze(1)
 
-    def _e_step(self, x: Tensor, second_moments: bool = False) -> list[tuple[Tensor, Tensor, Tensor]]:
-        """Per row chunk of x [B, D]: (log r [b, K], log p(x) [b], features F [b, M])."""
-        if not bool(self.initialized):
-            raise RuntimeError("GaussianMixtureEM is not fitted yet (parameters are uninitialised)")
-        plan = self._e_plan()
+    def _e_step(
+        self, x: Tensor, second_moments: bool = False, plan: dict[str, Tensor] | None = None
+    ) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """Per row chunk of x [B, D]: (log r [b, K], log p(x) [b], features F [b, M]), for the model's
+        parameters or those of ``plan`` (``_plan_for``)."""
+        if plan is None:
+            if not bool(self.initialized):
+                raise RuntimeError("GaussianMixtureEM is not fitted yet (parameters are uninitialised)")
+            plan = self._e_plan()
         out = []
         # A mixed-precision Trainer would otherwise run these matmuls in bf16/fp16.
         with torch.autocast(device_type=x.device.type, enabled=False):
             for chunk in torch.split(x, self._chunk_rows()):
-                F = self._features(chunk, plan, second_moments)
+                F = self._features(chunk, plan["shift"], second_moments)
                 out.append((*self._normalise(self._log_prob(F, plan)), F))
         return out
 
@@ -451,11 +504,12 @@ class GaussianMixtureEM(pl.LightningModule):
         parts = self._e_step(x)
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
-    def _accumulate(self, x: Tensor) -> None:
-        """Add this batch's Σ_n r_nk F_n = [S2_k, S1_k, N_k] [K, M] and Σ log p(x_n) to the sums."""
-        st = self._train_stats
+    def _accumulate(self, x: Tensor, st: dict[str, Tensor] | None = None, plan: dict[str, Tensor] | None = None) -> None:
+        """Add this batch's Σ_n r_nk F_n = [S2_k, S1_k, N_k] [K, M] and Σ log p(x_n) to the sums (the
+        training sums for the model's parameters, or ``st`` for those of ``plan``)."""
+        st = self._train_stats if st is None else st
         assert st is not None
-        for log_resp, log_norm, F in self._e_step(x, second_moments=True):
+        for log_resp, log_norm, F in self._e_step(x, second_moments=True, plan=plan):
             st["moments"] += (log_resp.exp_().T @ F).to(torch.float64)
             st["ll"] += log_norm.sum(dtype=torch.float64)
         st["count"] += x.shape[0]
@@ -538,8 +592,12 @@ class GaussianMixtureEM(pl.LightningModule):
 
         Each new seed is the best of 2 + ⌊log K⌋ candidates drawn with probability ∝ d²(x),
         the squared distance to the nearest seed so far; best = smallest resulting Σ_n d²(x_n).
+        Distances as scikit-learn computes them, ‖x‖² − 2 x·c + ‖c‖² (one GEMM for all candidates),
+        here of the points centred on their mean, which keeps the cancellation small.
         """
         n = X.shape[0]
+        Xc = X - X.mean(0)
+        sq = (Xc * Xc).sum(1)
         trials = 2 + int(math.log(n_clusters))
         centers = torch.empty(n_clusters, X.shape[1], dtype=X.dtype)
         first = int(torch.randint(n, (1,), generator=generator))
@@ -553,7 +611,7 @@ class GaussianMixtureEM(pl.LightningModule):
             else:
                 u = torch.rand(trials, generator=generator, dtype=X.dtype) * total
                 cand = torch.searchsorted(torch.cumsum(closest, 0), u).clamp_(max=n - 1)
-            dist_c = torch.cdist(X[cand], X).square_()
+            dist_c = torch.addmm(sq[None, :] + sq[cand, None], Xc[cand], Xc.T, alpha=-2.0).clamp_(min=0.0)
             dist_c = torch.minimum(closest[None], dist_c)
             best = int(dist_c.sum(1).argmin())
             centers[c] = X[cand[best]]
@@ -561,24 +619,32 @@ class GaussianMixtureEM(pl.LightningModule):
         return centers
 
     def initialize_from(self, loader: Any) -> None:
-        """Set the starting parameters from the training data (see the class docstring)."""
+        """Set the starting parameters from the training data (see the class docstring).
+
+        Passes over ``loader``: one to collect the seeding sample, and with ``init="kmeans"`` one per Lloyd
+        iteration; ``init_passes`` counts them. Choosing among ``n_init`` starts makes none: the starts are
+        scored on the seeding sample.
+        """
         K, D = self.n_components, self.n_features
         X = self._collect_init_sample(loader)
         if X.shape[0] < max(K, 2):
             raise ValueError(f"need at least {max(K, 2)} training points for {K} components, got {X.shape[0]}")
         if X.shape[1] != D:
             raise ValueError(f"training data has {X.shape[1]} features, model expects n_features={D}")
+        given = self.hparams.means_init is not None
+        n_starts = 1 if given else int(self.hparams.get("n_init", 1))
         if _rank() == 0:
             gen = torch.Generator().manual_seed(int(self.hparams.seed))
-            if self.hparams.means_init is not None:
-                means = torch.as_tensor(self.hparams.means_init, dtype=torch.float64)
+            if given:
+                seeds = [torch.as_tensor(self.hparams.means_init, dtype=torch.float64)]
             elif self.hparams.init == "random":
-                means = X[torch.randperm(X.shape[0], generator=gen)[:K]]
-            else:
-                means = self.kmeans_plusplus(X, K, gen)
+                seeds = [X[torch.randperm(X.shape[0], generator=gen)[:K]] for _ in range(n_starts)]
+            else:  # kmeans++, and the seeds of kmeans
+                seeds = [self.kmeans_plusplus(X, K, gen) for _ in range(n_starts)]
+            seeds = torch.stack(seeds)
         else:
-            means = torch.zeros(K, D, dtype=torch.float64)
-        means = _broadcast(means.to(self.device)).to(torch.float64)
+            seeds = torch.zeros(n_starts, K, D, dtype=torch.float64)
+        seeds = _broadcast(seeds.to(self.device)).to(torch.float64)
         Xc = X - X.mean(0)
         data_cov = (Xc.T @ Xc / X.shape[0]).to(self.device)
         eye = torch.eye(D, dtype=torch.float64, device=self.device)
@@ -591,13 +657,103 @@ class GaussianMixtureEM(pl.LightningModule):
             cov = (torch.diagonal(data_cov) + self.hparams.reg_covar).expand(K, D).clone()
         else:
             cov = (torch.diagonal(data_cov) + self.hparams.reg_covar).mean().expand(K).clone()
-        self.weights.fill_(1.0 / K)
+        self.initialized.fill_(False)
+        self._set_start(torch.full((K,), 1.0 / K, dtype=torch.float64, device=self.device), seeds[0], cov)
+        self.initialized.fill_(True)  # from here a covariance that is not positive definite is kept, not fatal
+        passes = 1
+        try:
+            starts = [(self.weights.clone(), seeds[s], cov) for s in range(n_starts)]
+            if self.hparams.init == "kmeans" and not given:
+                starts, lloyd = self._kmeans_starts(loader, seeds, X.mean(0).to(self.device), float((Xc**2).mean()))
+                passes += lloyd
+            self._set_start(*starts[self._best_start(X.to(self.device), starts)] if len(starts) > 1 else starts[0])
+            self.n_iter.zero_()
+            self.lower_bound.fill_(-math.inf)
+        except BaseException:
+            self.initialized.fill_(False)
+            raise
+        self.converged.fill_(False)
+        self.init_passes = passes
+        self._init_metrics = {"train/init_passes": float(passes)}
+
+    def _set_start(self, weights: Tensor, means: Tensor, cov: Tensor) -> None:
+        self.weights.copy_(weights)
         self.means.copy_(means)
         self._set_covariances(cov)
-        self.initialized.fill_(True)
-        self.converged.fill_(False)
-        self.n_iter.zero_()
-        self.lower_bound.fill_(-math.inf)
+
+    def _kmeans_starts(
+        self, loader: Any, seeds: Tensor, shift: Tensor, mean_var: float
+    ) -> tuple[list[tuple[Tensor, Tensor, Tensor]], int]:
+        """Lloyd's k-means from each of the seeds [S, K, D] at once, streamed over ``loader``; then each
+        start's first M-step from its hard assignments (responsibilities 0 or 1): weights, means and
+        covariances of its clusters. Returns the starts as (weights, means, covariances) and the passes made.
+
+        Each pass assigns every row to its nearest centre (argmin_k ‖x̃ − c̃_k‖², x̃ = x − shift) and sums
+        the same moment features as the E-step, [x̃x̃ᵀ, x̃, 1], per cluster: the new centres are S1/N, and
+        the sums of the last pass are the M-step's statistics. A cluster left empty keeps its centre (and
+        becomes an inert component with the data covariance). Passes stop when Σ_k ‖c_k' − c_k‖² ≤
+        1e-4 × the mean feature variance for every start (scikit-learn's KMeans tolerance), or after 20.
+        """
+        S, K, D = seeds.shape
+        dt = self._compute_dtype
+        f64 = torch.float64
+        centres = (seeds - shift).reshape(S * K, D)
+        offsets = (torch.arange(S, device=self.device) * K)[None, :]
+        tol = _KMEANS_TOL * mean_var
+        base_cov = self.covariances.clone()
+        passes = 0
+        while True:
+            passes += 1
+            stats = torch.zeros(S * K, self._n_moments(), dtype=f64, device=self.device)
+            # Nearest centres from float32 distances: the [rows, S·K] matrix is the pass's largest, and in float64
+            # it costs 5 times as much; only a row within ~1e-7 (relative) of a tie could go the other way.
+            c = centres.to(torch.float32)
+            half_norms = 0.5 * (c * c).sum(1)
+            with torch.no_grad(), torch.autocast(device_type=self.device.type, enabled=False):
+                for batch in loader:
+                    x = _split_batch(batch)[0].to(self.device)
+                    for chunk in torch.split(x, self._chunk_rows()):
+                        F = self._features(chunk, shift, second_moments=True)
+                        xt = F[:, -(D + 1) : -1]
+                        nearest = torch.addmm(half_norms, xt.to(torch.float32), c.T, alpha=-1.0).view(-1, S, K).argmin(2)
+                        nearest += offsets
+                        sums = torch.zeros(S * K, F.shape[1], dtype=dt, device=self.device)
+                        for s in range(S):  # a scatter-add per start: S·M adds a row, not the one-hot GEMM's S·K·M
+                            sums.index_add_(0, nearest[:, s], F)
+                        stats += sums.to(f64)
+            stats = _all_reduce_sum(stats)
+            N, S1 = stats[:, -1], stats[:, -(D + 1) : -1]
+            moved = torch.where((N > 0)[:, None], S1 / N.clamp(min=1)[:, None], centres)
+            shifts = ((moved - centres) ** 2).sum(1).view(S, K).sum(1)
+            centres = moved
+            if bool((shifts <= tol).all()) or passes >= _KMEANS_MAX_ITER:
+                break
+        starts = []
+        for s in range(S):
+            rows = slice(s * K, (s + 1) * K)
+            # Empty clusters keep these: their centre and the data covariance.
+            self._set_start(self.weights, centres[rows] + shift, base_cov)
+            self._m_step({"moments": stats[rows]}, shift)
+            starts.append((self.weights.clone(), self.means.clone(), self.covariances.clone()))
+        return starts, passes
+
+    def _best_start(self, X: Tensor, starts: list[tuple[Tensor, Tensor, Tensor]]) -> int:
+        """The start whose mean log-likelihood over the seeding sample X is highest: no pass over the data (the
+        sample is the training set itself when that has at most ``init_samples`` rows). X is the same on every
+        rank, so every rank picks the same start."""
+        ll = []
+        with torch.no_grad():
+            for weights, means, cov in starts:
+                self._set_start(weights, means, cov)
+                plan = self._plan_for(self.weights, self.means, self.precisions_cholesky)
+                total = 0.0
+                for rows in torch.split(X, self._chunk_rows()):  # chunk by chunk: no [rows, K] array for all of X
+                    total += float(self._e_step(rows, plan=plan)[0][1].sum(dtype=torch.float64))
+                ll.append(total / X.shape[0])
+        # Starts that reached the same clustering (in another order) tie up to rounding: the first within 1e-9
+        # (relative) of the best wins.
+        top = max(ll)
+        return next(s for s in range(len(ll)) if ll[s] >= top - 1e-9 * max(1.0, abs(top)))
 
     # ------------------------------------------------------------------ Lightning hooks: training
     def configure_optimizers(self) -> None:
@@ -653,6 +809,7 @@ class GaussianMixtureEM(pl.LightningModule):
         self.n_iter += 1
         change = ll - float(self.lower_bound)
         self.lower_bound.fill_(ll)
+        ll_sum -= count * self._log_scale  # reported in the data's units; the change is the same in both
         tol = float(self.hparams.tol)
         if tol > 0 and int(self.n_iter) > 1 and change < tol:
             self.converged.fill_(True)
@@ -660,12 +817,14 @@ class GaussianMixtureEM(pl.LightningModule):
                 self.trainer.should_stop = True
         p = self.n_parameters()
         metrics = {
-            "train/log_likelihood": ll,
+            "train/log_likelihood": ll_sum / count,
             "train/bic": -2.0 * ll_sum + p * math.log(count),
             "train/aic": -2.0 * ll_sum + 2.0 * p,
             "train/n_iter": float(int(self.n_iter)),
             "train/converged": float(bool(self.converged)),
+            **self._init_metrics,
         }
+        self._init_metrics = {}
         self._log_metrics(metrics)
 
     def _log_metrics(self, metrics: dict[str, float]) -> None:
@@ -673,7 +832,9 @@ class GaussianMixtureEM(pl.LightningModule):
         if self._trainer is None:
             return
         for name, value in metrics.items():
-            # Values are already global (summed statistics); sync_dist averages identical copies.
+            # Values are already global (summed statistics); sync_dist averages identical copies. float64 tensors:
+            # Lightning would round a Python float to float32 (1e-7 of a BIC of 1e6 is 0.1).
+            value = torch.tensor(value, dtype=torch.float64, device=self.device)
             self.log(name, value, on_step=False, on_epoch=True, sync_dist=True)
 
     # ------------------------------------------------------------------ evaluation
@@ -715,6 +876,7 @@ class GaussianMixtureEM(pl.LightningModule):
         ll_sum, count = float(flat[0]), float(flat[1])
         if count == 0:
             return {}
+        ll_sum -= count * self._log_scale  # in the data's units
         p = self.n_parameters()
         metrics = {
             f"{stage}/log_likelihood": ll_sum / count,
@@ -775,8 +937,12 @@ class GaussianMixtureEM(pl.LightningModule):
 
     @torch.no_grad()
     def score_samples(self, x: Tensor | np.ndarray) -> Tensor:
-        """log p(x_n) [N] (float64)."""
-        return torch.cat([self._log_resp(c)[1] for c in self._chunks(x)]).to(torch.float64)
+        """log p(x_n) [N] (float64), in the data's units like every likelihood the model reports.
+
+        ``x`` is what the model is fed (standardised when the datamodule standardises, see ``feature_std``);
+        the density is that of the rows in their own units: log p_z(z_n) − Σ_d log s_d.
+        """
+        return torch.cat([self._log_resp(c)[1] for c in self._chunks(x)]).to(torch.float64) - self._log_scale
 
     @torch.no_grad()
     def score(self, x: Tensor | np.ndarray) -> float:
@@ -794,21 +960,54 @@ class GaussianMixtureEM(pl.LightningModule):
         return -2.0 * self.score(x) * n + 2.0 * self.n_parameters()
 
     # ------------------------------------------------------------------ report
+    def _scaling(self) -> tuple[Tensor, Tensor] | None:
+        """(m [D], s [D]) float64 on the CPU with x = m + s·z, or None when the model sees the data as they are."""
+        if self.hparams.get("feature_std") is None:
+            return None
+        f64 = torch.float64
+        return torch.tensor(self.hparams.feature_mean, dtype=f64), torch.tensor(self.hparams.feature_std, dtype=f64)
+
+    def parameters_in_data_units(self) -> dict[str, np.ndarray]:
+        """Weights, means and covariances of the mixture over the rows in their own units: μ = m + s·μ_z,
+        Σ = S Σ_z S with S = diag(s). The covariances keep their type's shape, except ``spherical``, which
+        becomes diagonal ([K, D]) when the features were scaled differently. Without scaling, the parameters."""
+        weights, means, covs = (t.detach().cpu() for t in (self.weights, self.means, self.covariances))
+        scaling = self._scaling()
+        if scaling is not None:
+            m, sd = scaling
+            means = m + sd * means
+            ct = self.covariance_type
+            if ct in ("full", "tied"):
+                covs = covs * sd[:, None] * sd[None, :]
+            elif ct == "diag":
+                covs = covs * sd**2
+            else:
+                covs = covs[:, None] * sd**2
+        return {"weights": weights.numpy(), "means": means.numpy(), "covariances": covs.numpy()}
+
     def parameters_dict(self) -> dict[str, np.ndarray]:
-        return {
+        """The fitted parameters as the model holds them (in the units it is fed) and, when the datamodule
+        standardised the features, that standardisation and the mixture in the data's own units."""
+        out = {
             "weights": self.weights.detach().cpu().numpy(),
             "means": self.means.detach().cpu().numpy(),
             "covariances": self.covariances.detach().cpu().numpy(),
             "precisions_cholesky": self.precisions_cholesky.detach().cpu().numpy(),
         }
+        scaling = self._scaling()
+        if scaling is not None:
+            data = self.parameters_in_data_units()
+            out.update(feature_mean=scaling[0].numpy(), feature_std=scaling[1].numpy(),
+                       means_data_units=data["means"], covariances_data_units=data["covariances"])
+        return out
 
     def report(self) -> dict[str, object]:
         """``parameters`` (npz arrays) and ``components``: test sample coloured by component.
 
-        The figure projects the kept test sample (≤ 2000 points) onto its first two principal
-        axes V [D, 2] (right singular vectors of the centred sample; identity when D = 2) and
-        draws each component's 1σ and 2σ ellipses of the projected covariance Vᵀ Σ_k V around
-        Vᵀ (μ_k − centre).
+        The figure, in the data's own units, projects the kept test sample (≤ 2000 points) onto its
+        first two principal axes V [D, 2] (right singular vectors of the centred sample; identity
+        when D = 2) and draws each component's 1σ and 2σ ellipses of the projected covariance
+        Vᵀ Σ_k V around Vᵀ (μ_k − centre).
         """
         from matplotlib.figure import Figure
         from matplotlib.patches import Ellipse
@@ -818,14 +1017,19 @@ class GaussianMixtureEM(pl.LightningModule):
             return out
         K, D = self.n_components, self.n_features
         sample = torch.cat(self._test_sample) if self._test_sample else torch.zeros(0, D, dtype=torch.float64)
+        pred_all = self.predict(sample).cpu() if sample.shape[0] else torch.zeros(0, dtype=torch.long)
         means = self.means.detach().cpu()
         covs = self._full_covariances().detach().cpu()
+        scaling = self._scaling()
+        if scaling is not None:  # drawn in the data's units
+            m, sd = scaling
+            sample, means, covs = m + sd * sample, m + sd * means, covs * sd[:, None] * sd[None, :]
         fig = Figure(figsize=(6.5, 5.5))
         ax = fig.add_subplot(1, 1, 1)
         colours = [f"C{k % 10}" for k in range(K)]
         if D == 1:
             if sample.shape[0]:
-                pred = self.predict(sample).cpu()
+                pred = pred_all
                 for k in range(K):
                     ax.hist(sample[pred == k, 0].numpy(), bins=40, alpha=0.5, color=colours[k], label=f"component {k}")
             for k in range(K):
@@ -845,7 +1049,7 @@ class GaussianMixtureEM(pl.LightningModule):
                 ax.set_xlabel("PC 1")
                 ax.set_ylabel("PC 2")
             if sample.shape[0]:
-                pred = self.predict(sample).cpu().numpy()
+                pred = pred_all.numpy()
                 pts = ((sample - centre) @ basis).numpy()
                 sparse = pts.shape[0] < 300  # few points must stay visible
                 ax.scatter(

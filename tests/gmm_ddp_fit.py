@@ -17,8 +17,9 @@ from datamodules.tabular import BlobsDataModule
 from lightning_modules.gmm import GaussianMixtureEM
 
 # Shared with test_gmm so the in-process single-device fit sees the same problem.
-DATA = dict(n_samples=3000, n_features=3, n_centers=4, batch_size=256, seed=3)
-MODEL = dict(n_components=4, covariance_type="full", tol=0.0, seed=5)
+DATA = dict(n_samples=3000, n_features=3, n_centers=4, batch_size=256, seed=3, cluster_std=2.5)
+# init="kmeans" with n_init: Lloyd sums and the choice of start are all-reduced; every rank must take the same start.
+MODEL = dict(n_components=4, covariance_type="full", tol=0.0, seed=5, init="kmeans", n_init=3)
 EPOCHS = 5
 
 
@@ -51,7 +52,8 @@ def main() -> None:
     if trainer.global_rank == 0:
         metrics = {k.replace("/", "__"): np.float64(v) for k, v in model.last_metrics.items()}
         params = model.parameters_dict()
-        np.savez(args.out, **params, n_iter=int(model.n_iter), world_size=trainer.world_size, **metrics)
+        np.savez(args.out, **params, n_iter=int(model.n_iter), init_passes=model.init_passes,
+                 world_size=trainer.world_size, **metrics)
 
 
 if __name__ == "__main__":

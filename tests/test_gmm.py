@@ -15,7 +15,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture
 
-from datamodules.tabular import BlobsDataModule
+from datamodules.tabular import BlobsDataModule, make_blobs
 from lightning_modules.gmm import GaussianMixtureEM, adjusted_rand_index, matched_accuracy
 from tests.conftest import python_script
 
@@ -209,7 +209,7 @@ def test_bic_aic_match_sklearn() -> None:
     np.testing.assert_allclose(model.last_metrics["val/bic"], g.bic(Xv), rtol=1e-10)
     np.testing.assert_allclose(model.last_metrics["val/aic"], g.aic(Xv), rtol=1e-10)
     np.testing.assert_allclose(model.last_metrics["val/log_likelihood"], g.score(Xv), rtol=1e-10)
-    np.testing.assert_allclose(val["val/bic"], g.bic(Xv), rtol=1e-5)  # as logged (float32)
+    np.testing.assert_allclose(val["val/bic"], g.bic(Xv), rtol=1e-10)  # as logged (float64)
     np.testing.assert_allclose(model.bic(Xv), g.bic(Xv), rtol=1e-10)
     np.testing.assert_allclose(model.aic(Xv), g.aic(Xv), rtol=1e-10)
 
@@ -355,7 +355,126 @@ def test_ddp_two_processes_match_one(tmp_path: Path) -> None:
     ddp = np.load(out)
     assert int(ddp["world_size"]) == 2 and int(ddp["n_iter"]) == helper.EPOCHS
     model, _, _ = helper.fit(1)
+    # init="kmeans", n_init=3: the same Lloyd passes and the same chosen start on both ranks as in one process.
+    assert int(ddp["init_passes"]) == model.init_passes >= 4  # the sample, then 3 Lloyd passes or more
     for name, value in model.parameters_dict().items():
         np.testing.assert_allclose(ddp[name], value, atol=1e-6, err_msg=name)
     for name in ("train/log_likelihood", "val/log_likelihood", "test/log_likelihood", "test/ari", "test/accuracy"):
         assert abs(float(ddp[name.replace("/", "__")]) - model.last_metrics[name]) < 1e-6, name
+
+
+def _sklearn_in_data_units(model: GaussianMixtureEM, params: dict | None = None) -> GaussianMixture:
+    """A scikit-learn mixture holding ``model``'s parameters in the data's own units (or ``params``, as from
+    ``parameters_in_data_units``)."""
+    from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky
+
+    params = params or model.parameters_in_data_units()
+    ct = model.covariance_type if model.covariance_type != "spherical" else "diag"
+    g = GaussianMixture(model.n_components, covariance_type=ct)
+    g.weights_, g.means_, g.covariances_ = params["weights"], params["means"], params["covariances"]
+    g.precisions_cholesky_ = _compute_precision_cholesky(g.covariances_, ct)
+    return g
+
+
+class _StartOfEpoch(pl.Callback):
+    """The parameters (in the data's units) each epoch's E-step runs with."""
+
+    def __init__(self) -> None:
+        self.params: list[dict] = []
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, model: GaussianMixtureEM) -> None:
+        self.params.append(model.parameters_in_data_units())
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "spherical"])
+def test_likelihoods_are_reported_in_the_data_units(covariance_type: str) -> None:
+    """Standardised rows, likelihoods of the rows as they are: train/val/test log-likelihood, BIC and AIC equal
+    scikit-learn's on the raw rows for the same parameters, and the fitted mixture in data units is the
+    standardised one mapped back."""
+    args = (3000, 3, 4, 1.0, 2)
+    dm = _blobs(n_samples=3000, n_centers=4, seed=2, standardize=True)
+    X, _ = make_blobs(*args)  # the raw rows, float64, as a CSV would hold them
+    perm = np.random.default_rng(2).permutation(3000)
+    raw = {"train": X[perm[:2100]], "val": X[perm[2100:2400]], "test": X[perm[2400:]]}
+    assert dm.dims["feature_std"] is not None and min(dm.dims["feature_std"]) > 2  # far from unit scale
+    model = GaussianMixtureEM(n_components=4, covariance_type=covariance_type, tol=0.0, **dm.dims)
+    starts = _StartOfEpoch()
+    trainer = _trainer(4, callbacks=[starts], num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=dm)
+    # train/: the last E-step, with the parameters that epoch started from.
+    p = model.n_parameters()  # a spherical mixture stays one in z, though diagonal in the data's units
+
+    def check(stage: str, g: GaussianMixture) -> None:
+        n, score = len(raw[stage]), g.score(raw[stage])
+        assert abs(model.last_metrics[f"{stage}/log_likelihood"] - score) < 1e-6, stage
+        assert abs(model.last_metrics[f"{stage}/bic"] - (-2 * n * score + p * np.log(n))) < 2e-6 * n, stage
+        assert abs(model.last_metrics[f"{stage}/aic"] - (-2 * n * score + 2 * p)) < 2e-6 * n, stage
+
+    check("train", _sklearn_in_data_units(model, starts.params[-1]))
+    trainer.validate(model, datamodule=dm, verbose=False)
+    trainer.test(model, datamodule=dm, verbose=False)
+    g = _sklearn_in_data_units(model)
+    check("val", g)
+    check("test", g)
+    z = dm.split("test")[0]
+    assert model.score(z) == pytest.approx(model.last_metrics["test/log_likelihood"], abs=1e-12)
+    np.testing.assert_allclose(model.score_samples(z).numpy(), g.score_samples(raw["test"]), atol=1e-5)
+    # The same mixture without the scaling: the likelihood of z, lower by Σ log s per row.
+    plain = GaussianMixtureEM(n_components=4, covariance_type=covariance_type, n_features=3)
+    plain.load_state_dict(model.state_dict())
+    shift = float(np.log(dm.dims["feature_std"]).sum())
+    assert plain.score(z) == pytest.approx(model.score(z) + shift, abs=1e-9)
+    params = model.parameters_dict()
+    np.testing.assert_allclose(params["means_data_units"], g.means_)
+    np.testing.assert_allclose(params["feature_std"], dm.dims["feature_std"])
+    assert "means_data_units" not in plain.parameters_dict()
+    with pytest.raises(ValueError, match="feature_std must have 3 values"):
+        GaussianMixtureEM(n_features=3, feature_mean=[0.0] * 3, feature_std=[1.0, 2.0])
+
+
+def test_kmeans_init_is_sklearns_start_from_the_same_seeds() -> None:
+    """init=kmeans: Lloyd's k-means from the k-means++ seeds, then the M-step of its clusters — scikit-learn's
+    GaussianMixture(init_params="kmeans") start when its KMeans starts from the same seeds."""
+    from sklearn.cluster import KMeans
+    from sklearn.mixture._gaussian_mixture import _estimate_gaussian_parameters
+
+    dm = _blobs(cluster_std=4.0)  # overlapping: k-means needs several passes
+    X = dm.split("train")[0].double()
+    for covariance_type in ("full", "diag"):
+        model = GaussianMixtureEM(n_components=4, covariance_type=covariance_type, init="kmeans", seed=3, **dm.dims)
+        model.initialize_from(dm.train_dataloader())  # 1400 rows in batches of 300: streamed
+        seeds = GaussianMixtureEM.kmeans_plusplus(X, 4, torch.Generator().manual_seed(3))
+        km = KMeans(4, init=seeds.numpy(), n_init=1, algorithm="lloyd", tol=0).fit(X.numpy())
+        # The seeding sample, then a pass per Lloyd iteration, the last one finding nothing moves (tol 0 would stop
+        # there too: the same count).
+        assert km.n_iter_ > 3 and model.init_passes == 1 + km.n_iter_
+        resp = np.eye(4)[km.labels_]
+        nk, means, covs = _estimate_gaussian_parameters(X.numpy(), resp, 1e-6, covariance_type)
+        np.testing.assert_allclose(model.weights.numpy(), nk / nk.sum(), rtol=1e-12)
+        np.testing.assert_allclose(model.means.numpy(), means, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(model.covariances.numpy(), covs, rtol=1e-10, atol=1e-12)
+        assert int(model.n_iter) == 0 and bool(model.initialized)
+
+
+def test_n_init_fits_the_start_with_the_best_likelihood() -> None:
+    """n_init=3: three k-means++ starts; the one whose parameters give the training rows (here all in the
+    seeding sample) the highest log-likelihood is fitted, exactly as that start fitted alone."""
+    dm = _blobs(cluster_std=2.5)
+    X = dm.split("train")[0].double()
+    gen = torch.Generator().manual_seed(7)
+    singles = []
+    for _ in range(3):  # start s is the s-th draw from the seed's generator
+        seeds = GaussianMixtureEM.kmeans_plusplus(X, 4, gen)
+        single = GaussianMixtureEM(n_components=4, tol=0.0, means_init=seeds, **dm.dims)
+        _trainer(1, num_sanity_val_steps=0, limit_val_batches=0).fit(single, datamodule=dm)
+        singles.append(single)
+    lls = [s.last_metrics["train/log_likelihood"] for s in singles]
+    assert max(lls) - min(lls) > 1e-3  # the starts differ
+    best = singles[int(np.argmax(lls))]
+    model = GaussianMixtureEM(n_components=4, tol=0.0, n_init=3, seed=7, **dm.dims)
+    model.initialize_from(dm.train_dataloader())
+    assert model.init_passes == 1 and int(model.n_iter) == 0  # choosing made no pass over the data
+    _trainer(1, num_sanity_val_steps=0, limit_val_batches=0).fit(model, datamodule=dm)
+    assert model.last_metrics["train/log_likelihood"] == pytest.approx(max(lls), abs=1e-12)
+    for name, value in best.parameters_dict().items():
+        np.testing.assert_allclose(model.parameters_dict()[name], value, rtol=1e-10, atol=1e-12, err_msg=name)

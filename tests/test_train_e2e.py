@@ -106,6 +106,30 @@ def test_gmm_on_a_csv_without_preset(tmp_path: Path, store: str) -> None:
     assert MlflowClient(store).get_experiment(run.info.experiment_id).name == "gmm-tabular"
     assert run.data.params["datamodule.path"] == str(csv)
     assert run.data.metrics["test/accuracy"] > 0.95
+    # The CSV is standardised (the tabular preset's default), and the likelihoods are those of its rows as written:
+    # scikit-learn's score of the test rows, for the mixture of the checkpoint that was tested, in the CSV's units.
+    from sklearn.mixture import GaussianMixture
+    from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky
+
+    from lightning_modules.gmm import GaussianMixtureEM
+
+    client = MlflowClient(store)
+    model = GaussianMixtureEM.load_from_checkpoint(
+        client.download_artifacts(run.info.run_id, "checkpoints/best.ckpt", str(tmp_path)), map_location="cpu")
+    assert model.hparams.feature_std is not None
+    rows = np.loadtxt(csv, delimiter=",", skiprows=1, usecols=(0, 1, 2))
+    test_rows = rows[np.random.default_rng(0).permutation(600)[480:]]  # seed 0; 420 train, 60 val, 120 test
+    g = GaussianMixture(3)
+    params = model.parameters_in_data_units()
+    g.weights_, g.means_, g.covariances_ = params["weights"], params["means"], params["covariances"]
+    g.precisions_cholesky_ = _compute_precision_cholesky(g.covariances_, "full")
+    assert abs(run.data.metrics["test/log_likelihood"] - g.score(test_rows)) < 1e-6
+    assert run.data.metrics["test/bic"] == pytest.approx(g.bic(test_rows), abs=1e-4)
+    assert f"test/log_likelihood: {g.score(test_rows):.6g}" in out.stdout
+    fitted = npz(client, run.info.run_id, "parameters.npz", tmp_path)
+    np.testing.assert_allclose(fitted["means_data_units"], params["means"], rtol=1e-12)
+    np.testing.assert_allclose(fitted["feature_std"], rows[np.random.default_rng(0).permutation(600)[:420]].std(0),
+                               rtol=1e-6)
 
 
 def test_default_store_is_mlflow_db_in_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
