@@ -98,7 +98,7 @@ def test_iris_is_scikit_learns_iris() -> None:
 
 
 def test_iris_dims_and_standardize() -> None:
-    dm = IrisDataModule(standardize=True, seed=0)
+    dm = IrisDataModule(standardize=True, seed=0, val_fraction=0.1)
     dm.setup("fit")
     # dims hand the model the standardisation, so that it can report in the data's own units.
     assert dm.dims == {"n_features": 4, "n_classes": 3, "feature_mean": dm.mean.tolist(), "feature_std": dm.std.tolist()}
@@ -133,7 +133,7 @@ def test_parse_inputs_and_format_outputs() -> None:
 # ---------------------------------------------------------------------- CSV
 def test_csv_reads_features_labels_and_columns(tmp_path: Path) -> None:
     path = _csv(tmp_path)
-    dm = CSVDataModule(path=str(path), label_column="species", batch_size=4, seed=0)
+    dm = CSVDataModule(path=str(path), label_column="species", batch_size=4, seed=0, standardize=False)
     assert dm.dims == {"n_features": 3, "n_classes": 2, "feature_mean": None, "feature_std": None}
     assert dm.class_names == ["cat", "dog"] and dm.feature_names == ["a", "b", "c"]
     x, y = dm.split("train")
@@ -141,7 +141,7 @@ def test_csv_reads_features_labels_and_columns(tmp_path: Path) -> None:
     sub = CSVDataModule(path=str(path), label_column="species", columns=["c", "a"])
     assert sub.dims["n_features"] == 2
     assert sub.parse_inputs(["1,2"]).shape == (1, 2)  # width from the columns, before setup
-    unlabelled = CSVDataModule(path=str(path), columns=["a", "b"])
+    unlabelled = CSVDataModule(path=str(path), columns=["a", "b"], standardize=False)
     assert unlabelled.dims == {"n_features": 2, "n_classes": None, "feature_mean": None, "feature_std": None}
     assert (unlabelled.split("test")[1] == -1).all()
 
