@@ -165,6 +165,10 @@ class Case:
         would cost, against the Trainer's."""
         pl.seed_everything(self.cfg.seed, workers=True, verbose=False)
         model = self.fresh_model()
+        # The datamodule still points at the last Lightning run's trainer, whose fit loop counted the epoch it
+        # stopped in (max_steps) as processed: a loader that takes its shuffle from the trainer's epoch
+        # (datamodules.sharding.ResumableLoader) would start this loop at epoch 1's order.
+        self.datamodule.trainer = None
         loader = self.datamodule.train_dataloader()
         t0, c0 = time.perf_counter(), time.process_time()
         model.train()
