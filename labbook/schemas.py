@@ -80,8 +80,8 @@ class GMMConfig:
     covariance_type: str = "full"
     tol: float = 1e-3
     reg_covar: float = 1e-6
-    init: str = "kmeans++"
-    n_init: int = 1
+    init: str = "kmeans"
+    n_init: int = 12
     seed: int = 0
     compute_dtype: str = "float64"  # float32: a faster E-step; statistics stay float64
 

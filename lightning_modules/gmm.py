@@ -59,9 +59,10 @@ _EMPTY_MASS = 1e-8
 _MAX_CHUNK_ELEMENTS = 1 << 20
 _REPORT_SAMPLE = 2000
 # init="kmeans": Lloyd passes stop when the centres move by at most this much in total, Σ_k ‖c_k' − c_k‖²,
-# relative to the mean variance of the features (scikit-learn's KMeans tol), or after this many passes.
+# relative to the mean variance of the features (scikit-learn's KMeans tol), or after this many passes (the
+# fewest passes to scikit-learn's log-likelihood, with n_init=12: benchmarks/gmm_init.py).
 _KMEANS_TOL = 1e-4
-_KMEANS_MAX_ITER = 20
+_KMEANS_MAX_ITER = 3
 
 
 def _world_size() -> int:
@@ -234,8 +235,8 @@ class GaussianMixtureEM(pl.LightningModule):
         covariance_type: str = "full",
         tol: float = 1e-3,
         reg_covar: float = 1e-6,
-        init: str = "kmeans++",
-        n_init: int = 1,
+        init: str = "kmeans",
+        n_init: int = 12,
         n_classes: int | None = None,
         feature_mean: Sequence[float] | None = None,
         feature_std: Sequence[float] | None = None,
@@ -702,7 +703,10 @@ class GaussianMixtureEM(pl.LightningModule):
         the same moment features as the E-step, [x̃x̃ᵀ, x̃, 1], per cluster: the new centres are S1/N, and
         the sums of the last pass are the M-step's statistics. A cluster left empty keeps its centre (and
         becomes an inert component with the data covariance). Passes stop when Σ_k ‖c_k' − c_k‖² ≤
-        1e-4 × the mean feature variance for every start (scikit-learn's KMeans tolerance), or after 20.
+        1e-4 × the mean feature variance for every start (scikit-learn's KMeans tolerance), or after 3:
+        a rough clustering is start enough for EM (benchmarks/gmm_init.py; the README has the measurement).
+        Three passes are scikit-learn's ``KMeans(max_iter=2)``: two updates of the centres, and the labels of
+        the last centres.
         """
         S, K, D = seeds.shape
         dt = self._compute_dtype
