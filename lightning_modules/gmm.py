@@ -62,10 +62,10 @@ _REPORT_SAMPLE = 2000
 # relative to the mean variance of the features (scikit-learn's KMeans tol), or after this many passes (the
 # fewest passes to scikit-learn's log-likelihood, with n_init=12: benchmarks/gmm_init.py).
 _KMEANS_TOL = 1e-4
+_KMEANS_MAX_ITER = 3
 # n_init starts are compared on at most this many rows of the seeding sample (every m-th row): the
 # difference of two starts' log-likelihoods on the same rows is known to ~0.005 nats a row from 20,000 of them.
 _SCORE_ROWS = 20_000
-_KMEANS_MAX_ITER = 3
 
 
 def _world_size() -> int:
