@@ -106,8 +106,8 @@ class GMMConfig:
     covariance_type: CovarianceType = CovarianceType.full
     tol: float = 1e-4  # stop once the mean train log-likelihood improves by less than this
     reg_covar: float = 1e-6
-    init: str = "kmeans++"  # kmeans | kmeans++ | random (a string: "kmeans++" is no Python name for an enum)
-    n_init: int = 1  # starts; the best after its first EM iteration continues
+    init: str = "kmeans"  # kmeans (3 Lloyd passes from k-means++ seeds) | kmeans++ | random; a string: "kmeans++" is no Python name for an enum
+    n_init: int = 12  # starts; the one with the best log-likelihood of the seeding sample is fitted
     seed: int = 0
     means_init: Optional[list[list[float]]] = None  # [K, D] initial means; overrides init
     compute_dtype: ComputeDtype = ComputeDtype.float64  # float32: a faster E-step; statistics stay float64

@@ -142,11 +142,12 @@ def test_row_chunking_inside_a_batch_changes_nothing(covariance_type: str, monke
         np.testing.assert_allclose(fits[1].parameters_dict()[name], value, rtol=1e-10, atol=1e-12)
 
 
-def test_fit_initialises_with_kmeanspp_deterministically() -> None:
+@pytest.mark.parametrize("init", ["kmeans++", "kmeans"])
+def test_fit_initialises_deterministically(init: str) -> None:
     dm = _blobs()
     fits = []
     for seed in (0, 0, 1):
-        model = GaussianMixtureEM(n_components=4, tol=0.0, seed=seed, **dm.dims)
+        model = GaussianMixtureEM(n_components=4, tol=0.0, seed=seed, init=init, n_init=3, **dm.dims)
         _trainer(1).fit(model, datamodule=dm)
         fits.append(model.means.numpy().copy())
     np.testing.assert_array_equal(fits[0], fits[1])
@@ -165,8 +166,8 @@ def test_kmeans_plusplus_seeds_are_spread_data_points() -> None:
 
 def test_random_init_is_deterministic() -> None:
     dm = _blobs()
-    a = GaussianMixtureEM(n_components=4, init="random", seed=3, **dm.dims)
-    b = GaussianMixtureEM(n_components=4, init="random", seed=3, **dm.dims)
+    a = GaussianMixtureEM(n_components=4, init="random", n_init=1, seed=3, **dm.dims)
+    b = GaussianMixtureEM(n_components=4, init="random", n_init=1, seed=3, **dm.dims)
     a.initialize_from(dm.train_dataloader())
     b.initialize_from(dm.train_dataloader())
     np.testing.assert_array_equal(a.means.numpy(), b.means.numpy())
@@ -277,7 +278,7 @@ def test_float32_estep_close_to_float64() -> None:
     dm = BlobsDataModule(n_samples=500_000, n_features=8, n_centers=12, cluster_std=1.0, seed=0,
                          batch_size=65536, val_fraction=0.0, test_fraction=0.0)
     dm.setup("fit")
-    start = GaussianMixtureEM(n_features=8, n_components=12, tol=0.0, seed=0)
+    start = GaussianMixtureEM(n_features=8, n_components=12, tol=0.0, seed=0, init="kmeans++", n_init=1)  # as measured
     start.initialize_from(dm.train_dataloader())
     fits = {}
     for dtype in ("float64", "float32"):
@@ -432,22 +433,30 @@ def test_likelihoods_are_reported_in_the_data_units(covariance_type: str) -> Non
         GaussianMixtureEM(n_features=3, feature_mean=[0.0] * 3, feature_std=[1.0, 2.0])
 
 
-def test_kmeans_init_is_sklearns_start_from_the_same_seeds() -> None:
+@pytest.mark.parametrize("max_iter", [100, None])
+def test_kmeans_init_is_sklearns_start_from_the_same_seeds(max_iter: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
     """init=kmeans: Lloyd's k-means from the k-means++ seeds, then the M-step of its clusters — scikit-learn's
-    GaussianMixture(init_params="kmeans") start when its KMeans starts from the same seeds."""
+    GaussianMixture(init_params="kmeans") start when its KMeans starts from the same seeds. Run to convergence,
+    and as it runs by default (3 passes: scikit-learn's KMeans(max_iter=2), whose labels are those of its last
+    centres)."""
+    import lightning_modules.gmm as gmm
     from sklearn.cluster import KMeans
     from sklearn.mixture._gaussian_mixture import _estimate_gaussian_parameters
 
+    if max_iter is not None:
+        monkeypatch.setattr(gmm, "_KMEANS_MAX_ITER", max_iter)
     dm = _blobs(cluster_std=4.0)  # overlapping: k-means needs several passes
     X = dm.split("train")[0].double()
     for covariance_type in ("full", "diag"):
-        model = GaussianMixtureEM(n_components=4, covariance_type=covariance_type, init="kmeans", seed=3, **dm.dims)
+        model = GaussianMixtureEM(n_components=4, covariance_type=covariance_type, init="kmeans", n_init=1, seed=3,
+                                  **dm.dims)
         model.initialize_from(dm.train_dataloader())  # 1400 rows in batches of 300: streamed
         seeds = GaussianMixtureEM.kmeans_plusplus(X, 4, torch.Generator().manual_seed(3))
-        km = KMeans(4, init=seeds.numpy(), n_init=1, algorithm="lloyd", tol=0).fit(X.numpy())
-        # The seeding sample, then a pass per Lloyd iteration, the last one finding nothing moves (tol 0 would stop
-        # there too: the same count).
-        assert km.n_iter_ > 3 and model.init_passes == 1 + km.n_iter_
+        km = KMeans(4, init=seeds.numpy(), n_init=1, algorithm="lloyd", tol=0, max_iter=max_iter or 2).fit(X.numpy())
+        if max_iter is None:
+            assert model.init_passes == 1 + 3  # the seeding sample, then 3 Lloyd passes
+        else:  # the seeding sample, then a pass per Lloyd iteration, the last one finding nothing moves
+            assert km.n_iter_ > 3 and model.init_passes == 1 + km.n_iter_
         resp = np.eye(4)[km.labels_]
         nk, means, covs = _estimate_gaussian_parameters(X.numpy(), resp, 1e-6, covariance_type)
         np.testing.assert_allclose(model.weights.numpy(), nk / nk.sum(), rtol=1e-12)
@@ -471,7 +480,7 @@ def test_n_init_fits_the_start_with_the_best_likelihood() -> None:
     lls = [s.last_metrics["train/log_likelihood"] for s in singles]
     assert max(lls) - min(lls) > 1e-3  # the starts differ
     best = singles[int(np.argmax(lls))]
-    model = GaussianMixtureEM(n_components=4, tol=0.0, n_init=3, seed=7, **dm.dims)
+    model = GaussianMixtureEM(n_components=4, tol=0.0, init="kmeans++", n_init=3, seed=7, **dm.dims)
     model.initialize_from(dm.train_dataloader())
     assert model.init_passes == 1 and int(model.n_iter) == 0  # choosing made no pass over the data
     _trainer(1, num_sanity_val_steps=0, limit_val_batches=0).fit(model, datamodule=dm)
