@@ -23,6 +23,7 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PY = BIN / ("python.exe" if os.name == "nt" else "python")
 STAMP = VENV / ".labbook-setup"
 CPU_TORCH = "torch==2.13.0"
+PACKAGES = ("labbook", "lightning_modules", "datamodules", "hydra_plugins")
 
 
 def torch_spec() -> str:
@@ -48,6 +49,13 @@ def setup() -> None:
     STAMP.write_text(want)
 
 
+def compile_sources() -> None:
+    """Byte-compile labbook's own packages, as a non-editable install would. An editable install is compiled
+    by Python on first import, unless PYTHONDONTWRITEBYTECODE is set (as in CI here): then every command
+    would compile ~10,000 lines again (~0.2 s). Incremental: only changed files are compiled."""
+    subprocess.run([str(PY), "-m", "compileall", "-q", *(str(ROOT / pkg) for pkg in PACKAGES)], check=True)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in ("setup", "train", "test"):
         print(__doc__.strip())
@@ -57,6 +65,7 @@ def main(argv: list[str]) -> int:
     except subprocess.CalledProcessError as exc:
         print(f"dev.py: set-up failed: {' '.join(map(str, exc.cmd))} exited {exc.returncode}", file=sys.stderr)
         return 1
+    compile_sources()
     command, rest = argv[0], argv[1:]
     if command == "setup":
         return 0

@@ -9,7 +9,8 @@ Several processes creating a fresh SQLite store at the same time corrupt it ("ta
 metrics already exists", then a store nobody can open), and independent ``labbook`` commands (``&`` in a
 shell, a scheduler's job array) do exactly that. :func:`prepare_store` therefore holds an exclusive lock
 while MLflow creates or upgrades the schema: the first process creates it, the others wait, then find it
-ready.
+ready. A new SQLite store is a copy of a blank one made once per machine and MLflow version
+(:func:`blank_store`): MLflow would otherwise run its whole migration history for every new store.
 """
 
 from __future__ import annotations
@@ -106,11 +107,67 @@ def prepare_store(uri: str) -> None:
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
         with _exclusive(uri):
-            # Opening the store runs MLflow's schema migrations for SQL stores; listing one experiment also
-            # proves a server is reachable before any training starts.
+            if db is not None and not db.exists():
+                _copy_blank_store(db)
+            # Opening the store runs MLflow's schema migrations for SQL stores (none left after a copy of the
+            # blank store); listing one experiment also proves a server is reachable before training starts.
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001
         raise UserError(f"tracking store {uri}: {one_line(exc)}") from exc
+
+
+def cache_dir() -> Path:
+    """Where labbook keeps what it can rebuild: ``$XDG_CACHE_HOME/labbook``, else ``~/.cache/labbook``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "labbook"
+
+
+def blank_store() -> Path | None:
+    """An empty SQLite store with this MLflow's whole schema and no experiment: made once per machine and
+    MLflow/SQLAlchemy version (MLflow's ~60 migrations take ~1.6 s of every new store's first command), then
+    copied. None when the cache cannot be written; the caller lets MLflow create the store itself."""
+    import sqlite3
+
+    import mlflow
+    import sqlalchemy
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    cache = cache_dir()
+    blank = cache / f"blank-store-mlflow-{mlflow.__version__}-sqlalchemy-{sqlalchemy.__version__}.db"
+    if blank.is_file():
+        return blank
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            db = Path(tmp) / "store.db"
+            db_uri = f"sqlite:///{db}"
+            SqlAlchemyStore(db_uri, (Path(tmp) / "artifacts").as_uri())
+            SqlAlchemyStore._engine_map.pop(db_uri).dispose()  # MLflow caches one engine per URI
+            # Experiment 0 names its artifact folder; MLflow recreates it, with the right one, on first opening.
+            with contextlib.closing(sqlite3.connect(db)) as con:
+                con.execute("DELETE FROM experiments")
+                con.commit()
+                con.execute("VACUUM")
+            os.replace(db, blank)  # atomic: a concurrent maker's file is as complete as this one
+    except OSError:
+        return None
+    return blank
+
+
+def _copy_blank_store(db: Path) -> None:
+    """Create the SQLite store ``db`` as a copy of :func:`blank_store` (the caller holds the store's lock)."""
+    import shutil
+
+    blank = blank_store()
+    if blank is None:
+        return
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(blank, tmp)
+        os.link(tmp, db)  # never over a store that another program (not holding labbook's lock) just made
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 SERVER_TIMEOUT_S = 5.0  # one try: MLflow's own client retries an absent server for minutes
