@@ -133,8 +133,11 @@ def test_a_locked_sqlite_store_is_waited_for_and_other_errors_are_not() -> None:
 def _schema(db: Path) -> list[tuple]:
     import sqlite3
 
+    # Each statement's lines sorted: MLflow's own migrations order a table's constraints differently from one
+    # process to the next (set iteration), so two stores it creates itself differ in that order only.
     with sqlite3.connect(db) as con:
-        tables = con.execute("SELECT type, name, sql FROM sqlite_master ORDER BY type, name").fetchall()
+        tables = [(kind, name, sorted((sql or "").replace(",", "").splitlines()))
+                  for kind, name, sql in con.execute("SELECT type, name, sql FROM sqlite_master ORDER BY type, name")]
         return tables + con.execute("SELECT version_num FROM alembic_version").fetchall()
 
 
