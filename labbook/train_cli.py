@@ -25,6 +25,7 @@ def train_main(args: Sequence[str]) -> int:
     from omegaconf import DictConfig
 
     from labbook import schemas, sweeps
+    from labbook.compose import composed_once
     from labbook.errors import RunKilled, one_line
     from labbook.store import prepare_store, resolve_tracking_uri
     from labbook.timing import mark
@@ -143,7 +144,8 @@ def train_main(args: Sequence[str]) -> int:
     sys.argv = [sys.argv[0], *args]
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us, so we decide how they are shown
     try:
-        _task()
+        with composed_once():  # Hydra composes once where it would compose the same config twice
+            _task()
     except BaseException as exc:  # noqa: BLE001
         if isinstance(exc, sweeps.SweepNotStarted):
             return fail(exc.error, full_error)
