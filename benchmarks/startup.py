@@ -54,7 +54,7 @@ TRAINING = {"polynomial": ["experiment=polynomial", "trainer.max_epochs=1", "deb
 PHASES = [
     ("main", "python starts, imports the command table"),
     ("hydra-imported", "imports Hydra, OmegaConf, the train glue"),
-    ("composed", "Hydra composes the config (twice: mode, job)"),
+    ("composed", "Hydra composes the config (once)"),
     ("validated", "labbook's schema checks"),
     ("store-prepared", "imports MLflow, opens the store"),
     ("reaped", "reaps this host's dead runs"),
