@@ -14,12 +14,13 @@ In one process run, into a fresh store (the first training runs, which create th
 3. ``labbook train`` for tiny runs (``experiment=polynomial trainer.max_epochs=1`` and ``experiment=gmm_iris``,
    both ``debug=quiet``) with ``LABBOOK_TIMING=1``: labbook prints ``labbook-timing: PHASE WALL CPU`` on stderr
    (WALL: :func:`time.monotonic`, the clock this script reads too; CPU: the process's CPU time), so each
-   phase from the command's start to its first training step, and from its last training step to the
-   process's exit, is timed; and labbook's own share beyond the imports by subtraction:
+   phase from the command's start to training's start (Lightning's ``on_train_start``, before the model's own:
+   a GMM's initialisation passes over the data are training, as its EM passes are), and from its last
+   training step to the process's exit, is timed; and labbook's own share beyond the imports by subtraction:
    (start-up + shut-down) - the floor;
 4. labbook's own share measured directly, which the subtraction of two ~10 s measurements of different
    processes cannot resolve to a second on a shared machine: the same commands in a python that imports
-   the four libraries before calling labbook's ``main``, its phases from ``main`` to the first step and
+   the four libraries before calling labbook's ``main``, its phases from ``main`` to training's start and
    from the last step to exit, less the floor's exit. Goal: at most 1 s.
 
 The floor and the training runs are measured in turns. Wall times are what a user waits; where other jobs
@@ -63,8 +64,9 @@ PHASES = [
     ("run-opened", "opens the MLflow run"),
     ("recorded", "records config, git, environment, dataset"),
     ("trainer-built", "constructs the Trainer"),
-    ("first-step", "Lightning's fit set-up, to the first step"),
-    ("last-step", "(training: not counted)"),
+    ("train-start", "Lightning's fit set-up, to training's start"),
+    ("first-step", "(training, not counted: the model's own start"),
+    ("last-step", " - a GMM's initialisation passes - and steps)"),
     ("fit-done", "epoch end, validation, checkpoints"),
     ("tested", "test pass"),
     ("artifacts-logged", "artifacts: checkpoints, plots, tags"),
@@ -240,10 +242,10 @@ def main() -> None:
 
         for mark, what in PHASES:
             row(what, mark, [med(runs[n], mark) for n in names])
-        before = NAMES[:NAMES.index("first-step") + 1]
+        before = NAMES[:NAMES.index("train-start") + 1]
         after = NAMES[NAMES.index("last-step") + 1:]
         print("   " + "-" * (61 + 25 * len(names)))
-        row("start-up: command to first step", "", [med(runs[n], before) for n in names])
+        row("start-up: command to training's start", "", [med(runs[n], before) for n in names])
         row("shut-down: last step to exit", "", [med(runs[n], after) for n in names])
         row("minus the floor (imports and exit)", "", [(-floor[0], -floor[1])] * len(names))
         subtracted = {n: tuple(t - f for t, f in zip(med(runs[n], before + after), floor)) for n in names}

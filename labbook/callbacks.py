@@ -209,12 +209,16 @@ class PruneTrial(Callback):
 
 
 class StepTiming(Callback):
-    """With ``LABBOOK_TIMING=1`` (:mod:`labbook.timing`): when the first training step starts and when the
-    last one ended, the two ends of what ``benchmarks/startup.py`` calls start-up and shut-down."""
+    """With ``LABBOOK_TIMING=1`` (:mod:`labbook.timing`): when training starts (before the model's own
+    ``on_train_start``), when the first training step starts and when the last one ended: the ends of what
+    ``benchmarks/startup.py`` calls start-up and shut-down."""
 
     def __init__(self) -> None:
         self._started = False
         self._last_end: tuple[float, float] | None = None
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        mark("train-start")  # callbacks before the model: what follows is the model's own start (a GMM's init)
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if not self._started:
