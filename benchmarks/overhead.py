@@ -33,9 +33,29 @@ over repeats of labbook / the plain run of the same repeat. R, on the last line,
 ratio: on this 2-core machine identical 150-step runs of the date models vary by ±3-5% from run to run,
 which moves R for them between 1.01 and 1.06 over runs of the same code. After the runs it checks that
 both ways end with the same weights (same steps, same batches, same clipping; the difference is exactly 0
-for all three). The last line is
+for all three). The last two lines are
 
     overhead: lstm=R seq2seq=R transformer=R
+    own_ms_per_step: lstm=Z seq2seq=Z transformer=Z
+
+Z is labbook's own cost per training step, timed on the training thread inside labbook's own code
+(:func:`time_own_code`: every hook of labbook's callbacks and its metrics logger), and counting only what
+grows with the number of steps:
+  - includes: every step's hooks (the signal check, the checkpoint's trigger check), every epoch's hooks,
+    the metrics logger's hand-offs, and the timed ``last.ckpt`` rewrites (write and copy into the store)
+    at their steady rate: one per ``callbacks.checkpoint.last_every_s`` (10 s) of training, or one per
+    epoch when an epoch is longer (a rewrite waits for an epoch's end), each costing what this run's
+    writes cost. A 150-step run of a date model writes only its final ``last.ckpt``; counting the rewrites
+    it happened to make would give 0 for them, the truth being one per epoch (317-633 steps).
+  - excludes, printed apart in ms once a run: the start and end hooks, the final ``last.ckpt`` (the last
+    epoch's end) and the metrics flushes after training, the wait for the checkpoint copies still under way.
+    These are paid once however many steps a run takes: over 150 steps they came to ~0.2-0.25 ms/step,
+    which the earlier single figure counted as per-step cost.
+  - excludes, printed apart: the CPU time of labbook's background threads (the metrics flush every
+    ``logger.flush_every_s`` and the copies of checkpoints into the store, :mod:`labbook.background`). On a
+    machine with a core to spare they do not lengthen a step; on a saturated one they compete for it.
+  - not measured here: the run's heartbeat thread (one write every 30 s) and MLflow's system-metrics
+    monitor, which ``labbook train`` starts (``logger.system_metrics``) and this benchmark does not.
 
 Measured (2 cores, otherwise idle, 1 thread, 2026-11-25, after the run-lifecycle work; README): lstm 2.21
 (plain 0.33 s, labbook 0.69 s for 300 steps, medians), seq2seq 1.02 (9.9 s vs 10.0 s, 150 steps),
@@ -246,6 +266,13 @@ class Case:
             trainer.fit(model, datamodule=self.datamodule)
             if trainer.logger:
                 trainer.logger.flush()
+            uploads = [cb.on_save for cb in callbacks if isinstance(getattr(cb, "on_save", None), CheckpointUpload)]
+            started = time.perf_counter()
+            for upload in uploads:  # as labbook.train.run, before it stores the final checkpoints
+                upload.wait_all()
+            if own is not None:
+                own.once += time.perf_counter() - started
+                own.off_thread_s = sum(b.background.cpu_s for b in [*uploads, trainer.logger] if b is not None)
             elapsed = time.perf_counter() - t0, time.process_time() - c0
         assert trainer.global_step == steps, (trainer.global_step, steps)
         if variant == "labbook":
@@ -285,6 +312,7 @@ class OwnTime:
         self.detail: dict[str, list[float]] = {}
         self.saves: list[tuple[float, float, bool]] = []  # (write + upload s, of which upload s, final?)
         self.per_step = self.once = 0.0
+        self.off_thread_s = 0.0  # CPU seconds of labbook's background threads (metrics flushes, checkpoint copies)
 
     @property
     def total(self) -> float:
@@ -496,8 +524,9 @@ def main() -> None:
             fixed = 1000 * statistics.median(o.fixed_s() for o, _ in runs)
             in_run = 1000 * statistics.median(o.total for o, _ in runs) / steps  # all of it, as this run paid it
             total = per_step("labbook", "plain")
+            off = 1000 * statistics.median(o.off_thread_s for o, _ in runs) / steps
             split[name] = (total, total - in_run, own[name], statistics.median(hooks), statistics.median(timed_saves),
-                           fixed, in_run)
+                           fixed, in_run, off)
             details[name] = (runs, case.epoch_steps)
             if "+progress bar" in wall:
                 split[name] += (per_step("+progress bar", "labbook"),)
@@ -527,11 +556,12 @@ def main() -> None:
                                                   for t, u, f in saves))
     print()
     for name in args.models:
-        total, lightning, labbook, hooks, saves, fixed, in_run, *bar = split[name]
+        total, lightning, labbook, hooks, saves, fixed, in_run, off, *bar = split[name]
         print(f"{name}: +{total:.3f} ms/step over the plain loop, of which Lightning's bare Trainer is {lightning:.3f} "
               f"and labbook {labbook:.3f}" + (f"; the progress bar adds {bar[0]:.4f}" if bar else "")
               + f" (labbook per step: hooks {hooks:.3f} + timed last.ckpt rewrites {saves:.3f}; once a run: "
-              f"{fixed:.1f} ms; all labbook's own time in these runs: {in_run:.3f} ms/step)")
+              f"{fixed:.1f} ms; all labbook's own time in these runs: {in_run:.3f} ms/step; its background threads' CPU: "
+              f"{off:.3f} ms/step)")
     print("(+X: the median over repeats of labbook minus the plain run of the same repeat; Lightning's share: X minus"
           " all the time spent in labbook's own code in those runs; labbook's: its per-step cost Z, timed inside its"
           " own hooks, with the timed last.ckpt rewrites at their steady rate; once a run: the start/end hooks, the"
