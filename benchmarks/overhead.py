@@ -33,9 +33,29 @@ over repeats of labbook / the plain run of the same repeat. R, on the last line,
 ratio: on this 2-core machine identical 150-step runs of the date models vary by ±3-5% from run to run,
 which moves R for them between 1.01 and 1.06 over runs of the same code. After the runs it checks that
 both ways end with the same weights (same steps, same batches, same clipping; the difference is exactly 0
-for all three). The last line is
+for all three). The last two lines are
 
     overhead: lstm=R seq2seq=R transformer=R
+    own_ms_per_step: lstm=Z seq2seq=Z transformer=Z
+
+Z is labbook's own cost per training step, timed on the training thread inside labbook's own code
+(:func:`time_own_code`: every hook of labbook's callbacks and its metrics logger), and counting only what
+grows with the number of steps:
+  - includes: every step's hooks (the signal check, the checkpoint's trigger check), every epoch's hooks,
+    the metrics logger's hand-offs, and the timed ``last.ckpt`` rewrites (write and copy into the store)
+    at their steady rate: one per ``callbacks.checkpoint.last_every_s`` (10 s) of training, or one per
+    epoch when an epoch is longer (a rewrite waits for an epoch's end), each costing what this run's
+    writes cost. A 150-step run of a date model writes only its final ``last.ckpt``; counting the rewrites
+    it happened to make would give 0 for them, the truth being one per epoch (317-633 steps).
+  - excludes, printed apart in ms once a run: the start and end hooks, the final ``last.ckpt`` (the last
+    epoch's end) and the metrics flushes after training, the wait for the checkpoint copies still under way.
+    These are paid once however many steps a run takes: over 150 steps they came to ~0.2-0.25 ms/step,
+    which the earlier single figure counted as per-step cost.
+  - excludes, printed apart: the CPU time of labbook's background threads (the metrics flush every
+    ``logger.flush_every_s`` and the copies of checkpoints into the store, :mod:`labbook.background`). On a
+    machine with a core to spare they do not lengthen a step; on a saturated one they compete for it.
+  - not measured here: the run's heartbeat thread (one write every 30 s) and MLflow's system-metrics
+    monitor, which ``labbook train`` starts (``logger.system_metrics``) and this benchmark does not.
 
 Measured (2 cores, otherwise idle, 1 thread, 2026-11-25, after the run-lifecycle work; README): lstm 2.21
 (plain 0.33 s, labbook 0.69 s for 300 steps, medians), seq2seq 1.02 (9.9 s vs 10.0 s, 150 steps),
@@ -150,7 +170,9 @@ class Case:
         self.clip = self.cfg.trainer.gradient_clip_val
         self.batch_size = self.cfg.datamodule.batch_size
         self.final: dict[str, dict[str, torch.Tensor]] = {}
-        self.own_s: list[float] = []  # per labbook run: seconds inside labbook's own hooks (time_own_code)
+        self.own: list[tuple[OwnTime, float]] = []  # per labbook run: labbook's own time, the run's wall s
+        self.epoch_steps = len(self.datamodule.train_dataloader())  # batches an epoch (last.ckpt's steady rate)
+        self.last_every_s = float(self.cfg.callbacks.checkpoint.last_every_s)
 
     def fresh_model(self) -> Any:
         model_cls = get_class(self.cfg.model._target_)
@@ -240,15 +262,22 @@ class Case:
                                       **{"enable_progress_bar": False, **trainer_kwargs})
             else:
                 trainer = build_trainer(cfg, callbacks, tracked, **trainer_kwargs)  # as labbook.train.run builds it
-            own = time_own_code(trainer) if variant == "labbook" else [0.0]
+            own = time_own_code(trainer) if variant == "labbook" else None
             trainer.fit(model, datamodule=self.datamodule)
             if trainer.logger:
                 trainer.logger.flush()
+            uploads = [cb.on_save for cb in callbacks if isinstance(getattr(cb, "on_save", None), CheckpointUpload)]
+            started = time.perf_counter()
+            for upload in uploads:  # as labbook.train.run, before it stores the final checkpoints
+                upload.wait_all()
+            if own is not None:
+                own.once += time.perf_counter() - started
+                own.off_thread_s = sum(b.background.cpu_s for b in [*uploads, trainer.logger] if b is not None)
             elapsed = time.perf_counter() - t0, time.process_time() - c0
         assert trainer.global_step == steps, (trainer.global_step, steps)
         if variant == "labbook":
             self.final["labbook"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            self.own_s.append(own[0])
+            self.own.append((own, elapsed[0]))
         return elapsed
 
     def same_weights(self) -> float:
@@ -258,34 +287,160 @@ class Case:
         return max(float((a[k] - b[k]).abs().max()) for k in a if a[k].is_floating_point())
 
 
-def time_own_code(trainer: Any) -> list[float]:
+# Hooks Lightning calls once per fit (or per stage), whatever the number of steps.
+ONCE_HOOKS = ("setup", "teardown", "on_fit_start", "on_fit_end", "on_train_start", "on_train_end",
+              "on_sanity_check_start", "on_sanity_check_end", "on_validation_start", "on_test_start",
+              "on_predict_start", "on_exception", "finalize", "state_dict", "load_state_dict",
+              "on_save_checkpoint", "on_load_checkpoint")
+
+
+class OwnTime:
+    """The seconds one labbook fit spent inside labbook's own code (:func:`time_own_code`), split by what
+    its count grows with:
+
+    - ``per_step``: the hooks of every step and every epoch, the metrics logger's hand-offs and the
+      flushes it makes every ``flush_every_s`` while training; their count grows with the steps.
+    - ``saves``: each ``last.ckpt`` write (and its copy into the run's artifacts): (seconds, final?). The
+      final one (the last epoch's end) is paid once a run; the others are the timed rewrites, at most one
+      per ``callbacks.checkpoint.last_every_s`` and one per epoch (the first epoch's end always writes).
+    - ``once``: the hooks of a fit's start and end, and the metrics flushes after training (Lightning's
+      ``finalize``, the explicit flush after ``fit``): paid once a run.
+    ``detail`` keeps every label's (seconds, calls), self time (a nested label's time is its own only).
+    """
+
+    def __init__(self) -> None:
+        self.detail: dict[str, list[float]] = {}
+        self.saves: list[tuple[float, float, bool]] = []  # (write + upload s, of which upload s, final?)
+        self.per_step = self.once = 0.0
+        self.off_thread_s = 0.0  # CPU seconds of labbook's background threads (metrics flushes, checkpoint copies)
+
+    @property
+    def total(self) -> float:
+        return self.per_step + self.once + sum(s for s, _, _ in self.saves)
+
+    def fixed_s(self) -> float:
+        """Seconds paid once a run: start/end hooks, the final flushes, the final last.ckpt."""
+        return self.once + sum(s for s, _, final in self.saves if final)
+
+    def save_s(self) -> float:
+        """One last.ckpt write and upload (the median over the run's saves, the final one included: the
+        same work)."""
+        return statistics.median(s for s, _, _ in self.saves) if self.saves else 0.0
+
+    def per_step_ms(self, steps: int, step_s: float, epoch_steps: int, every_s: float) -> tuple[float, float]:
+        """(hooks ms/step, timed last.ckpt rewrites ms/step). The rewrites at their steady rate: one per
+        ``every_s`` of training, or per epoch when an epoch is longer (a rewrite waits for an epoch's end),
+        each costing :meth:`save_s`; their count in a short run (0 or 1) says nothing about a long one."""
+        between = max(epoch_steps, every_s / step_s) if step_s > 0 else float(epoch_steps)
+        return 1000 * self.per_step / steps, 1000 * self.save_s() / between
+
+
+def time_own_code(trainer: Any) -> OwnTime:
     """Time every call Lightning makes into labbook's own code during ``trainer.fit``: the hooks of labbook's
     callbacks (checkpoint choices and the saves they decide, signal checks, progress, uploads to the store)
-    and its metrics logger. Returns a one-element list that accumulates the seconds. This is labbook's share
-    measured directly: the date models' steps vary by milliseconds from run to run on a shared machine,
-    far more than the tenth of a millisecond to be resolved by subtracting two wall-clock runs."""
-    total = [0.0]
+    and its metrics logger, and, inside them, each ``last.ckpt`` write and upload and each metrics flush.
+    This is labbook's share measured directly: the date models' steps vary by milliseconds from run to run
+    on a shared machine, far more than the tenth of a millisecond to be resolved by subtracting two
+    wall-clock runs."""
+    own = OwnTime()
+    stack: list[list[float]] = []  # per active timed call: [time spent in nested timed calls]
+    state = {"in_log": False, "upload": 0.0, "in_save": False}
+    max_steps = trainer.fit_loop.max_steps
 
-    def timed(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def timed(label: str, fn: Callable[..., Any], on_done: Callable[[float, float], None] | None = None):
         def call(*args: Any, **kwargs: Any) -> Any:
+            stack.append([0.0])
             started = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
-                total[0] += time.perf_counter() - started
+                spent = time.perf_counter() - started
+                nested = stack.pop()[0]
+                if stack:
+                    stack[-1][0] += spent
+                entry = own.detail.setdefault(label, [0.0, 0])
+                entry[0] += spent - nested
+                entry[1] += 1
+                (on_done or (lambda s, n: None))(spent, nested)
         return call
 
-    def own(cls: type, name: str) -> bool:  # defined by a labbook class, not inherited from Lightning
+    def hook_done(name: str) -> Callable[[float, float], None]:
+        def done(spent: float, nested: float) -> None:
+            if name in ONCE_HOOKS:
+                own.once += spent - nested
+            else:
+                own.per_step += spent - nested
+        return done
+
+    def add(kind: str, seconds: float) -> None:
+        setattr(own, kind, getattr(own, kind) + seconds)
+
+    def defined_here(cls: type, name: str) -> bool:  # defined by a labbook class, not inherited from Lightning
         return any(name in k.__dict__ for k in cls.__mro__ if k.__module__.startswith("labbook."))
 
     for obj in [*trainer.callbacks, *([trainer.logger] if trainer.logger else [])]:
-        if not type(obj).__module__.startswith("labbook."):
+        cls = type(obj)
+        if not cls.__module__.startswith("labbook."):
             continue
-        for name in dir(type(obj)):
+        for name in dir(cls):
             if (name.startswith("on_") or name in ("log_metrics", "flush", "save", "finalize", "setup",
-                                                   "state_dict", "load_state_dict")) and own(type(obj), name):
-                setattr(obj, name, timed(getattr(obj, name)))
-    return total
+                                                   "state_dict", "load_state_dict")) and defined_here(cls, name):
+                if name in ("flush", "on_save"):
+                    continue  # below, as their own kinds (on_save: ModelCheckpoint's upload, not a hook)
+                if name == "log_metrics":
+                    inner = getattr(obj, name)
+
+                    def log_metrics(*args: Any, _inner: Callable[..., Any] = inner, **kwargs: Any) -> Any:
+                        state["in_log"] = True
+                        try:
+                            return _inner(*args, **kwargs)
+                        finally:
+                            state["in_log"] = False
+                    setattr(obj, name, timed(f"{cls.__name__}.{name}", log_metrics, hook_done(name)))
+                    continue
+                setattr(obj, name, timed(f"{cls.__name__}.{name}", getattr(obj, name), hook_done(name)))
+        if hasattr(obj, "log_metrics") and hasattr(obj, "flush"):  # the metrics logger
+            flush = obj.flush
+
+            def timed_flush(*args: Any, _flush: Callable[..., Any] = flush, **kwargs: Any) -> Any:
+                if state["in_log"]:  # every flush_every_s while training
+                    return every(*args, **kwargs)
+                return last(*args, **kwargs)  # after training: finalize, the explicit flush
+
+            every = timed(f"{cls.__name__}.flush (every flush_every_s)", flush, lambda s, n: add("per_step", s - n))
+            last = timed(f"{cls.__name__}.flush (after training)", flush, lambda s, n: add("once", s - n))
+            obj.flush = timed_flush
+        if isinstance(obj, ModelCheckpoint):  # each last.ckpt written, and its copy into the store
+            write, upload = obj._save_last_checkpoint, obj.on_save
+
+            def save_last(tr: Any, candidates: Any, _write: Callable[..., Any] = write, _ck: Any = obj) -> Any:
+                before, t0 = _ck._last_written_at, time.perf_counter()
+                state["upload"], state["in_save"] = 0.0, True
+                try:
+                    return _write(tr, candidates)
+                finally:
+                    spent = time.perf_counter() - t0
+                    state["in_save"] = False
+                    if _ck._last_written_at != before:  # written, not skipped as not due yet
+                        final = 0 < max_steps <= tr.global_step or bool(tr.should_stop)
+                        own.saves.append((spent, state["upload"], final))
+                    else:
+                        own.per_step += spent
+
+            obj._save_last_checkpoint = timed("ModelCheckpoint last.ckpt (write + upload)", save_last)
+            if upload is not None:
+                def store(path: str, _up: Callable[[str], None] = upload) -> None:
+                    t0 = time.perf_counter()
+                    try:
+                        _up(path)
+                    finally:
+                        if state["in_save"]:
+                            state["upload"] += time.perf_counter() - t0
+                        else:  # best.ckpt's, after a validation: per epoch
+                            own.per_step += time.perf_counter() - t0
+
+                obj.on_save = timed("CheckpointUpload (copy into the store)", store)
+    return own
 
 
 def profile(case: Case, steps: int, top: int = 35) -> None:
@@ -336,7 +491,7 @@ def main() -> None:
             ways[3:3] = [("+checkpoint", lambda c, n: c.labbook(n, "ckpt"))]
             ways.append(("+progress bar", lambda c, n: c.labbook(n, "progress")))
             ways.append(("fabric loop", lambda c, n: c.plain(n, fabric=True)))
-        rows, ratios, own, split = [], {}, {}, {}
+        rows, ratios, own, split, details = [], {}, {}, {}, {}
         for name in args.models:
             steps = args.steps or CASES[name]["steps"]
             case = Case(name, steps, workdir, uri)
@@ -362,9 +517,17 @@ def main() -> None:
             def per_step(way: str, base: str) -> float:  # ms a step, the median of the repeats' paired differences
                 return 1000 * statistics.median(a - b for a, b in zip(wall[way], wall[base])) / steps
 
-            own[name] = 1000 * statistics.median(case.own_s[-len(wall["labbook"]):]) / steps  # the timed runs'
+            runs = case.own[-len(wall["labbook"]):]  # the timed runs'
+            hooks, timed_saves = zip(*(o.per_step_ms(steps, t / steps, case.epoch_steps, case.last_every_s)
+                                       for o, t in runs))
+            own[name] = statistics.median(h + s for h, s in zip(hooks, timed_saves))  # Z
+            fixed = 1000 * statistics.median(o.fixed_s() for o, _ in runs)
+            in_run = 1000 * statistics.median(o.total for o, _ in runs) / steps  # all of it, as this run paid it
             total = per_step("labbook", "plain")
-            split[name] = (total, total - own[name], own[name])
+            off = 1000 * statistics.median(o.off_thread_s for o, _ in runs) / steps
+            split[name] = (total, total - in_run, own[name], statistics.median(hooks), statistics.median(timed_saves),
+                           fixed, in_run, off)
+            details[name] = (runs, case.epoch_steps)
             if "+progress bar" in wall:
                 split[name] += (per_step("+progress bar", "labbook"),)
             print(f"{name}: done (wall s: {'; '.join(f'{w} ' + ' '.join(f'{x:.2f}' for x in v) for w, v in wall.items())});"
@@ -380,12 +543,29 @@ def main() -> None:
         print(f"{name:<12} {way:<14} {steps:>5} {bs:>5} {t:>8.3f} {med:>8.3f} {sps:>8.1f} {extra:>8.2f} {r:>6.3f}"
               f" {pr:>6.3f} {rc:>6.3f}")
     print()
+    for name in args.models:  # where labbook's own time went, the mean over the timed runs
+        runs, epoch_steps = details[name]
+        labels = sorted({k for o, _ in runs for k in o.detail}, key=lambda k: -sum(o.detail.get(k, [0, 0])[0] for o, _ in runs))
+        print(f"{name}: labbook's own time per run (self time, the mean of {len(runs)} runs; {epoch_steps} steps an epoch):")
+        for k in labels:
+            ms = 1000 * statistics.mean(o.detail.get(k, [0, 0])[0] for o, _ in runs)
+            calls = statistics.mean(o.detail.get(k, [0, 0])[1] for o, _ in runs)
+            print(f"    {k:<52} {ms:9.2f} ms {calls:7.0f} calls")
+        saves = [sv for o, _ in runs for sv in o.saves]
+        print("    last.ckpt writes: " + ", ".join(f"{1000 * t:.1f} ms (upload {1000 * u:.1f}){' final' if f else ''}"
+                                                  for t, u, f in saves))
+    print()
     for name in args.models:
-        total, lightning, labbook, *bar = split[name]
+        total, lightning, labbook, hooks, saves, fixed, in_run, off, *bar = split[name]
         print(f"{name}: +{total:.3f} ms/step over the plain loop, of which Lightning's bare Trainer is {lightning:.3f} "
-              f"and labbook {labbook:.3f}" + (f"; the progress bar adds {bar[0]:.4f}" if bar else ""))
-    print("(+X: the median over repeats of labbook minus the plain run of the same repeat; labbook's share timed "
-          "inside its own hooks, Lightning's the rest; `--breakdown` also times Lightning alone as a check)")
+              f"and labbook {labbook:.3f}" + (f"; the progress bar adds {bar[0]:.4f}" if bar else "")
+              + f" (labbook per step: hooks {hooks:.3f} + timed last.ckpt rewrites {saves:.3f}; once a run: "
+              f"{fixed:.1f} ms; all labbook's own time in these runs: {in_run:.3f} ms/step; its background threads' CPU: "
+              f"{off:.3f} ms/step)")
+    print("(+X: the median over repeats of labbook minus the plain run of the same repeat; Lightning's share: X minus"
+          " all the time spent in labbook's own code in those runs; labbook's: its per-step cost Z, timed inside its"
+          " own hooks, with the timed last.ckpt rewrites at their steady rate; once a run: the start/end hooks, the"
+          " final last.ckpt and metrics flush; `--breakdown` also times Lightning alone as a check)")
     print("overhead: " + " ".join(f"{name}={ratios[name]:.2f}" for name in args.models))
     print("own_ms_per_step: " + " ".join(f"{name}={own[name]:.3f}" for name in args.models))
 

@@ -12,6 +12,8 @@ from mlflow.tracking import MlflowClient
 from pytorch_lightning.loggers.logger import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
+from labbook.background import Background
+
 
 class MLflowMetricsLogger(Logger):
     """A Lightning logger that writes metrics of one existing MLflow run, batched.
@@ -19,6 +21,9 @@ class MLflowMetricsLogger(Logger):
     Lightning's own ``MLFlowLogger`` commits to the store once per ``log_metrics`` call (one SQLite
     transaction per step) and creates runs itself; here the run belongs to :class:`TrackedRun`, and
     metrics are buffered and written with one ``log_batch`` every ``flush_every_s`` seconds and at the end.
+    The periodic writes run on a background thread (:mod:`labbook.background`): each is ~6 ms of MLflow's
+    store code, 0.1 ms a step for a 70 ms step every 5 s, which the training thread no longer waits for.
+    :meth:`flush` waits for them and writes the rest; a failed write is raised by the next call.
     """
 
     def __init__(self, client: MlflowClient, run_id: str, flush_every_s: float = 5.0) -> None:
@@ -26,6 +31,7 @@ class MLflowMetricsLogger(Logger):
         self._client, self._run_id, self._flush_every_s = client, run_id, flush_every_s
         self._buffer: list[Metric] = []
         self._last_flush = time.monotonic()
+        self.background = Background("labbook-metrics")
 
     @property
     def name(self) -> str:
@@ -50,14 +56,23 @@ class MLflowMetricsLogger(Logger):
             value = float(value.item() if hasattr(value, "item") else value)
             self._buffer.append(Metric(key, value, now, step or 0))
         if time.monotonic() - self._last_flush >= self._flush_every_s:
-            self.flush()
+            buffer, self._buffer = self._buffer, []
+            self.background.submit(self._write, buffer)
+            self._last_flush = time.monotonic()
 
     @rank_zero_only
     def flush(self) -> None:
+        """Write every metric logged so far (the background writes first), before returning."""
         buffer, self._buffer = self._buffer, []
+        try:
+            self.background.wait()
+        finally:
+            self._write(buffer)
+            self._last_flush = time.monotonic()
+
+    def _write(self, buffer: list[Metric]) -> None:
         for i in range(0, len(buffer), 1000):
             self._client.log_batch(self._run_id, metrics=buffer[i : i + 1000], synchronous=True)
-        self._last_flush = time.monotonic()
 
     @rank_zero_only
     def save(self) -> None:
