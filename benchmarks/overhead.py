@@ -110,6 +110,8 @@ from labbook.store import prepare_store  # noqa: E402
 from labbook.lifecycle import TrackedRun  # noqa: E402
 from labbook.progress import TimedProgressBar  # noqa: E402
 from labbook.schemas import MLflowConfig  # noqa: E402
+from labbook.background import Background  # noqa: E402
+from labbook.checkpoint_io import BackgroundCheckpointIO  # noqa: E402
 from labbook.train import CheckpointUpload, accepted_kwargs, build_data_and_model, build_trainer  # noqa: E402
 
 
@@ -250,10 +252,13 @@ class Case:
             callbacks = build_callbacks(cfg, model) if variant not in ("bare", "nolog") else []
             if variant == "progress":
                 callbacks.append(TimedProgressBar())
-            if tracked is not None:  # as labbook.train.run: each checkpoint written reaches the store
+            files = None
+            if tracked is not None:  # as labbook.train.run: each checkpoint written (in the background) reaches the store
+                files = Background("labbook-checkpoints")
+                trainer_kwargs = {**trainer_kwargs, "plugins": [BackgroundCheckpointIO(files)]}
                 for cb in callbacks:
                     if isinstance(cb, ModelCheckpoint):
-                        cb.on_save = CheckpointUpload(tracked, MLflowConfig.checkpoint_upload_every_s)
+                        cb.on_save = CheckpointUpload(tracked, MLflowConfig.checkpoint_upload_every_s, files)
             if variant in ("bare", "nolog"):
                 trainer_kwargs["enable_checkpointing"] = False
             t0, c0 = time.perf_counter(), time.process_time()
@@ -266,13 +271,12 @@ class Case:
             trainer.fit(model, datamodule=self.datamodule)
             if trainer.logger:
                 trainer.logger.flush()
-            uploads = [cb.on_save for cb in callbacks if isinstance(getattr(cb, "on_save", None), CheckpointUpload)]
             started = time.perf_counter()
-            for upload in uploads:  # as labbook.train.run, before it stores the final checkpoints
-                upload.wait_all()
+            if files is not None:  # as labbook.train.run, before it stores the final checkpoints
+                files.wait()
             if own is not None:
                 own.once += time.perf_counter() - started
-                own.off_thread_s = sum(b.background.cpu_s for b in [*uploads, trainer.logger] if b is not None)
+                own.off_thread_s = sum(b.cpu_s for b in (files, getattr(trainer.logger, "background", None)) if b)
             elapsed = time.perf_counter() - t0, time.process_time() - c0
         assert trainer.global_step == steps, (trainer.global_step, steps)
         if variant == "labbook":

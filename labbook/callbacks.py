@@ -68,15 +68,7 @@ class ModelCheckpoint(_LightningModelCheckpoint):
             trainer.fast_dev_run or trainer.sanity_checking or trainer.state.fn != "fit")
         return not (step_only and self._last_epoch_saved != trainer.current_epoch)
 
-    def before_write(self, filepath: str) -> None:
-        """A file still being copied into the store (``on_save`` copies in the background, on rank 0) is not
-        rewritten under the copy."""
-        wait = getattr(self.on_save, "wait", None)
-        if wait is not None:
-            wait(filepath)
-
     def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
-        self.before_write(filepath)
         super()._save_checkpoint(trainer, filepath)
         self._last_epoch_saved = trainer.current_epoch
         if self.on_save is not None and trainer.is_global_zero:
@@ -169,7 +161,6 @@ class StopOnSignal(Callback):
         if isinstance(checkpoint, ModelCheckpoint) and checkpoint.save_last and checkpoint.dirpath:
             path = os.path.join(checkpoint.dirpath, checkpoint.CHECKPOINT_NAME_LAST + checkpoint.FILE_EXTENSION)
             checkpoint.last_model_path = path
-            checkpoint.before_write(path)
             trainer.save_checkpoint(path)  # every process: its partial sums are gathered into the file
             if checkpoint.on_save is not None and trainer.is_global_zero:
                 checkpoint.on_save(path)

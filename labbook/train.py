@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from labbook.background import Background
 from labbook.callbacks import ModelCheckpoint, PruneTrial, StepTiming, StopOnSignal, build_callbacks
+from labbook.checkpoint_io import BackgroundCheckpointIO
 from labbook.errors import ConfigValueError, UserError
 from labbook.schemas import MLflowConfig, validate
 from labbook.store import ui_command
@@ -191,14 +192,15 @@ def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None
             log_dataset(tracked, dataset_entity(resolved["datamodule"], job.datamodule_choice, datamodule))
         if cfg.logger.get("system_metrics", MLflowConfig.system_metrics):  # after what rebuilds the run
             tracked.monitor_system(cfg.logger.get("system_metrics_every_s", MLflowConfig.system_metrics_every_s))
+        files = Background("labbook-checkpoints")  # the checkpoints' writes, then their copies into the run
         upload = CheckpointUpload(tracked, cfg.logger.get("checkpoint_upload_every_s",
-                                                          MLflowConfig.checkpoint_upload_every_s))
+                                                          MLflowConfig.checkpoint_upload_every_s), files)
         mark("recorded")
         if cfg.logger.log_checkpoints:
             for cb in callbacks:
                 if isinstance(cb, ModelCheckpoint):
                     cb.on_save = upload
-        trainer = build_trainer(cfg, callbacks, tracked)
+        trainer = build_trainer(cfg, callbacks, tracked, plugins=[BackgroundCheckpointIO(files)])
         mark("trainer-built")
         try:
             with hand_off(resolved, Path(cfg.paths.output_dir), tracked.run_id, trainer,
@@ -221,7 +223,7 @@ def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None
             upload.flush()  # interrupted or failed: the newest checkpoints reach the store for a resume
             raise
         trainer.logger.flush()
-        upload.wait_all()  # its copies done before the final ones are stored (no two copies of one file at once)
+        files.wait()  # every write and copy done before the final checkpoints are stored
         if cfg.logger.log_checkpoints:
             _log_checkpoints(tracked, checkpoints)
         report = getattr(model, "report", None)
@@ -262,44 +264,30 @@ class CheckpointUpload:
     it trains (a run stopped on one machine resumes on another), each name at most once per ``every_s``
     seconds; the final ones are stored when training ends whatever the interval.
 
-    The copy into the store runs on a background thread (:mod:`labbook.background`; 3-10 ms for a 1-2 MB
-    model, which the training thread no longer waits for). A file is not rewritten while it is being
-    copied (:meth:`wait`, called before every checkpoint write); :meth:`flush` (the end of training, a
-    signal, an error) waits for every copy and stores what is still pending."""
+    The copies run on ``background``, the queue that also writes the files
+    (:class:`labbook.checkpoint_io.BackgroundCheckpointIO`): a copy follows its file's write and precedes
+    the next one, and the training thread does not wait for either (3-10 ms a copy for a 1-2 MB model).
+    :meth:`flush` (the end of training, a signal, an error) waits for the queue and stores what is still
+    pending."""
 
-    def __init__(self, tracked: TrackedRun, every_s: float) -> None:
-        self.tracked, self.every_s = tracked, every_s
+    def __init__(self, tracked: TrackedRun, every_s: float, background: Background) -> None:
+        self.tracked, self.every_s, self.background = tracked, every_s, background
         self._last: dict[str, float] = {}
         self._pending: dict[str, str] = {}  # written but not stored yet (inside the interval)
-        self._copying: dict[str, Any] = {}  # path -> the Future of its copy into the store
-        self.background = Background("labbook-checkpoints")
 
     def __call__(self, path: str) -> None:
         name = "best.ckpt" if Path(path).name.startswith("best") else "last.ckpt"
         self._pending[name] = path
         if time.monotonic() - self._last.get(name, -math.inf) >= self.every_s:
-            path = self._pending.pop(name)
-            self._copying[path] = self.background.submit(self._store, name, path)
+            self.background.submit(self._store, name, self._pending.pop(name))
             self._last[name] = time.monotonic()
 
-    def wait(self, path: str) -> None:
-        """Before ``path`` is rewritten: until its copy into the store (if one is under way) is done."""
-        future = self._copying.pop(path, None)
-        if future is not None:
-            self.background.wait([future])
-
-    def wait_all(self) -> None:
-        """Until every copy under way is done; raises a failed copy's error."""
-        self._copying.clear()
-        self.background.wait()
-
     def flush(self) -> None:
-        """Every copy under way finished, and every checkpoint written but not stored yet stored."""
+        """Every write and copy under way finished, and every checkpoint written but not stored yet stored."""
         try:
             self.background.wait()
         except Exception:  # noqa: BLE001 - on the way out: the run's status matters more
             pass
-        self._copying.clear()
         for name in list(self._pending):
             try:
                 self._store(name, self._pending.pop(name))

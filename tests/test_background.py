@@ -1,11 +1,12 @@
 """Store writes off the training thread (labbook.background): the periodic metrics flushes and the copies of
 checkpoints into the run keep their order, are all done when ``flush``/``wait`` return, never copy a
-file while it is rewritten, and a failure is raised, not lost."""
+file before it is written or while it is rewritten, and a failure is raised, not lost."""
 
 import threading
 import time
 
 import pytest
+import torch
 
 from labbook.background import Background
 from labbook.train import CheckpointUpload
@@ -49,23 +50,32 @@ class _Run:
     """A run whose copy of a file into the store takes a while, as a big checkpoint's does."""
 
     def __init__(self):
-        self.copying, self.stored = threading.Event(), []
+        self.stored = []
 
     def log_file(self, path, artifact_file):
-        self.copying.set()
         time.sleep(0.2)
-        self.stored.append((open(path).read(), artifact_file))
+        self.stored.append((torch.load(path)["w"].tolist(), artifact_file))
 
 
-def test_a_checkpoint_is_not_rewritten_under_its_copy(tmp_path):
-    path = tmp_path / "last.ckpt"
-    path.write_text("epoch 1")
-    run = _Run()
-    upload = CheckpointUpload(run, every_s=0)
-    upload(str(path))  # returns at once: the copy runs in the background
-    assert run.copying.wait(5)
-    upload.wait(str(path))  # what ModelCheckpoint does before writing the file again
-    path.write_text("epoch 2")
-    upload(str(path))
-    upload.flush()  # a signal or the end of training: every copy done
-    assert run.stored == [("epoch 1", "checkpoints/last.ckpt"), ("epoch 2", "checkpoints/last.ckpt")]
+def test_checkpoints_are_written_and_copied_in_order_from_a_snapshot(tmp_path):
+    """The training thread hands a checkpoint over and goes on changing its tensors (the next steps); the file
+    has the values of the moment it was handed over, its copy into the store follows its write, and the next
+    write of the same file waits for that copy."""
+    from labbook.checkpoint_io import BackgroundCheckpointIO
+
+    files, run = Background("test"), _Run()
+    io = BackgroundCheckpointIO(files)
+    upload = CheckpointUpload(run, every_s=0, background=files)
+    path = str(tmp_path / "last.ckpt")
+    w = torch.zeros(3)
+    for epoch in (1, 2):
+        w.fill_(epoch)
+        io.save_checkpoint({"w": w}, path)
+        upload(path)  # both return at once
+        w.fill_(-1)  # training goes on
+    io.save_checkpoint({"w": torch.full((3,), 7.0)}, str(tmp_path / "best.ckpt"))
+    io.remove_checkpoint(str(tmp_path / "best.ckpt"))
+    assert io.load_checkpoint(path)["w"].tolist() == [2.0] * 3  # reading waits for the queue
+    assert not (tmp_path / "best.ckpt").exists()
+    upload.flush()  # a signal or the end of training: every write and copy done
+    assert run.stored == [([1.0] * 3, "checkpoints/last.ckpt"), ([2.0] * 3, "checkpoints/last.ckpt")]
