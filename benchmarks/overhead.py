@@ -209,10 +209,11 @@ class Case:
             backward, clip = fab.backward, (lambda: fab.clip_gradients(model, opt, max_norm=self.clip))
         step, epoch = 0, 0
         sampler = getattr(loader, "sampler", None)
+        if hasattr(loader, "_epoch"):  # ResumableLoader: its (seed, epoch) order reads the epoch from a trainer,
+            loader._epoch = lambda: epoch  # which this loop has not: without this every epoch had epoch 0's order
         while step < steps:
             if hasattr(sampler, "set_epoch"):  # as Lightning does each epoch: (seed, epoch)-shuffled loaders
                 sampler.set_epoch(epoch)
-            epoch += 1
             for batch in loader:
                 loss = self.loss(model, batch)
                 backward(loss)
@@ -223,6 +224,7 @@ class Case:
                 step += 1
                 if step >= steps:
                     break
+            epoch += 1
         elapsed = time.perf_counter() - t0, time.process_time() - c0
         if not fabric:
             self.final["plain"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
