@@ -79,3 +79,19 @@ def test_checkpoints_are_written_and_copied_in_order_from_a_snapshot(tmp_path):
     assert not (tmp_path / "best.ckpt").exists()
     upload.flush()  # a signal or the end of training: every write and copy done
     assert run.stored == [([1.0] * 3, "checkpoints/last.ckpt"), ([2.0] * 3, "checkpoints/last.ckpt")]
+
+
+def test_the_training_thread_gets_the_gil_back_within_half_a_millisecond():
+    import sys
+
+    from labbook.background import SWITCH_INTERVAL_S
+
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)  # Python's default
+        bg = Background("test")
+        bg.submit(lambda: None)
+        bg.wait()
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S) and SWITCH_INTERVAL_S <= 0.0005
+    finally:
+        sys.setswitchinterval(before)
