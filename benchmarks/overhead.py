@@ -52,22 +52,17 @@ grows with the number of steps:
     These are paid once however many steps a run takes: over 150 steps they came to ~0.2-0.25 ms/step,
     which the earlier single figure counted as per-step cost.
   - excludes, printed apart: the CPU time of labbook's background threads (the metrics flush every
-    ``logger.flush_every_s`` and the copies of checkpoints into the store, :mod:`labbook.background`). On a
-    machine with a core to spare they do not lengthen a step; on a saturated one they compete for it.
+    ``logger.flush_every_s``, the checkpoints' writes and their copies into the store,
+    :mod:`labbook.background`, :mod:`labbook.checkpoint_io`). They still cost the training thread its waits
+    for the GIL while they run Python (up to the switch interval, which labbook shortens to 0.5 ms); those
+    waits land inside labbook's hooks (counted) or in Lightning's and torch's Python (in X, not in Z).
   - not measured here: the run's heartbeat thread (one write every 30 s) and MLflow's system-metrics
     monitor, which ``labbook train`` starts (``logger.system_metrics``) and this benchmark does not.
 
-Measured (2 cores, otherwise idle, 1 thread, 2026-11-25, after the run-lifecycle work; README): lstm 2.21
-(plain 0.33 s, labbook 0.69 s for 300 steps, medians), seq2seq 1.02 (9.9 s vs 10.0 s, 150 steps),
-transformer 1.04 (12.7 s vs 13.1 s). --breakdown, lstm: Lightning with the model's self.log made a no-op
-1.50, Lightning as is 1.57, + checkpoint (last.ckpt at every epoch's end) 1.82, labbook (+ checkpoints
-stored in the run as written) 2.21, + progress bar 2.46; the same plain loop on Lightning Fabric 1.12.
-Before that work: lstm 1.46 (plain 0.36 s, labbook 0.54 s), seq2seq 1.01, transformer 1.05.
-The Trainer's own per-step work (hook dispatch, closure, bookkeeping: ~0.47 ms on a 1.2 ms LSTM step) is
-the floor for small steps; the date models' steps take 60-70 ms, where it is under 1%.
-Earlier, on 2 shared cores (load ~1.7): lstm 1.83; labbook was 2.18 against 1.84 with the checkpoint alone
-before MLflowMetricsLogger.save() stopped flushing (24 SQLite commits, one per 13-step epoch), and the
-LSTM's per-step self.log(on_epoch=True) cost +0.6 ms/step before it summed its loss per epoch.
+The figures, with the machine and date they were measured on, are in the README ("Overhead over plain
+PyTorch"), and only there. The Trainer's own per-step work (hook dispatch, closure, bookkeeping: ~0.5-1 ms
+on a 1.1 ms LSTM step) is the floor for small steps; the date models' steps take 60-100 ms, where it is
+under 1%.
 
     python benchmarks/overhead.py                      # all three (about 4-5 minutes on 2 shared cores)
     python benchmarks/overhead.py --models lstm --repeats 5
