@@ -36,7 +36,7 @@ class Background:
         self._lock = threading.Lock()
         self.cpu_s = 0.0
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` after what was submitted before. The exception of a failed call is raised
         by the next :meth:`submit` or :meth:`wait`."""
         self.raise_failed()
@@ -46,7 +46,6 @@ class Background:
         future = self._executor.submit(self._timed, fn, *args)
         with self._lock:
             self._pending.append(future)
-        return future
 
     def _timed(self, fn: Callable[..., Any], *args: Any) -> Any:
         started = time.thread_time()
@@ -66,10 +65,10 @@ class Background:
         for future in done:
             future.result()
 
-    def wait(self, futures: list[Future] | None = None) -> None:
-        """Until ``futures`` (default: everything submitted) have run; raises the first failure."""
+    def wait(self) -> None:
+        """Until everything submitted has run; raises the first failure."""
         with self._lock:
-            todo = list(self._pending if futures is None else futures)
+            todo = list(self._pending)
         for future in todo:
             future.exception()  # blocks until it has run
         self.raise_failed()
