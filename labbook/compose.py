@@ -58,11 +58,11 @@ def composed_once() -> Iterator[None]:
 
     def load_configuration(self: Any, config_name: Any, overrides: list[str], run_mode: RunMode,
                            from_shell: bool = True, validate_sweep_overrides: bool = True) -> Any:
-        key = (config_name, tuple(overrides), from_shell)
-        # Hydra appends hydra.mode=RUN to the overrides when the config states no mode.
-        added = key[1][len(first["key"][1]):] if first and key[1][:len(first["key"][1])] == first["key"][1] else None
-        reuse = (run_mode == RunMode.RUN and added in ((), ("hydra.mode=RUN",))
-                 and key[::2] == first["key"][::2] and reusable(first["cfg"], overrides))
+        # Hydra appends hydra.mode=RUN to the first composition's overrides when the config states no mode.
+        before = first.get("overrides", ())
+        added = tuple(overrides[len(before):]) if tuple(overrides[:len(before)]) == before else None
+        reuse = (run_mode == RunMode.RUN and first.get("call") == (config_name, from_shell)
+                 and added in ((), ("hydra.mode=RUN",)) and reusable(first["cfg"], overrides))
         if reuse:
             cfg = first["cfg"]
             if added:
@@ -72,7 +72,7 @@ def composed_once() -> Iterator[None]:
             cfg = original(self, config_name, overrides, run_mode, from_shell, validate_sweep_overrides)
         first.clear()  # handed over at most once: the job goes on to change its config
         if run_mode == RunMode.MULTIRUN and not validate_sweep_overrides:  # Hydra's get_mode
-            first.update(key=key, cfg=cfg)
+            first.update(call=(config_name, from_shell), overrides=tuple(overrides), cfg=cfg)
         return cfg
 
     ConfigLoaderImpl.load_configuration = load_configuration  # type: ignore[method-assign]
