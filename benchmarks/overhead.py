@@ -5,9 +5,9 @@ data (one datamodule, one ``train_dataloader()`` per run, seeded shuffle), same 
 number of optimizer steps, two ways in this one process:
 
   labbook  what ``labbook train`` does: the config composed by Hydra from the experiment preset plus
-           ``debug=quiet`` (no progress bar), the datamodule and model built by ``labbook.train``'s own
+           ``debug=quiet`` (no progress bar), the datamodule and model built by ``labbook.train.fit``'s own
            ``build_data_and_model``, the labbook ``ModelCheckpoint`` (best + last) from
-           ``labbook.callbacks.build_callbacks``, ``logger=`` the ``MLflowMetricsLogger`` of a real
+           ``labbook.train.callbacks.build_callbacks``, ``logger=`` the ``MLflowMetricsLogger`` of a real
            ``TrackedRun`` in a temporary SQLite store (``prepare_store`` + ``TrackedRun.start``), the
            trainer instantiated from ``cfg.trainer`` (default ``log_every_n_steps=50``) with
            ``max_steps=N``; timed: ``Trainer(...)`` + ``trainer.fit`` + the logger's final flush.
@@ -53,7 +53,7 @@ grows with the number of steps:
     which the earlier single figure counted as per-step cost.
   - excludes, printed apart: the CPU time of labbook's background threads (the metrics flush every
     ``logger.flush_every_s``, the checkpoints' writes and their copies into the store,
-    :mod:`labbook.background`, :mod:`labbook.checkpoint_io`). They still cost the training thread its waits
+    :mod:`labbook.run.background`, :mod:`labbook.run.checkpoints`). They still cost the training thread its waits
     for the GIL while they run Python (up to the switch interval, which labbook shortens to 0.5 ms); those
     waits land inside labbook's hooks (counted) or in Lightning's and torch's Python (in X, not in Z).
   - not measured here: the run's heartbeat thread (one write every 30 s) and MLflow's system-metrics
@@ -98,16 +98,18 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from hydra.utils import get_class, instantiate  # noqa: E402
 
-from labbook import schemas  # noqa: E402
-from labbook.callbacks import ModelCheckpoint, build_callbacks  # noqa: E402
-from labbook.console import CONF_DIR  # noqa: E402
-from labbook.store import prepare_store  # noqa: E402
-from labbook.lifecycle import TrackedRun  # noqa: E402
-from labbook.progress import TimedProgressBar  # noqa: E402
-from labbook.schemas import MLflowConfig  # noqa: E402
-from labbook.background import Background  # noqa: E402
-from labbook.checkpoint_io import BackgroundCheckpointIO  # noqa: E402
-from labbook.train import CheckpointUpload, accepted_kwargs, build_data_and_model, build_trainer  # noqa: E402
+from labbook.config import schemas  # noqa: E402
+from labbook.train.callbacks import ModelCheckpoint, build_callbacks  # noqa: E402
+from labbook.config.groups import CONF_DIR  # noqa: E402
+from labbook.store.prepare import prepare_store  # noqa: E402
+from labbook.run.lifecycle import TrackedRun  # noqa: E402
+from labbook.train.progress import TimedProgressBar  # noqa: E402
+from labbook.config.schemas import MLflowConfig  # noqa: E402
+from labbook.run.background import Background  # noqa: E402
+from labbook.run.checkpoints import BackgroundCheckpointIO  # noqa: E402
+from labbook.run.checkpoints import CheckpointUpload  # noqa: E402
+from labbook.train.job import accepted_kwargs, build_data_and_model
+from labbook.train.fit import build_trainer
 
 
 def _lstm_loss(model: Any, batch: Any) -> torch.Tensor:  # LSTMForecaster.training_step without self.log
@@ -250,7 +252,7 @@ class Case:
             if variant == "progress":
                 callbacks.append(TimedProgressBar())
             files = None
-            if tracked is not None:  # as labbook.train.run: each checkpoint written (in the background) reaches the store
+            if tracked is not None:  # as labbook.train.fit.run: each checkpoint written (in the background) reaches the store
                 files = Background("labbook-checkpoints")
                 trainer_kwargs = {**trainer_kwargs, "plugins": [BackgroundCheckpointIO(files)]}
                 for cb in callbacks:
@@ -263,13 +265,13 @@ class Case:
                 trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False,
                                       **{"enable_progress_bar": False, **trainer_kwargs})
             else:
-                trainer = build_trainer(cfg, callbacks, tracked, **trainer_kwargs)  # as labbook.train.run builds it
+                trainer = build_trainer(cfg, callbacks, tracked, **trainer_kwargs)  # as labbook.train.fit.run builds it
             own = time_own_code(trainer) if variant == "labbook" else None
             trainer.fit(model, datamodule=self.datamodule)
             if trainer.logger:
                 trainer.logger.flush()
             started = time.perf_counter()
-            if files is not None:  # as labbook.train.run, before it stores the final checkpoints
+            if files is not None:  # as labbook.train.fit.run, before it stores the final checkpoints
                 files.wait()
             if own is not None:
                 own.once += time.perf_counter() - started

@@ -59,7 +59,7 @@ PHASES = [
     ("validated", "labbook's schema checks"),
     ("store-prepared", "imports MLflow, opens the store"),
     ("reaped", "reaps this host's dead runs"),
-    ("train-imported", "imports torch, Lightning, labbook.train"),
+    ("train-imported", "imports torch, Lightning, labbook.train.fit"),
     ("built", "seed, datamodule, model, callbacks"),
     ("run-opened", "opens the MLflow run"),
     ("recorded", "records config, git, environment, dataset"),
@@ -92,7 +92,7 @@ marks.append(("import mlflow's SQL store (sqlalchemy, alembic)", time.monotonic(
 """
 FLOOR_SCRIPT = LIBRARIES + """
 import gc
-gc.freeze()  # as labbook does after its imports (labbook.console.freeze_imports): the exit is the libraries' own
+gc.freeze()  # as labbook does after its imports (labbook.cli.console.freeze_imports): the exit is the libraries' own
 print("|".join(f"{name}={wall:.6f}={cpu:.6f}" for name, wall, cpu in marks), flush=True)
 """
 # labbook's own share, measured directly: the libraries are imported before labbook starts.
@@ -100,7 +100,7 @@ DIRECT_SCRIPT = LIBRARIES + """
 import sys
 from labbook.timing import mark
 mark("libraries-imported")
-from labbook.cli import main
+from labbook.cli.commands import main
 sys.exit(main(sys.argv[1:]))
 """
 Timings = dict[str, tuple[float, float]]  # phase -> (wall s, CPU s)

@@ -1,4 +1,4 @@
-"""Store writes off the training thread (labbook.background): the periodic metrics flushes and the copies of
+"""Store writes off the training thread (labbook.run.background): the periodic metrics flushes and the copies of
 checkpoints into the run keep their order, are all done when ``flush``/``wait`` return, never copy a
 file before it is written or while it is rewritten, and a failure is raised, not lost."""
 
@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
-from labbook.background import Background
-from labbook.train import CheckpointUpload
+from labbook.run.background import Background
+from labbook.run.checkpoints import CheckpointUpload
 
 
 def test_work_runs_in_order_and_wait_means_done():
@@ -32,8 +32,8 @@ def test_a_failure_is_raised_by_the_next_call():
 def test_metrics_reach_the_store_by_flush(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from labbook.metrics_logger import MLflowMetricsLogger
-    from labbook.store import prepare_store
+    from labbook.run.metrics_logger import MLflowMetricsLogger
+    from labbook.store.prepare import prepare_store
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     prepare_store(uri)
@@ -61,7 +61,7 @@ def test_checkpoints_are_written_and_copied_in_order_from_a_snapshot(tmp_path):
     """The training thread hands a checkpoint over and goes on changing its tensors (the next steps); the file
     has the values of the moment it was handed over, its copy into the store follows its write, and the next
     write of the same file waits for that copy."""
-    from labbook.checkpoint_io import BackgroundCheckpointIO
+    from labbook.run.checkpoints import BackgroundCheckpointIO
 
     files, run = Background("test"), _Run()
     io = BackgroundCheckpointIO(files)
@@ -84,7 +84,7 @@ def test_checkpoints_are_written_and_copied_in_order_from_a_snapshot(tmp_path):
 def test_the_training_thread_gets_the_gil_back_within_half_a_millisecond():
     import sys
 
-    from labbook.background import SWITCH_INTERVAL_S
+    from labbook.run.background import SWITCH_INTERVAL_S
 
     before = sys.getswitchinterval()
     try:

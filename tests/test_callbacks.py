@@ -6,7 +6,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint as LightningModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
-from labbook.callbacks import ModelCheckpoint
+from labbook.train.callbacks import ModelCheckpoint
 from lightning_modules.lstm import LSTMForecaster
 
 

@@ -210,7 +210,7 @@ def test_a_missing_store_is_an_error_and_is_not_created(tmp_path: Path) -> None:
 def test_the_fast_path_imports_neither_mlflow_nor_torch(made: Made) -> None:
     """Startup stays well under a second: nothing heavy is imported for SQLite reads."""
     heavy = ("mlflow", "torch", "pytorch_lightning", "lightning", "hydra", "omegaconf", "sqlalchemy")
-    code = ("import sys; from labbook.cli import main\n"
+    code = ("import sys; from labbook.cli.commands import main\n"
             f"codes = [main(['compare', '--tracking-uri', {made.uri!r}, 'plain']),\n"
             f"         main(['diff', '--tracking-uri', {made.uri!r}, {made.children[0]!r}, {made.children[1]!r}])]\n"
             f"print(codes, sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))")

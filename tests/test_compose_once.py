@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from labbook import schemas
-from labbook.compose import composed_once
-from labbook.console import CONF_DIR
+from labbook.config import schemas
+from labbook.config.compose import composed_once
+from labbook.config.groups import CONF_DIR
 
 
 def _as_hydra_runs_it(overrides: list[str], conf: Path = CONF_DIR, name: str = "train") -> tuple[Any, int]:

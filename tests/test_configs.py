@@ -10,8 +10,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from labbook import schemas
-from labbook.console import CONF_DIR
+from labbook.config import schemas
+from labbook.config.groups import CONF_DIR
 from labbook.errors import ConfigValueError
 
 GROUPS = ["datamodule", "model", "trainer", "logger", "callbacks", "paths", "experiment", "debug"]

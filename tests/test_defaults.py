@@ -16,7 +16,7 @@ import pytest
 import yaml
 from hydra.utils import get_class, instantiate
 
-from labbook import schemas
+from labbook.config import schemas
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 OPTIONS = [(group, name) for group in ("model", "datamodule") for name in schemas.GROUP_SCHEMAS[group]]

@@ -72,9 +72,9 @@ def test_early_stopping_without_any_monitor_is_a_config_error() -> None:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from labbook import schemas
-    from labbook.callbacks import build_callbacks
-    from labbook.console import CONF_DIR
+    from labbook.config import schemas
+    from labbook.train.callbacks import build_callbacks
+    from labbook.config.groups import CONF_DIR
     from labbook.errors import ConfigValueError
 
     schemas.register()

@@ -120,10 +120,10 @@ def test_bad_resumes_are_one_line_and_leave_the_runs_as_they_were(tmp_path: Path
 
 
 def stored_position(client: MlflowClient, run_id: str, into: Path):  # noqa: ANN201
-    """Where the run's stored last.ckpt stands (labbook.resume.Position)."""
+    """Where the run's stored last.ckpt stands (labbook.train.resume.Position)."""
     import torch
 
-    from labbook.resume import checkpoint_position
+    from labbook.train.resume import checkpoint_position
 
     path = client.download_artifacts(run_id, "checkpoints/last.ckpt", str(into))
     return checkpoint_position(torch.load(path, map_location="cpu", weights_only=True))
@@ -249,8 +249,8 @@ def test_reap_uses_heartbeats_for_runs_of_other_hosts(tmp_path: Path, store: str
 
 def test_the_read_side_finds_runs_by_experiment_tags_parent_and_status(tmp_path: Path, store: str) -> None:
     from labbook.errors import UserError
-    from labbook.runs import StoredRun, search_runs
-    from labbook.store import prepare_store
+    from labbook.store.runs import StoredRun, search_runs
+    from labbook.store.prepare import prepare_store
 
     prepare_store(store)
     client = MlflowClient(store)

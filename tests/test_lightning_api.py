@@ -1,4 +1,4 @@
-"""The private Lightning API that labbook.workers leans on. If a test here fails after a Lightning upgrade,
+"""The private Lightning API that labbook.train.ranks leans on. If a test here fails after a Lightning upgrade,
 re-read Lightning's ``_SubprocessScriptLauncher.launch`` and update ``labbook/workers.py::_supervise``, whose
 ``WatchedLauncher.launch`` repeats it with labbook's worker watch in place of Lightning's process observer;
 then widen the ``pytorch-lightning`` pin in pyproject.toml."""
@@ -52,7 +52,7 @@ def test_the_private_helpers_labbook_imports_exist() -> None:
 
 
 def test_the_progress_and_loader_state_a_mid_epoch_stop_relies_on() -> None:
-    """labbook.callbacks.StopOnSignal and datamodules.sharding.ResumableLoader read Lightning's loop
+    """labbook.train.callbacks.StopOnSignal and datamodules.sharding.ResumableLoader read Lightning's loop
     progress, and rely on the fit loop storing (and restoring mid-epoch) the state of training loaders that
     have state_dict/load_state_dict."""
     from lightning_fabric.utilities.types import _Stateful
@@ -75,7 +75,7 @@ def test_the_progress_and_loader_state_a_mid_epoch_stop_relies_on() -> None:
 
 
 # The statements of _SubprocessScriptLauncher._call_children_scripts that WatchedLauncher's repeats (its
-# command aside: labbook starts `python -m labbook.cli` instead of re-running sys.argv).
+# command aside: labbook starts `python -m labbook.cli.commands` instead of re-running sys.argv).
 CHILDREN_ENV = [
     'os.environ["MASTER_ADDR"] = self.cluster_environment.main_address',
     'os.environ["MASTER_PORT"] = str(self.cluster_environment.main_port)',

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from labbook.progress import TimedProgressBar, epoch_line
+from labbook.train.progress import TimedProgressBar, epoch_line
 from tests.conftest import LABBOOK, labbook
 from tests.test_train_e2e import QUIET, only_run
 

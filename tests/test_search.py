@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from labbook import postgres
+from labbook.store import postgres
 from tests.conftest import labbook, labbook_interrupted, runs, store_has
 from tests.test_sweeps import parent_and_children
 from tests.test_train_e2e import QUIET
@@ -277,8 +277,9 @@ def test_each_search_preset_composes_a_valid_search(preset: str) -> None:
     from hydra import compose, initialize_config_dir
 
     import hydra_plugins.labbook_optuna_sweeper.optuna_sweeper  # noqa: F401 - registers hydra/sweeper=optuna
-    from labbook import schemas, search
-    from labbook.console import CONF_DIR
+    from labbook.config import schemas
+    from labbook.sweep import search
+    from labbook.config.groups import CONF_DIR
 
     schemas.register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

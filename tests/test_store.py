@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from labbook.store import resolve_tracking_uri
+from labbook.store.uri import resolve_tracking_uri
 from tests.conftest import LABBOOK, kill_group, labbook, runs
 from tests.test_train_e2e import QUIET, only_run
 
@@ -107,7 +107,7 @@ def test_a_locked_sqlite_store_is_waited_for_and_other_errors_are_not() -> None:
     deadlock; a run's client repeats the call (MLflow rolled it back) instead of failing the run."""
     from mlflow.exceptions import MlflowException
 
-    from labbook.patience import PatientClient
+    from labbook.store.patience import PatientClient
 
     class Store:  # the one behaviour under test: a call that is refused twice, then answered
         calls = 0
@@ -147,7 +147,7 @@ def test_a_new_store_is_a_copy_of_the_blank_one_and_the_same_as_mlflows_own(tmp_
     exactly the schema MLflow gives a store it creates itself, and its Default experiment names its own folder."""
     from mlflow.tracking import MlflowClient
 
-    from labbook.store import blank_store, prepare_store
+    from labbook.store.prepare import blank_store, prepare_store
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     theirs = tmp_path / "theirs" / "mlflow.db"
@@ -178,7 +178,7 @@ def test_a_new_store_is_a_copy_of_the_blank_one_and_the_same_as_mlflows_own(tmp_
 def test_an_unwritable_cache_leaves_the_store_to_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow.tracking import MlflowClient
 
-    from labbook.store import blank_store, prepare_store
+    from labbook.store.prepare import blank_store, prepare_store
 
     (tmp_path / "file").write_text("not a folder")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from labbook.postgres import cluster, free_port
+from labbook.store.postgres import cluster, free_port
 from tests.conftest import LABBOOK, kill_group, labbook, stop, store_has
 from tests.test_sweeps import parent_and_children
 from tests.test_train_e2e import QUIET

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from labbook.confgroups import groups
-from labbook.console import CONF_DIR
+from labbook.config.groups import groups
+from labbook.config.groups import CONF_DIR
 from tests.conftest import labbook
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from labbook.postgres import free_port
+from labbook.store.postgres import free_port
 from tests.conftest import LABBOOK, REPO, labbook, runs, stop
 from tests.test_train_e2e import QUIET
 

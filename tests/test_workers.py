@@ -9,7 +9,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from labbook.workers import WorkerWatch
+from labbook.train.ranks import WorkerWatch
 from tests.conftest import python_script
 
 
@@ -65,7 +65,7 @@ def test_a_worker_that_does_not_exit_is_killed_and_reported() -> None:
 ABANDON = textwrap.dedent("""
     import subprocess, sys, time
     from pathlib import Path
-    from labbook.workers import WorkerWatch
+    from labbook.train.ranks import WorkerWatch
 
     record = Path(sys.argv[1])
     watch = WorkerWatch(on_abandon=record.write_text, grace_s=1.0)

@@ -2,7 +2,7 @@
 or a preset, ``labbook train hparams_search=gmm_blobs``.
 
 Thin on purpose: the space, the objectives, the study's storage, sampler and pruner, and the best trial's
-record live in :mod:`labbook.search`, which each trial's job shares. This class runs the loop: ask a batch of
+record live in :mod:`labbook.sweep.search`, which each trial's job shares. This class runs the loop: ask a batch of
 ``n_jobs`` trials, launch them through whatever launcher is configured (each job gets ``sweep.trial=N``),
 tell the study what each returned, until the study holds ``n_trials`` complete or pruned trials in all.
 Trials a dead process left RUNNING are failed and their parameters asked again first.
@@ -78,9 +78,9 @@ class OptunaSweeper(Sweeper):
         import optuna
         from optuna.trial import TrialState
 
-        from labbook import search
-        from labbook.sweeps import ENV_PARENT
-        from labbook.store import ENV_URI
+        from labbook.store.uri import ENV_URI
+        from labbook.sweep import search
+        from labbook.sweep.job import ENV_PARENT
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         space = search.search_space(self.config)
@@ -165,8 +165,9 @@ def _tag_run(uri: Optional[str], parent: Optional[str], number: int, state: str)
     """The child run of trial ``number`` (if it got as far as opening one) records how the study counted it."""
     if not (uri and parent):
         return
-    from labbook.runs import search_runs
     from mlflow.tracking import MlflowClient
+
+    from labbook.store.runs import search_runs
 
     try:
         for run in search_runs(uri, None, parent_run_id=parent, tags={"optuna.trial_number": str(number)}):

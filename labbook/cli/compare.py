@@ -1,0 +1,407 @@
+"""``labbook compare [EXPERIMENT | PARENT_RUN_ID]``: a sweep's or an experiment's runs side by side.
+
+Shows, per run: its short id, name, status, duration, the params whose values differ between the listed
+runs (those all runs share say nothing about the difference between them), and the chosen metrics.
+Reads the store through :mod:`labbook.store.read`, so it starts without importing MLflow, torch,
+Lightning or Hydra (``--filter`` on a SQLite store is the exception: MLflow evaluates its own grammar).
+
+What is shown:
+
+* ``PARENT_RUN_ID`` (a full id or an unambiguous prefix): that sweep's child runs;
+* ``EXPERIMENT``: the experiment's runs, without sweep parent runs (their children are there already);
+* nothing: the newest run decides. If it belongs to a sweep (a sweep's parent, or a child of one), that
+  sweep; otherwise its experiment.
+
+Order: ``--sort`` if given; else a sweep's objective (its ``sweep.objective`` tag, in its
+``sweep.direction``); else the start time, oldest first (a sweep's jobs in the order they were run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable, Sequence
+
+from labbook.config.keys import run_local
+from labbook.errors import UserError
+from labbook.store.read import PARENT_TAG, ROLE_TAG, Reader, RunNotFound, RunRecord
+
+HEADLINE_TAG = "headline_metric"
+OBJECTIVE_TAG, DIRECTION_TAG, SWEPT_TAG = "sweep.objective", "sweep.direction", "sweep.swept"
+# Config keys that differ between any two runs without being part of what was tried: where the run wrote
+# its files and which store or run it continued. compare never shows them; diff lists them apart.
+RUN_LOCAL_KEYS = frozenset({"ckpt_path", "resume", "logger.tracking_uri"})
+MAX_CELL = 40  # characters of a param value in the table (csv and json keep it whole)
+
+
+def is_run_local(key: str) -> bool:
+    return key in RUN_LOCAL_KEYS or run_local(key) or key.startswith("hydra.")
+
+
+@dataclass
+class Target:
+    """What to compare: a title for the header line, and how to find the runs."""
+
+    title: str
+    experiment_ids: list[str] | None
+    tags: dict[str, str] = field(default_factory=dict)
+    parent: RunRecord | None = None
+
+
+@dataclass
+class SortKey:
+    key: str
+    descending: bool
+    is_metric: bool
+    source: str  # "sweep" (its objective and direction), "user" (--sort with a direction) or "default"
+
+
+@dataclass
+class Table:
+    target: Target
+    runs: list[RunRecord]
+    params: list[str]
+    metrics: list[str]
+    experiments: dict[str, str]
+    sort: SortKey | None
+    hidden_params: int = 0
+
+
+# Which runs.
+
+
+def resolve_target(reader: Reader, what: str | None, experiments: dict[str, str]) -> Target:
+    """The sweep or experiment ``what`` names (see the module's doc); ``experiments`` are the store's."""
+    if what is None:
+        newest = reader.search(max_results=1)
+        if not newest:  # an empty store: an empty table, as for an empty experiment
+            return Target(f"store {reader.uri}", [])
+        parent = _sweep_of(reader, newest[0])
+        if parent is not None:
+            return _sweep(parent, experiments)
+        return _experiment(newest[0].experiment_id, experiments)
+    if what in experiments.values():
+        return _experiment(next(i for i, n in experiments.items() if n == what), experiments)
+    try:
+        parent = reader.find_run(what)
+    except RunNotFound:  # neither: say both were looked for
+        raise UserError(f"no experiment or run {what!r} in the store {reader.uri} (experiments: "
+                        f"{', '.join(sorted(experiments.values())) or 'none'})") from None
+    return _sweep(parent, experiments)
+
+
+def _sweep_of(reader: Reader, run: RunRecord) -> RunRecord | None:
+    """The sweep parent ``run`` is or belongs to, else None."""
+    if run.tags.get(ROLE_TAG) == "parent":
+        return run
+    parent_id = run.tags.get(PARENT_TAG)
+    if parent_id:
+        parent = reader.run(parent_id)
+        if parent is not None and (parent.tags.get(ROLE_TAG) == "parent" or run.tags.get(ROLE_TAG) == "child"):
+            return parent
+    return None
+
+
+def _sweep(parent: RunRecord, experiments: dict[str, str]) -> Target:
+    name = experiments.get(parent.experiment_id, parent.experiment_id)
+    # children may sit in other experiments (a sweep over experiment=...), so search them all
+    return Target(f"sweep {parent.run_id[:8]} ({name})", None, {PARENT_TAG: parent.run_id}, parent)
+
+
+def _experiment(experiment_id: str, experiments: dict[str, str]) -> Target:
+    return Target(f"experiment {experiments.get(experiment_id, experiment_id)}", [experiment_id])
+
+
+def find_runs(reader: Reader, target: Target, filter_string: str) -> list[RunRecord]:
+    runs = reader.search(target.experiment_ids, target.tags, filter_string)
+    runs = [r for r in runs if r.tags.get(ROLE_TAG) != "parent"]
+    if target.parent is not None and not runs and not filter_string.strip():
+        hint = ""
+        if target.parent.tags.get(PARENT_TAG):
+            hint = f"; it belongs to the sweep {target.parent.tags[PARENT_TAG]}"
+        raise UserError(f"run {target.parent.run_id} has no child runs: compare takes a sweep's parent run id or "
+                        f"an experiment name{hint}")
+    return runs
+
+
+# Which columns, in which order.
+
+
+def parse_sort(text: str) -> tuple[str, bool | None]:
+    """``M``, ``M:asc`` -> ascending; ``-M``, ``M:desc`` -> descending; None when not stated."""
+    text = text.strip()
+    if text.startswith("-"):
+        return text[1:], True
+    key, sep, direction = text.rpartition(":")
+    if sep and direction.lower() in ("asc", "desc"):
+        return key, direction.lower() == "desc"
+    return text, None
+
+
+def split_names(values: Iterable[str] | None) -> list[str]:
+    """``--metric a --metric b,c`` -> ``[a, b, c]`` (first mention wins)."""
+    names = [n.strip() for v in values or () for n in v.split(",") if n.strip()]
+    return list(dict.fromkeys(names))
+
+
+def choose_metrics(runs: Sequence[RunRecord], wanted: Sequence[str], target: Target) -> list[str]:
+    have = sorted({k for r in runs for k in r.metrics})
+    if wanted:
+        for name in wanted:
+            if name not in have:
+                raise UserError(f"no listed run has the metric {name!r} (they have: {', '.join(have) or 'no metrics'})")
+        return list(wanted)
+    chosen = []
+    if target.parent is not None:
+        chosen.append(target.parent.tags.get(OBJECTIVE_TAG, ""))
+    chosen += sorted({r.tags.get(HEADLINE_TAG, "") for r in runs})
+    chosen += [k for k in have if k.startswith("val/")]
+    chosen = [k for k in dict.fromkeys(chosen) if k in have]
+    return chosen or have  # runs labbook did not make: show what they have
+
+
+def differing_params(runs: Sequence[RunRecord], target: Target) -> tuple[list[str], int]:
+    """Params whose value (or absence) is not the same in every run, swept keys first; and how many
+    params were left out for being equal everywhere."""
+    keys = sorted({k for r in runs for k in r.params if not is_run_local(k)})
+    differ = [k for k in keys if len({r.params.get(k) for r in runs}) > 1]
+    swept = [k.strip() for k in (target.parent.tags.get(SWEPT_TAG, "") if target.parent else "").split(",")]
+    first = [k for k in swept if k in differ]
+    return first + [k for k in differ if k not in first], len(keys) - len(differ)
+
+
+def choose_sort(text: str | None, runs: Sequence[RunRecord], target: Target) -> SortKey | None:
+    metrics = {k for r in runs for k in r.metrics}
+    params = {k for r in runs for k in r.params}
+    if text is None:
+        objective = target.parent.tags.get(OBJECTIVE_TAG) if target.parent else None
+        if objective and objective in metrics:
+            return SortKey(objective, target.parent.tags.get(DIRECTION_TAG) == "maximize", True, "sweep")
+        return None
+    key, descending = parse_sort(text)
+    if key not in metrics and key not in params:
+        raise UserError(f"--sort {text!r}: no listed run has a metric or param {key!r} "
+                        f"(metrics: {', '.join(sorted(metrics)) or 'none'})")
+    return SortKey(key, bool(descending), key in metrics, "default" if descending is None else "user")
+
+
+def sort_runs(runs: list[RunRecord], sort: SortKey | None) -> list[RunRecord]:
+    if sort is None:
+        return sorted(runs, key=lambda r: (r.start_time or 0, r.run_id))
+
+    def value(run: RunRecord) -> Any:
+        return run.metrics.get(sort.key) if sort.is_metric else run.params.get(sort.key)
+
+    present = [r for r in runs if value(r) is not None and not (sort.is_metric and math.isnan(value(r)))]
+    missing = [r for r in runs if r not in present]  # runs without the key go last, whichever the direction
+    if not sort.is_metric and all(_number(value(r)) is not None for r in present):
+        key = lambda r: _number(value(r))  # noqa: E731 - numeric params sort as numbers (10 after 9)
+    else:
+        key = value
+    return sorted(present, key=key, reverse=sort.descending) + sorted(missing, key=lambda r: r.start_time or 0)
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def build_table(target: Target, runs: list[RunRecord], metrics: Sequence[str], sort_text: str | None,
+                experiments: dict[str, str]) -> Table:
+    shown_metrics = choose_metrics(runs, metrics, target) if runs else list(metrics)
+    sort = choose_sort(sort_text, runs, target) if runs else None
+    params, hidden = differing_params(runs, target)
+    if sort is not None:
+        columns = shown_metrics if sort.is_metric else params
+        if sort.key not in columns:
+            columns.append(sort.key)  # what the rows are ordered by is always on screen
+    return Table(target, sort_runs(runs, sort), params, shown_metrics, experiments, sort, hidden)
+
+
+# Rendering.
+
+
+def fmt_number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.6g}"
+
+
+def duration_s(run: RunRecord) -> float | None:
+    if run.start_time is None:
+        return None
+    end = run.end_time if run.end_time else (time.time() * 1000 if run.status == "RUNNING" else None)
+    return None if end is None else max(0.0, (end - run.start_time) / 1000)
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+def _cell(text: str) -> str:
+    return text if len(text) <= MAX_CELL else text[:MAX_CELL - 1] + "…"
+
+
+def header_line(table: Table, filter_string: str) -> str:
+    line = f"{table.target.title}: {len(table.runs)} run{'s' if len(table.runs) != 1 else ''}"
+    return line + (f" matching {filter_string}" if filter_string.strip() else "")
+
+
+def render_table(table: Table, filter_string: str) -> str:
+    lines = [header_line(table, filter_string)]
+    if not table.runs:
+        return "\n".join(lines + ["(no runs to show)"]) + "\n"
+    mark = table.sort is not None and table.sort.is_metric
+    head = ["run", "name", "status", "duration", *table.params, *table.metrics]
+    rows = []
+    for i, run in enumerate(table.runs):
+        first = ("* " if i == 0 else "  ") if mark else ""
+        rows.append([first + run.run_id[:8], run.name, run.status, fmt_duration(duration_s(run)),
+                     *(_cell(run.params.get(k, "-")) for k in table.params),
+                     *(fmt_number(run.metrics.get(k)) for k in table.metrics)])
+    if mark:
+        head[0] = "  run"
+    numeric = [False] * 4 + [all(_number(r.params.get(k)) is not None for r in table.runs) for k in table.params] \
+        + [True] * len(table.metrics)
+    widths = [max(len(str(c)) for c in column) for column in zip(head, *rows)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)).rstrip()
+
+    lines += [line(head), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+    notes = []
+    if mark:
+        notes.append(sort_note(table.sort))
+    if table.hidden_params:
+        n = table.hidden_params
+        notes.append(f"{n} param{' is' if n == 1 else 's are'} equal in every run (not shown)")
+    return "\n".join(lines + notes) + "\n"
+
+
+def sort_note(sort: SortKey) -> str:
+    how = "highest" if sort.descending else "lowest"
+    if sort.source == "sweep":
+        return f"* best: {how} {sort.key} (the sweep's objective, {'maximized' if sort.descending else 'minimized'})"
+    if sort.source == "user":
+        return f"* {how} {sort.key}"
+    return f"* {how} {sort.key} (--sort M is ascending; -M or M:desc for descending)"
+
+
+def _iso(ms: int | None) -> str | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="seconds")
+
+
+def _json_number(value: float | None) -> float | None:
+    return None if value is None or math.isnan(value) or math.isinf(value) else value
+
+
+def records(table: Table) -> list[dict[str, Any]]:
+    """One object per run: full id, params that differ, chosen metrics (absent: the run lacks it; null: NaN)."""
+    return [{"run_id": r.run_id, "name": r.name, "experiment": table.experiments.get(r.experiment_id, r.experiment_id),
+             "status": r.status, "start_time": _iso(r.start_time), "duration_s": duration_s(r),
+             "params": {k: r.params[k] for k in table.params if k in r.params},
+             "metrics": {k: _json_number(r.metrics[k]) for k in table.metrics if k in r.metrics}}
+            for r in table.runs]
+
+
+def render_json(table: Table) -> str:
+    return json.dumps(records(table), indent=2, allow_nan=False) + "\n"
+
+
+def render_csv(table: Table) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["run_id", "name", "experiment", "status", "start_time", "duration_s",
+                     *(f"params.{k}" for k in table.params), *(f"metrics.{k}" for k in table.metrics)])
+    for r in records(table):
+        duration = r["duration_s"]
+        writer.writerow([r["run_id"], r["name"], r["experiment"], r["status"], r["start_time"] or "",
+                         "" if duration is None else f"{duration:.3f}",
+                         *(r["params"].get(k, "") for k in table.params),
+                         *(_csv_number(r["metrics"], k) for k in table.metrics)])
+    return out.getvalue()
+
+
+def _csv_number(metrics: dict[str, float | None], key: str) -> str:
+    if key not in metrics:
+        return ""
+    return "nan" if metrics[key] is None else repr(metrics[key])
+
+
+# The command.
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="labbook compare",
+        description="Runs side by side: the params that differ between them and their metrics. Without an "
+                    "argument: the sweep the newest run belongs to, else the newest run's experiment.")
+    p.add_argument("what", nargs="?", metavar="EXPERIMENT | PARENT_RUN_ID",
+                   help="an experiment name, or a sweep's parent run id (a unique prefix will do)")
+    p.add_argument("--metric", action="append", metavar="M",
+                   help="a metric to show (repeat, or a,b,c; default: each run's headline metric and every val/ metric)")
+    p.add_argument("--sort", metavar="M", help="order by metric or param M: M or M:asc ascending, -M or M:desc "
+                                               "descending (default: a sweep's objective, else start time)")
+    p.add_argument("--filter", default="", metavar="EXPR",
+                   help="an MLflow search filter, e.g. \"metrics.`val/loss` < 0.5\" or \"params.`model.lr` = '0.01'\"")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--tracking-uri", default=None,
+                   help="the store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    return p
+
+
+def _glue_sort(args: Sequence[str]) -> list[str]:
+    """``--sort -val/loss`` -> ``--sort=-val/loss``: argparse would take ``-val/loss`` for an option."""
+    args, out = list(args), []
+    while args:
+        arg = args.pop(0)
+        if arg == "--sort" and args and args[0].startswith("-") and args[0] != "--":
+            arg = f"--sort={args.pop(0)}"
+        out.append(arg)
+    return out
+
+
+def compare_main(args: Sequence[str]) -> int:
+    from labbook.cli.console import fail, quiet_libraries
+
+    options = parser().parse_args(_glue_sort(args))
+    quiet_libraries()  # for the MlflowClient fallbacks: no progress bars or alembic chatter on stderr
+    full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))
+    try:
+        from labbook.store.read import open_reader
+        from labbook.store.uri import resolve_tracking_uri
+
+        reader = open_reader(resolve_tracking_uri(options.tracking_uri))
+        experiments = reader.experiments()
+        target = resolve_target(reader, options.what, experiments)
+        runs = find_runs(reader, target, options.filter)
+        table = build_table(target, runs, split_names(options.metric), options.sort, experiments)
+    except Exception as exc:  # noqa: BLE001
+        return fail(exc, full_error)
+    if options.format == "table":
+        sys.stdout.write(render_table(table, options.filter))
+        return 0
+    print(header_line(table, options.filter), file=sys.stderr)  # stdout stays pure CSV/JSON
+    sys.stdout.write(render_json(table) if options.format == "json" else render_csv(table))
+    return 0

@@ -1,0 +1,64 @@
+"""What every ``labbook`` command shares: where the configs are, quiet libraries, and how an error ends.
+
+Errors a user can fix end with one line on stderr and a non-zero exit; ``HYDRA_FULL_ERROR=1`` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import sys
+import warnings
+
+
+def quiet_libraries() -> None:
+    # stdout/stderr belong to labbook's own answers and errors, not to download progress bars.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow prints "View run ... at URL" for server stores, credentials in the URL included; labbook prints
+    # its own closing lines (the URI redacted).
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    from labbook.store.patience import quick_http_retries
+
+    quick_http_retries()  # an absent server is waited for by labbook.store.patience, with the user's limit
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
+                 "lightning_fabric.utilities.rank_zero", "pytorch_lightning.accelerators.cuda",
+                 "alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent",
+                 "pytorch_lightning.trainer.connectors.checkpoint_connector"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # Advice aimed at Lightning users that labbook already acts on (exact sharded sums, worker counts).
+    for message in (r".*does not have many workers.*", r".*`srun` command is available.*",
+                    r".*recommended to use `self\.log\(.*sync_dist=True.*", r".*Using `DistributedSampler` with the dataloaders.*",
+                    r".*isinstance\(treespec, LeafSpec\).*", r".*The number of training batches .* is smaller than the logging interval.*",
+                    # EM fits without an optimizer on purpose (lightning_modules/gmm.py).
+                    r".*`LightningModule.configure_optimizers` returned `None`.*"):
+        warnings.filterwarnings("ignore", message=message)
+
+
+_frozen = False
+
+
+def freeze_imports() -> None:
+    """Take what is alive now, after the big imports (torch, Lightning, MLflow: ~650,000 objects), out of the
+    garbage collector's walks. Each full collection otherwise visits all of them, 0.1-0.5 s a time, several
+    times while a run starts, trains and exits (the last one at exit). Once per process: a later call (the
+    next job of a sweep in a reused worker) would also freeze the garbage of the job before, never to be
+    freed."""
+    global _frozen
+    if not _frozen:
+        gc.freeze()
+        _frozen = True
+
+
+def fail(exc: BaseException, full_error: bool, prefix: str = "") -> int:
+    from labbook.errors import one_line
+
+    if full_error:
+        raise exc
+    line = prefix + one_line(exc)
+    run_id = getattr(exc, "labbook_run_id", None)
+    if run_id:
+        line += f" (run {run_id} marked FAILED)"
+    print(f"labbook: error: {line}", file=sys.stderr)
+    return 1

@@ -1,0 +1,276 @@
+"""``labbook train [OVERRIDES]``: a Hydra app around :func:`labbook.train.fit.run`, and the DDP worker entry.
+
+The store is resolved from the composed config (``logger.tracking_uri``, else ``$MLFLOW_TRACKING_URI``,
+else ``./mlflow.db``) and prepared once: here for a single run, by :class:`labbook.sweep.parent.SweepStore`
+before the first job of a sweep.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from labbook.cli.console import fail, freeze_imports, quiet_libraries
+from labbook.config.groups import CONF_DIR
+
+ENV_USER_FULL_ERROR = "LABBOOK_FULL_ERROR"
+
+
+def train_main(args: Sequence[str]) -> int:
+    """Hand the overrides to Hydra; errors from composing or training come back to us as exceptions."""
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import DictConfig
+
+    from labbook.sweep import parent as sweeps
+    from labbook.config import schemas
+    from labbook.config.compose import composed_once
+    from labbook.errors import RunKilled, one_line
+    from labbook.store.prepare import prepare_store
+    from labbook.store.uri import resolve_tracking_uri
+    from labbook.timing import mark
+
+    mark("hydra-imported")
+
+    full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))
+    # Hydra needs HYDRA_FULL_ERROR=1 below and DDP workers inherit it: they learn the user's choice here.
+    os.environ[ENV_USER_FULL_ERROR] = "1" if full_error else ""
+    quiet_libraries()
+    try:
+        check_group_options(args)
+        check_resume_arguments(args)
+        if "-h" in args or "--help" in args:
+            shown = own_help(args)
+            if shown is not None:
+                print(shown)
+                return 0
+        if "-sc" in args or "--shell-completion" in args:
+            print(completion_script(args), end="")
+            return 0
+    except Exception as exc:  # noqa: BLE001
+        return fail(exc, full_error)
+    schemas.register()
+
+    failures: list[BaseException] = []
+
+    @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+    def _task(cfg: DictConfig) -> Any:
+        mark("composed")
+        hc = HydraConfig.get()
+        sweep_job = None
+        quiet_libraries()  # again: a launcher may run this job in a fresh process (joblib, submitit)
+        try:
+            from labbook.sweep.job import job_of_sweep
+            from labbook.train.ranks import is_rank_zero
+
+            if is_rank_zero():  # first: a job whose config is refused still counts in its sweep
+                sweep_job = job_of_sweep(hc, cfg)
+            # A bad config is reported before torch, Lightning and MLflow are even imported (~5 s).
+            schemas.validate(cfg)
+            uri = resolve_tracking_uri(cfg.logger.tracking_uri)
+            mark("validated")
+            if hc.mode != RunMode.MULTIRUN:  # a sweep's store was prepared before its first job (sweeps.Sweep)
+                prepare_store(uri)
+                mark("store-prepared")
+            if not is_rank_zero():  # a rank started by the cluster (SLURM tasks): rank 0 owns the run
+                from labbook.train.fit import run
+                from labbook.train.job import prepare
+
+                freeze_imports()
+                run(prepare(cfg), None)
+                return None
+            from labbook.run.owners import reap_own_host
+
+            reap_own_host(uri)
+            mark("reaped")
+            from labbook.train.fit import open_run, run, summary
+            from labbook.train.job import prepare
+
+            freeze_imports()
+            mark("train-imported")
+
+            if sweep_job is not None:
+                from labbook.sweep.job import stopping
+
+                if stopping(hc):
+                    print(f"labbook: job {sweep_job.number} ({sweep_job.name}): not started, the sweep was "
+                          "interrupted", file=sys.stderr, flush=True)
+                    return None
+                if cfg.sweep.resume and (done := sweep_job.finished_run(uri)) is not None:
+                    print(f"labbook: job {sweep_job.number} ({sweep_job.name}): this configuration already "
+                          f"FINISHED as run {done}; reusing it", file=sys.stderr, flush=True)
+                    sweep_job.record("FINISHED", done, reused=True)
+                    return None
+                if not cfg.logger.experiment_name:  # every job beside its parent, whatever it composes
+                    cfg.logger.experiment_name = sweep_job.experiment
+
+            plan = None
+            if cfg.resume:
+                from hydra import compose
+                from omegaconf import OmegaConf
+
+                from labbook.train.resume import plan_resume
+
+                new = [o for o in hc.overrides.task if not o.startswith("resume=")]
+
+                def composed(overrides: list[str]) -> dict:
+                    return OmegaConf.to_container(compose("train", overrides=overrides), resolve=True, enum_to_str=True)
+
+                plan = plan_resume(uri, cfg.resume, new, checkpoint_dir=Path(cfg.paths.checkpoint_dir), compose=composed)
+                cfg = OmegaConf.create(plan.config)
+            job = prepare(cfg, choices=dict(hc.runtime.choices))
+            result = run(job, open_run(job, uri, resume=plan, sweep=sweep_job), overrides=list(hc.overrides.task),
+                         resume=plan)
+            if sweep_job is not None:
+                sweep_job.record("FINISHED", result["run_id"])
+        except Exception as exc:  # noqa: BLE001
+            if sweep_job is not None:
+                sweep_job.record("FAILED", getattr(exc, "labbook_run_id", None), error=one_line(exc))
+            if full_error:
+                raise
+            # Kept for after Hydra returns: a sweep goes on with its other jobs, and Hydra does not
+            # print its own multi-line report for a job that raised.
+            failures.append(exc)
+            if hc.mode == RunMode.MULTIRUN:
+                fail(exc, full_error, prefix=f"job {hc.job.num} ({' '.join(hc.overrides.task)}): ")
+            return None
+        print(summary(result), flush=True)
+        missing = [metric for metric, value in result["objectives"].items() if value is None]
+        if missing:
+            print(f"labbook: warning: optimized_metric {', '.join(missing)} was never logged by this run (it logged "
+                  f"{', '.join(sorted(result['metrics']))})", file=sys.stderr, flush=True)
+        # What a sweeper learns of the job: its objectives (validation, never the test headline), whether the
+        # search pruned it, its run.
+        return {"objectives": list(result["objectives"].values()), "pruned": result["pruned"], "run_id": result["run_id"]}
+
+    sys.argv = [sys.argv[0], *args]
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us, so we decide how they are shown
+    try:
+        with composed_once():  # Hydra composes once where it would compose the same config twice
+            _task()
+    except BaseException as exc:  # noqa: BLE001
+        if isinstance(exc, sweeps.SweepNotStarted):
+            return fail(exc.error, full_error)
+        killed = sweeps.abort(exc)  # a sweep interrupted (or broken) before its end: its parent run says so
+        if killed is not None:
+            import signal
+
+            name = signal.Signals(killed[1]).name
+            print(f"labbook: {name} received; sweep run {killed[0]} and its running jobs marked KILLED",
+                  file=sys.stderr)
+            return 128 + killed[1]
+        if isinstance(exc, RunKilled):
+            print(f"labbook: {exc.signal_name} received; run {exc.run_id} marked KILLED", file=sys.stderr)
+            return int(exc.code)
+        if isinstance(exc, SystemExit):
+            return int(exc.code or 0) if not isinstance(exc.code, str) else fail(exc, full_error)
+        if isinstance(exc, KeyboardInterrupt):
+            print("labbook: interrupted", file=sys.stderr)
+            return 130
+        return fail(exc, full_error)
+    finally:
+        if not full_error:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+    if failures:
+        return fail(failures[0], full_error) if len(failures) == 1 else fail(
+            failures[0], full_error, prefix=f"{len(failures)} jobs failed; the first: ")
+    if sweeps.LAST_FAILED:  # jobs that ran in other processes (joblib, submitit) reported their own errors
+        print(f"labbook: error: {sweeps.LAST_FAILED} job(s) of the sweep did not finish", file=sys.stderr)
+        return 1
+    return 0
+
+
+def own_help(args: Sequence[str]) -> str | None:
+    """``labbook train [OVERRIDES] --help`` rendered by labbook (:mod:`labbook.cli.train_help`, well under a
+    second), or None where Hydra's own is needed: another config path, name or folder. (``--hydra-help``
+    stays Hydra's; ``--help`` wins over it, as in Hydra.)"""
+    from hydra._internal.utils import get_args_parser
+
+    parsed = get_args_parser().parse_args(list(args))  # Hydra's own flags, parsed as Hydra parses them
+    if not parsed.help or parsed.config_path or parsed.config_name or parsed.config_dir:
+        return None
+    from labbook.cli.train_help import train_help
+
+    return train_help(parsed.overrides, resolve=parsed.resolve)
+
+
+def completion_script(args: Sequence[str]) -> str:
+    """``labbook train -sc install=bash|zsh``: labbook's completion script (``labbook completion SHELL``).
+    Hydra's would complete ``labbook`` itself as one Hydra app, whose first word is a subcommand, so that
+    ``labbook train mod<TAB>`` never reached it."""
+    from labbook.cli.completion import SCRIPTS
+    from labbook.errors import UserError
+
+    for arg in args:
+        key, _, shell = arg.partition("=")
+        if key == "install" and shell in SCRIPTS:
+            return SCRIPTS[shell]
+    raise UserError('-sc: labbook completes with eval "$(labbook completion bash)" (or zsh), which '
+                    "-sc install=bash|zsh prints too; it is removed with complete -r labbook (bash) or "
+                    "compdef -d labbook (zsh)")
+
+
+def check_resume_arguments(args: Sequence[str]) -> None:
+    """For ``resume=RUN_ID``, before Hydra composes anything: the run must exist in the store, then every
+    override must be one a resume may change (Hydra would otherwise judge ``model.hidden_size=8`` against
+    the default model, not the run's)."""
+    given = {a.split("=", 1)[0].lstrip("+~"): a.split("=", 1)[1] for a in args if "=" in a and not a.startswith("-")}
+    if not given.get("resume"):
+        return
+    from labbook.errors import UserError
+    from labbook.store.runs import StoredRun
+    from labbook.store.uri import resolve_tracking_uri
+    from labbook.train.resume import allowed, describe_resumable
+
+    try:
+        StoredRun.find(resolve_tracking_uri(given.get("logger.tracking_uri")), given["resume"])
+    except UserError as exc:
+        raise UserError(f"resume={given['resume']}: {exc}") from None
+    refused = [k for k in given if k not in ("resume", "trainer", "debug") and not k.startswith("hydra")
+               and not allowed(k)]
+    if refused:
+        raise UserError(f"resume={given['resume']}: {', '.join(refused)} cannot change on a resume (that is a "
+                        f"different experiment: start a new run); a resume may change {describe_resumable()}, "
+                        "and choose trainer= and debug= presets")
+
+
+def check_group_options(args: Sequence[str]) -> None:
+    """``GROUP=OPTION`` must name an option that exists, optional groups (``experiment``, ``debug``) too:
+    Hydra silently composes the defaults for a misspelled optional one."""
+    from labbook.config.groups import options as group_options
+    from labbook.errors import UserError
+
+    for arg in args:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if not sep or "." in key or "(" in value or not value:
+            continue
+        options = group_options(key)
+        if not options:  # not one of labbook's groups: a key, or Hydra's own (hydra/launcher)
+            continue
+        for option in value.split(","):
+            if option not in options and option != "null":
+                raise UserError(f"{key}={option!r} is not an option of the {key} group: expected one of "
+                                + ", ".join(options))
+
+
+def worker_main(config_path: Path) -> int:
+    """A DDP worker rank started by Lightning: same config as rank 0, no Hydra, no store."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from labbook.train.fit import run
+    from labbook.train.job import prepare
+    from labbook.train.ranks import die_with_parent
+
+    freeze_imports()
+    die_with_parent()
+    quiet_libraries()
+    cfg = OmegaConf.create(yaml.safe_load(config_path.read_text()))
+    try:
+        run(prepare(cfg), None)
+    except Exception as exc:  # noqa: BLE001 - rank 0 reports the job; this line says what this rank met
+        return fail(exc, bool(os.environ.get(ENV_USER_FULL_ERROR)), prefix=f"rank {os.environ.get('LOCAL_RANK')}: ")
+    return 0

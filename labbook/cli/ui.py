@@ -1,0 +1,192 @@
+"""``labbook ui [--port P] [--host H] [--tracking-uri URI]``: MLflow's UI on the store that ``labbook train`` in
+this directory would use.
+
+The store is resolved as every command resolves it and created or upgraded first (so a UI started beside a
+first training run cannot race MLflow's table creation). The UI listens on 127.0.0.1 unless ``--host`` says
+otherwise — then everything in the store is open to whoever reaches the port, and a warning says so. It
+prints the URL of the newest experiment's runs table, opened in MLflow's "Model training" view, and stops
+on Ctrl-C (or SIGTERM) together with the server processes it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from labbook.redact import redact_uri
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# MLflow 3.17's UI opens in its GenAI view unless the URL (or the browser's localStorage key
+# mlflow.workflowType_v1) asks for the "Model training" one; the experiment's mlflow.experimentKind tag is
+# ignored by this version's UI. The parameter goes after the hash.
+MODEL_TRAINING = "workflowType=machine_learning"
+START_TIMEOUT_S = 90.0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="labbook ui", description="Serve MLflow's UI on the store `labbook train` here would use.")
+    p.add_argument("--port", type=int, default=5000, help="the port to listen on (default 5000)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="the interface to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="the store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    return p
+
+
+def ui_main(args: Sequence[str]) -> int:
+    from labbook.cli.console import fail, quiet_libraries
+
+    arguments = parser()
+    options = arguments.parse_args(list(args))
+    if not 0 < options.port < 65536:
+        arguments.error(f"--port={options.port} is not allowed: expected a port number 1-65535")
+    quiet_libraries()
+    full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))
+    try:
+        server = start(options.tracking_uri, options.host, options.port)
+    except Exception as exc:  # noqa: BLE001
+        return fail(exc, full_error)
+    return server.serve()
+
+
+class UIServer:
+    """An ``mlflow server`` process group serving one store's UI."""
+
+    def __init__(self, proc: subprocess.Popen, uri: str, url: str, log: Path, name: str) -> None:
+        self.proc, self.uri, self.url, self.log, self.name = proc, uri, url, log, name
+
+    def serve(self) -> int:
+        """Wait until Ctrl-C or SIGTERM (then stop the server) or until the server exits by itself."""
+        for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a shell's & starts us with it ignored
+            signal.signal(signum, _interrupt)
+        print(f"labbook {self.name}: {self.url}", flush=True)
+        print(f"labbook {self.name}: serving {self.uri} (server log: {self.log}); Ctrl-C stops it", file=sys.stderr, flush=True)
+        try:
+            code = self.proc.wait()
+        except KeyboardInterrupt:
+            self.stop()
+            print(f"labbook {self.name}: stopped", file=sys.stderr)
+            return 0
+        print(f"labbook: error: the MLflow server exited ({code}): {_last_line(self.log)}", file=sys.stderr)
+        return 1
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def start(tracking_uri: str | None, host: str, port: int) -> UIServer:
+    """Resolve and prepare the store, check the port, start ``mlflow server`` and wait until it answers."""
+    from labbook.errors import UserError
+    from labbook.store.prepare import prepare_store
+    from labbook.store.uri import resolve_tracking_uri, sqlite_path
+
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        raise UserError(f"the store is a tracking server already, with its own UI: open {uri}")
+    prepare_store(uri)
+    db = sqlite_path(uri)
+    # Artifacts of experiments created in the UI go beside the store, as labbook's own do.
+    extra = ["--artifacts-destination", str(db.parent / "mlartifacts")] if db is not None else []
+    server = start_mlflow_server(uri, host, port, extra, name="ui")
+    server.url = runs_url(server.url, uri)
+    return server
+
+
+def start_mlflow_server(uri: str, host: str, port: int, extra: list[str], name: str,
+                        workers: int = 1, env: dict[str, str] | None = None) -> UIServer:
+    """``mlflow server`` on ``uri`` (already prepared), in a process group of its own, its output in
+    ``logs/NAME-PORT.log``; returns once it answers ``/health``."""
+    if host not in LOOPBACK:
+        print(f"labbook: warning: --host {host}: the UI and everything in the store {redact_uri(uri)} (configs, "
+              f"metrics, artifacts) are open to anyone who can reach this machine on port {port}",
+              file=sys.stderr, flush=True)
+    _check_port_free(host, port)
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
+               "--port", str(port), "--workers", str(workers), *extra]
+    if host not in LOOPBACK:
+        command += ["--allowed-hosts", "*"]
+    log = Path.cwd() / "logs" / f"{name}-{port}.log"  # the server's own messages and access log
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, env={**os.environ, **(env or {})})
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    server = UIServer(proc, redact_uri(uri), base, log, name)
+    try:
+        _wait_until_up(proc, base, log)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def runs_url(base: str, uri: str) -> str:
+    """The newest experiment's runs table (children grouped under their sweep's parent), else the home page."""
+    from mlflow.tracking import MlflowClient
+
+    experiments = [e for e in MlflowClient(tracking_uri=uri).search_experiments() if e.name != "Default"]
+    if not experiments:
+        return f"{base}/#/?{MODEL_TRAINING}"
+    newest = max(experiments, key=lambda e: e.last_update_time or e.creation_time or 0)
+    return f"{base}/#/experiments/{newest.experiment_id}/runs?{MODEL_TRAINING}"
+
+
+def _check_port_free(host: str, port: int) -> None:
+    from labbook.errors import UserError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As the server will: a port a stopped server left in TIME_WAIT is free; one that something listens on is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UserError(f"--port {port}: {host}:{port} is not free ({exc.strerror}; another UI or server "
+                            "is there?); choose another with --port") from None
+
+
+def _last_line(log: Path) -> str:
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()] if log.exists() else []
+    return lines[-1].strip() if lines else f"see {log}"
+
+
+def _wait_until_up(proc: subprocess.Popen, base: str, log: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    from labbook.errors import UserError
+
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise UserError(f"the MLflow server exited ({proc.returncode}) before it answered at {base}: "
+                            f"{_last_line(log)}")
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return  # it answers (a server with authentication refuses strangers even there)
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise UserError(f"the MLflow server did not answer at {base} within {START_TIMEOUT_S:g} s")

@@ -1,0 +1,211 @@
+"""A run's life: open it (new, as a sweep's child, or re-opened to resume), say who owns it while it
+runs, close it with the status that matches what happened, and reap runs whose owner is gone.
+
+Statuses: ``FINISHED`` on a normal exit; ``FAILED`` on an exception (the message in tag ``error``);
+``KILLED`` on SIGINT/SIGTERM (exit code 130/143). A process that cannot say anything (SIGKILL, the
+out-of-memory killer, a lost machine) leaves its run RUNNING; :func:`reap` later marks it FAILED with the
+tags ``reaped`` (why) and ``reaped.at`` (when). To tell a live owner from a dead one, a run carries
+``owner.host``, ``owner.pid``, ``owner.boot_id`` and ``owner.start_ticks`` (the process's start time, so a
+recycled pid is not mistaken for the owner), and a ``heartbeat`` tag rewritten every
+``logger.heartbeat_s`` seconds for owners on other hosts.
+"""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any, Mapping
+
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+
+from labbook.errors import RunInterrupted, RunKilled
+from labbook.redact import redact
+from labbook.run.owners import owner_tags
+from labbook.run.recorder import MAX_TAG_LENGTH, Recorder, _user, ensure_experiment
+
+# After SIGINT/SIGTERM a training run stops at its next batch boundary, with a checkpoint of the state it
+# reached; one that does not get there within this many seconds (a long validation, a slow first batch)
+# is interrupted where it is, so that the run is KILLED within 10 s whatever it was doing.
+STOP_GRACE_S = 6.0
+
+
+class _Heartbeat(threading.Thread):
+    """Rewrites the run's ``heartbeat`` tag every ``every_s`` seconds until stopped."""
+
+    def __init__(self, client: MlflowClient, run_id: str, every_s: float) -> None:
+        super().__init__(name="labbook-heartbeat", daemon=True)
+        self._client, self._run_id, self._every_s = client, run_id, every_s
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self._every_s):
+            try:
+                self._client.set_tag(self._run_id, "heartbeat", str(int(time.time())))
+            except Exception:  # noqa: BLE001 - a busy store skips a beat; the next one will do
+                pass
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+
+
+# ---------------------------------------------------------------------------------------------- run
+class TrackedRun(Recorder):
+    """An open MLflow run owned by this process; closing it sets the status that happened.
+
+    Use as a context manager: ``FINISHED`` on a normal exit, ``KILLED`` when SIGINT/SIGTERM arrived,
+    ``FAILED`` (with the error in the ``error`` tag) on any other exception.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str, uri: str, heartbeat_s: float = 30.0,
+                 patience_s: float | None = None) -> None:
+        from labbook.config.schemas import MLflowConfig
+        from labbook.store.patience import PatientClient
+
+        # Every call this run makes waits out a tracking server that is briefly away (labbook.store.patience).
+        super().__init__(PatientClient(client, uri, MLflowConfig.server_patience_s if patience_s is None else patience_s),
+                         run_id, uri)
+        self.signal_received: int | None = None
+        self._stop_requested: Any = None  # set while training: asks the trainer to stop at a batch boundary
+        self._grace_s = STOP_GRACE_S
+        self._previous_handlers: dict[int, Any] = {}
+        self._heartbeat_s = heartbeat_s
+        self._heartbeat: _Heartbeat | None = None
+        self._system: Any = None  # MLflow's SystemMetricsMonitor, when monitor_system() started one
+
+    @classmethod
+    def start(cls, uri: str, experiment_name: str, run_name: str | None = None,
+              tags: Mapping[str, str] | None = None, parent_run_id: str | None = None,
+              heartbeat_s: float = 30.0, patience_s: float | None = None) -> "TrackedRun":
+        """Open a new run in ``experiment_name`` (a child of ``parent_run_id`` when given)."""
+        client = MlflowClient(tracking_uri=uri)
+        exp_id = ensure_experiment(client, experiment_name, uri)
+        all_tags = {
+            "mlflow.user": _user(),
+            "mlflow.source.name": "labbook train",
+            "mlflow.source.type": "LOCAL",
+            "host": socket.gethostname(),
+            "command": shlex.join(["labbook", "train", *sys.argv[1:]]),
+            **owner_tags(),
+            **(tags or {}),
+        }
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = client.create_run(exp_id, run_name=redact(run_name) if run_name else run_name,
+                                tags={k: redact(str(v)) for k, v in all_tags.items()})  # argv may hold a password
+        return cls(client, run.info.run_id, uri, heartbeat_s, patience_s)
+
+    @classmethod
+    def reopen(cls, uri: str, run_id: str, heartbeat_s: float = 30.0, patience_s: float | None = None) -> "TrackedRun":
+        """Re-open an ended run (to resume it): RUNNING again, owned by this process."""
+        client = MlflowClient(tracking_uri=uri)
+        tags = client.get_run(run_id).data.tags
+        for stale in ("error", "reaped", "reaped.at"):  # what the last attempt ended with: not this one's
+            if stale in tags:
+                client.delete_tag(run_id, stale)
+        client.update_run(run_id, status="RUNNING")
+        for key, value in owner_tags().items():
+            client.set_tag(run_id, key, value)
+        return cls(client, run_id, uri, heartbeat_s, patience_s)
+
+    def __enter__(self) -> "TrackedRun":
+        self.claim_signals()
+        if self._heartbeat_s > 0:
+            self._heartbeat = _Heartbeat(self.client, self.run_id, self._heartbeat_s)
+            self._heartbeat.start()
+        return self
+
+    def monitor_system(self, every_s: float) -> None:
+        """Record MLflow's system metrics (CPU, memory, GPU where there is one) every ``every_s`` seconds until
+        the run ends."""
+        import logging
+
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # its start/stop chatter
+        self._system = SystemMetricsMonitor(self.run_id, sampling_interval=every_s, tracking_uri=self.uri)
+        self._system.start()
+
+    def claim_signals(self) -> None:
+        """(Re)install the SIGINT/SIGTERM handlers that end the run KILLED.
+
+        Lightning installs its own SIGTERM handler at the start of every stage (see
+        :class:`labbook.train.callbacks.StopOnSignal`, which calls this again right after).
+        """
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous = signal.signal(signum, self._on_signal)
+            except ValueError:  # not the main thread: the caller owns signal handling
+                continue
+            self._previous_handlers.setdefault(signum, previous)
+
+    def defer_signals(self, stop_requested: Any, grace_s: float = STOP_GRACE_S) -> None:
+        """While training (``stop_requested`` a callable; None to end it), SIGINT/SIGTERM does not interrupt
+        the process wherever it is but calls ``stop_requested()``, so training stops at its next batch
+        boundary with a checkpoint (:class:`labbook.train.callbacks.StopOnSignal`); a second signal, or
+        ``grace_s`` (:data:`STOP_GRACE_S`) seconds without reaching one, interrupts it anyway."""
+        self._stop_requested, self._grace_s = stop_requested, grace_s
+
+    def stopping(self) -> None:
+        """The trainer reached its stopping point: no interruption may cut its last checkpoint short."""
+        if signal.SIGALRM in self._previous_handlers:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.signal_received is None:
+            self.signal_received = signum
+            if self._stop_requested is not None:
+                try:
+                    self._stop_requested()
+                except Exception as exc:  # noqa: BLE001 - raised here it could be caught as the job's error
+                    raise RunInterrupted(f"received {signal.Signals(signum).name} ({exc})") from None
+                self._previous_handlers.setdefault(signal.SIGALRM, signal.signal(signal.SIGALRM, self._on_grace_over))
+                signal.setitimer(signal.ITIMER_REAL, self._grace_s)
+                return
+        raise RunInterrupted(f"received {signal.Signals(signum).name}")
+
+    def _on_grace_over(self, signum: int, frame: Any) -> None:
+        raise RunInterrupted(f"not stopped within {self._grace_s:g} s of the signal")
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> bool:
+        self._stop_requested = None
+        self.stopping()
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+        if self._system is not None:
+            self._system.finish()  # its last samples, before the run's status changes
+        if getattr(self.client, "gave_up", False):  # the server is away: nothing more can be written
+            return False
+        if self.logger is not None:
+            try:
+                self.logger.flush()
+            except Exception:  # noqa: BLE001 - the status below matters more than late metrics
+                pass
+        if self.signal_received is not None:
+            name = signal.Signals(self.signal_received).name
+            try:
+                self.end("KILLED", f"interrupted by {name}")
+            finally:  # even when the store refused the status: a signalled process stops (a sweep with it)
+                # The shell convention for death by signal, whatever Lightning turned the signal into.
+                raise RunKilled(128 + self.signal_received, self.run_id, name) from None
+        if exc is None or (isinstance(exc, SystemExit) and exc.code in (0, None)):
+            self.end("FINISHED")
+        else:
+            self.end("FAILED", f"{type(exc).__name__}: {exc}")
+            try:
+                exc.labbook_run_id = self.run_id  # type: ignore[union-attr]  # named in the CLI's error line
+            except AttributeError:
+                pass
+        return False
+
+    def end(self, status: str, error: str | None = None) -> None:
+        if error:
+            self.client.set_tag(self.run_id, "error", redact(error)[:MAX_TAG_LENGTH])
+        self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.from_string(status)))

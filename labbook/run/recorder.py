@@ -1,0 +1,214 @@
+"""What a run records in MLflow: params, the config, git state and versions, metrics (batched), files.
+
+Only rank 0 ever records; other ranks learn the run's id through the environment and never touch the
+store. Opening, re-opening and closing runs, and their statuses, live in :mod:`labbook.lifecycle`.
+"""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import io
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+from mlflow.entities import Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from labbook.config.keys import flatten, run_local
+from labbook.redact import redact
+from labbook.store.uri import artifact_root
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+
+
+EXPERIMENT_KIND = "custom_model_development"
+
+
+MAX_PARAM_LENGTH = 6000  # MLflow's limit for a param value
+
+
+MAX_TAG_LENGTH = 5000
+
+
+VERSIONED = ("torch", "pytorch-lightning", "hydra-core", "mlflow", "numpy", "labbook")
+
+
+_BATCH = 100  # MLflow accepts at most 100 params/tags and 1000 metrics per log_batch
+
+
+def _param_text(value: Any) -> str:
+    text = redact("null" if value is None else str(value))
+    if len(text) > MAX_PARAM_LENGTH:
+        marker = " …[truncated; full value in config/config.yaml]"
+        text = text[: MAX_PARAM_LENGTH - len(marker)] + marker
+    return text
+
+
+def git_state(repo: Path) -> dict[str, str]:
+    """Commit, dirty flag and diff of the repository the code was run from ('' when not a git repo)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=20).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    if not commit:
+        return {"commit": "", "dirty": "", "diff": ""}
+    status = git("status", "--porcelain", "--untracked-files=no").strip()
+    return {"commit": commit, "dirty": "true" if status else "false", "diff": git("diff", "HEAD") if status else ""}
+
+
+@functools.lru_cache(maxsize=1)
+def installed_packages() -> dict[str, str]:
+    """Every installed distribution's version, by normalised name. Read once per process: the packages a
+    process imported cannot change under it. A ``NAME-VERSION.dist-info`` folder's name says both (parsing
+    ~130 METADATA files instead took ~0.13 s of every run's start); other distributions (``.egg-info``) are
+    read from their metadata."""
+    from importlib.metadata import distributions
+
+    installed: dict[str, str] = {}
+    for dist in distributions():
+        folder = str(getattr(dist, "_path", ""))  # PathDistribution's folder; private, so only a shortcut
+        name, sep, version = Path(folder).name.removesuffix(".dist-info").partition("-")
+        if not (folder.endswith(".dist-info") and sep and version):
+            name, version = dist.metadata["Name"], dist.version
+        if name:
+            installed.setdefault(name.lower().replace("_", "-"), version)
+    return installed
+
+
+def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
+    """The id of experiment ``name``, created (tagged as model development) when missing."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        root = artifact_root(uri)
+        location = f"{root}/{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}" if root else None
+        try:
+            exp_id = client.create_experiment(name, artifact_location=location,
+                                              tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            return exp_id
+        except MlflowException:  # a parallel sweep job created it a moment ago
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
+
+
+class Recorder:
+    """Everything a run writes into MLflow (params, config, git state, artifacts, plots, metrics through
+    :meth:`lightning_logger`). Opening and closing the run is :class:`labbook.run.lifecycle.TrackedRun`'s."""
+
+    def __init__(self, client: MlflowClient, run_id: str, uri: str) -> None:
+        self.client, self.run_id, self.uri = client, run_id, uri
+        self.logger: Any = None  # labbook.run.metrics_logger.MLflowMetricsLogger once a trainer asks for it
+
+    def lightning_logger(self, flush_every_s: float) -> Any:
+        from labbook.run.metrics_logger import (
+            MLflowMetricsLogger,  # Lightning: only where a trainer runs
+        )
+
+        self.logger = MLflowMetricsLogger(self.client, self.run_id, flush_every_s)
+        return self.logger
+
+    def log_config(self, resolved: Mapping[str, Any], overrides: Iterable[str], params: bool = True) -> None:
+        """Flattened config as params (once: MLflow refuses a param's second value) except the run-local
+        values (:func:`run_local`), which are tags; the config and the overrides as YAML artifacts (rewritten by a resume, so they always rebuild the run as it is now)."""
+        import yaml
+
+        flat = flatten(resolved)
+        if params:
+            self.log_params({k: v for k, v in flat.items() if not run_local(k)})
+        self.set_tags({k: _param_text(v) for k, v in flat.items() if run_local(k)})
+        self.log_text(yaml.safe_dump(dict(resolved), sort_keys=False), "config/config.yaml")
+        self.log_text(yaml.safe_dump(list(overrides)), "config/overrides.yaml")
+
+    def log_git(self, repo: Path) -> None:
+        state = git_state(repo)
+        tags = {"git.commit": state["commit"] or "unknown", "git.dirty": state["dirty"] or "unknown"}
+        if state["commit"]:
+            tags["mlflow.source.git.commit"] = state["commit"]
+        self.set_tags(tags)
+        if state["diff"]:
+            self.log_text(state["diff"], "git/diff.patch")
+
+    def log_environment(self) -> None:
+        """Tags ``versions.<package>`` for what decides a run's numbers, and every installed distribution
+        (``name==version``, sorted) as the artifact ``environment/packages.txt``."""
+        installed = installed_packages()
+        tags = {"versions.python": sys.version.split()[0]}
+        for package in VERSIONED:
+            tags[f"versions.{package}"] = installed.get(package, "not installed")
+        self.set_tags(tags)
+        self.log_text("".join(f"{name}=={version}\n" for name, version in sorted(installed.items())),
+                      "environment/packages.txt")
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        entries = [Param(k[:250], _param_text(v)) for k, v in params.items()]
+        for i in range(0, len(entries), _BATCH):
+            self.client.log_batch(self.run_id, params=entries[i : i + _BATCH], synchronous=True)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        items = [RunTag(k, redact(str(v))[:MAX_TAG_LENGTH]) for k, v in tags.items()]
+        for i in range(0, len(items), _BATCH):
+            self.client.log_batch(self.run_id, tags=items[i : i + _BATCH], synchronous=True)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, redact(text), artifact_file)
+
+    def log_file(self, path: str | os.PathLike, artifact_file: str) -> None:
+        """Store ``path`` under ``artifact_file`` (a name of our choosing, not the file's own)."""
+        artifact_dir, _, name = artifact_file.rpartition("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            link = Path(tmp) / name
+            link.symlink_to(Path(path).resolve())
+            self.client.log_artifact(self.run_id, str(link), artifact_dir or None)
+
+    def log_report(self, report: Mapping[str, Any]) -> list[str]:
+        """Figures become ``plots/<name>.png``; dicts of arrays become ``<name>.npz``."""
+        stored = []
+        for name, item in report.items():
+            if hasattr(item, "savefig"):
+                buf = io.BytesIO()
+                item.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+                self._log_bytes(buf.getvalue(), f"plots/{name}.png")
+                import matplotlib.pyplot as plt
+
+                plt.close(item)
+                stored.append(f"plots/{name}.png")
+            elif isinstance(item, Mapping):
+                buf = io.BytesIO()
+                np.savez(buf, **{k: np.asarray(v) for k, v in item.items()})
+                self._log_bytes(buf.getvalue(), f"{name}.npz")
+                stored.append(f"{name}.npz")
+            elif isinstance(item, str):
+                self.log_text(item, f"{name}.txt")  # redacted there
+                stored.append(f"{name}.txt")
+        return stored
+
+    def _log_bytes(self, data: bytes, artifact_file: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(artifact_file).name
+            path.write_bytes(data)
+            artifact_dir = str(Path(artifact_file).parent)
+            self.client.log_artifact(self.run_id, str(path), None if artifact_dir == "." else artifact_dir)
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - containers without a passwd entry
+        return "unknown"

@@ -1,0 +1,210 @@
+"""``labbook train``: build datamodule → model → callbacks → trainer from the config, fit, test, record.
+
+The shape of lightning-hydra-template's ``train.py``: everything comes from the config through
+``hydra.utils.instantiate``; what the model must know about the data travels explicitly from the
+datamodule's ``dims`` to the model's constructor.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from labbook.config.objective import objective_value, objectives_of
+from labbook.config.schemas import MLflowConfig
+from labbook.run.background import Background
+from labbook.run.checkpoints import BackgroundCheckpointIO, CheckpointUpload
+from labbook.run.lifecycle import TrackedRun
+from labbook.store.uri import ui_command
+from labbook.sweep.job import SweepJob
+from labbook.timing import enabled as timing_enabled
+from labbook.timing import mark
+from labbook.train.callbacks import (
+    ModelCheckpoint,
+    PruneTrial,
+    StepTiming,
+    StopOnSignal,
+)
+from labbook.train.job import Job
+from labbook.train.progress import TimedProgressBar, progress_callbacks
+from labbook.train.ranks import ENV_RUN_ID, hand_off, process_group
+from labbook.train.resume import ResumePlan, resume_record
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+
+
+def open_run(job: Job, uri: str, resume: ResumePlan | None = None, sweep: SweepJob | None = None) -> TrackedRun:
+    """Rank 0's run for ``job``: a new one in its experiment (a child of its sweep's parent run, named after
+    what it sweeps), or the resumed run re-opened. It is tagged with its objective (``optimized_metric``,
+    else the model's validation monitor) and that objective's direction."""
+    cfg = job.cfg
+    objective = objective_of(job.cfg, job.model)
+    heartbeat_s = cfg.logger.get("heartbeat_s", MLflowConfig.heartbeat_s)  # absent from older runs' configs
+    patience_s = cfg.logger.get("server_patience_s", MLflowConfig.server_patience_s)
+    if resume is not None:
+        tracked = TrackedRun.reopen(uri, resume.run_id, heartbeat_s=heartbeat_s, patience_s=patience_s)
+    else:
+        tags = {**(sweep.tags() if sweep else {}), **dict(cfg.logger.tags or {})}
+        name = cfg.logger.run_name or (sweep.name if sweep else None)
+        tracked = TrackedRun.start(uri, cfg.logger.experiment_name, name, tags, heartbeat_s=heartbeat_s,
+                                   parent_run_id=sweep.parent_run_id if sweep else None, patience_s=patience_s)
+    if objective is not None:
+        tracked.set_tags({"objective": objective[0], "objective.direction": objective[1]})
+    report = _trial_report(job)
+    if report is not None:  # the search's trial knows its run, the run its trial
+        report.trial.set_user_attr("mlflow_run_id", tracked.run_id)
+        tracked.set_tags({"optuna.trial_number": report.trial.number, "optuna.state": "RUNNING",
+                          **{f"optuna.param.{k}": v for k, v in report.trial.params.items()}})
+    mark("run-opened")
+    return tracked
+
+
+def _trial_report(job: Job) -> Any:
+    return next((cb.report for cb in job.callbacks if isinstance(cb, PruneTrial) and cb.report is not None), None)
+
+
+def _pruned(job: Job) -> bool:
+    return any(isinstance(cb, PruneTrial) and cb.pruned for cb in job.callbacks)
+
+
+def objective_of(cfg: Any, model: Any) -> tuple[str, str] | None:
+    """The objective a sweep ranks runs by (the first of :func:`labbook.config.objective.objectives_of`), or None."""
+    objectives = objectives_of(cfg, model)
+    return objectives[0] if objectives else None
+
+
+def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None,
+        resume: ResumePlan | None = None) -> dict[str, Any]:
+    """Fit and test ``job``, recording into the opened run ``tracked`` (rank 0), or as a DDP worker rank
+    (``tracked`` None: no logger, no store). Returns ``{"run_id", "metrics", "headline", "uri"}``.
+
+    With ``resume`` the job continues that run (``job.cfg.ckpt_path`` is its localised last checkpoint).
+    """
+    cfg, resolved, datamodule, model, callbacks = job.cfg, job.resolved, job.datamodule, job.model, job.callbacks
+    if tracked is None:
+        trainer = build_trainer(cfg, callbacks)
+        with process_group():
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+            if cfg.test and not _pruned(job):  # as rank 0 decides (every rank learnt the pruning)
+                trainer.test(model, datamodule=datamodule, ckpt_path=_test_ckpt(trainer), verbose=False)
+        return {"run_id": os.environ.get(ENV_RUN_ID), "metrics": {}, "headline": None}
+
+    with tracked:
+        if resume is None:
+            tracked.log_config(resolved, overrides or [])
+        else:  # params stay as first logged (MLflow refuses new values); the stored config is the current one
+            tracked.log_config({**resolved, "ckpt_path": None}, resume.all_overrides, params=False)
+            tracked.log_text(resume_record(resume), f"config/resume-{resume.number}.yaml")
+            tracked.set_tags({"resumes": resume.number})
+        tracked.log_git(PACKAGE_ROOT)
+        tracked.log_environment()
+        if resume is None:
+            from labbook.run.datasets import dataset_entity, log_dataset
+
+            log_dataset(tracked, dataset_entity(resolved["datamodule"], job.datamodule_choice, datamodule))
+        if cfg.logger.get("system_metrics", MLflowConfig.system_metrics):  # after what rebuilds the run
+            tracked.monitor_system(cfg.logger.get("system_metrics_every_s", MLflowConfig.system_metrics_every_s))
+        files = Background("labbook-checkpoints")  # the checkpoints' writes, then their copies into the run
+        upload = CheckpointUpload(tracked, cfg.logger.get("checkpoint_upload_every_s",
+                                                          MLflowConfig.checkpoint_upload_every_s), files)
+        mark("recorded")
+        if cfg.logger.log_checkpoints:
+            for cb in callbacks:
+                if isinstance(cb, ModelCheckpoint):
+                    cb.on_save = upload
+        trainer = build_trainer(cfg, callbacks, tracked, plugins=[BackgroundCheckpointIO(files)])
+        mark("trainer-built")
+        try:
+            with hand_off(resolved, Path(cfg.paths.output_dir), tracked.run_id, trainer,
+                          on_abandon=lambda error: tracked.end("FAILED", error)):
+                started = time.perf_counter()
+                trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+                # timing.build_s: the data were read before the run opened, so its duration leaves them out.
+                timing = {"timing.build_s": round(job.build_s, 3), "timing.fit_s": round(time.perf_counter() - started, 3)}
+                mark("fit-done")
+                # Read before testing: loading the best checkpoint restores the callback's older state.
+                checkpoints = _checkpoint_state(trainer)
+                metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+                if cfg.test and not _pruned(job):  # a pruned trial's model is not one anybody would take
+                    started = time.perf_counter()
+                    trainer.test(model, datamodule=datamodule, ckpt_path=_test_ckpt(trainer), verbose=False)
+                    timing["timing.test_s"] = round(time.perf_counter() - started, 3)
+                    metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+                    mark("tested")
+        except BaseException:
+            upload.flush()  # interrupted or failed: the newest checkpoints reach the store for a resume
+            raise
+        trainer.logger.flush()
+        files.wait()  # every write and copy done before the final checkpoints are stored
+        if cfg.logger.log_checkpoints:
+            _log_checkpoints(tracked, checkpoints)
+        report = getattr(model, "report", None)
+        if callable(report):
+            tracked.log_report(report())
+        headline_key = getattr(model, "headline_metric", None)
+        headline = (headline_key, metrics.get(headline_key)) if headline_key in metrics else None
+        tracked.set_tags({**timing, **({"headline_metric": headline_key} if headline else {})})
+        if _trial_report(job) is not None:
+            tracked.set_tags({"optuna.state": "PRUNED" if _pruned(job) else "COMPLETE"})
+        mark("artifacts-logged")
+    mark("run-closed")
+    values = {metric: objective_value(metric, metrics, checkpoints.get("monitor"), checkpoints.get("score"))
+              for metric, _ in objectives_of(job.cfg, job.model)}
+    return {"run_id": tracked.run_id, "metrics": metrics, "headline": headline, "uri": tracked.uri,
+            "objectives": values, "pruned": _pruned(job)}
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[Any], tracked: TrackedRun | None = None,
+                  **overrides: Any) -> Any:
+    """The run's trainer: on rank 0 it logs into ``tracked``, whose run a signal stops at a batch boundary
+    (:class:`StopOnSignal`); elsewhere (worker ranks) it has no logger. ``overrides`` go to the Trainer as
+    they are. What rank 0 shows while training: :func:`labbook.train.progress.progress_callbacks`."""
+    if timing_enabled():  # only when measured: otherwise no extra hook runs in every step
+        callbacks = [*callbacks, StepTiming()]
+    if tracked is None:
+        return instantiate(cfg.trainer, callbacks=[*callbacks, StopOnSignal()], logger=False,
+                           **{"enable_progress_bar": False, **overrides})
+    progress = progress_callbacks(bool(cfg.trainer.enable_progress_bar))
+    bar = any(isinstance(cb, TimedProgressBar) for cb in progress)
+    return instantiate(cfg.trainer, callbacks=[*callbacks, *progress, StopOnSignal(tracked)],
+                       logger=tracked.lightning_logger(cfg.logger.flush_every_s),
+                       **{"enable_progress_bar": bar, **overrides})
+
+
+def _test_ckpt(trainer: Any) -> str | None:
+    cb = trainer.checkpoint_callback
+    return "best" if cb is not None and cb.best_model_path else None
+
+
+def _checkpoint_state(trainer: Any) -> dict[str, Any]:
+    cb = trainer.checkpoint_callback
+    if cb is None:
+        return {}
+    score = cb.best_model_score
+    return {"best": cb.best_model_path, "last": cb.last_model_path, "monitor": cb.monitor,
+            "score": float(score) if score is not None else None}
+
+
+def _log_checkpoints(tracked: TrackedRun, state: Mapping[str, Any]) -> None:
+    if state.get("best") and Path(state["best"]).exists():
+        tracked.log_file(state["best"], "checkpoints/best.ckpt")
+        score = state["score"]
+        tracked.set_tags({"checkpoint.monitor": state["monitor"],
+                          "checkpoint.best_score": f"{score:.6g}" if score is not None else "n/a"})
+    if state.get("last") and Path(state["last"]).exists():
+        tracked.log_file(state["last"], "checkpoints/last.ckpt")
+
+
+def summary(result: Mapping[str, Any]) -> str:
+    lines = [f"run id: {result['run_id']}"]
+    if result.get("headline"):
+        key, value = result["headline"]
+        lines.append(f"{key}: {value:.6g}")
+    if result.get("uri"):
+        lines.append(f"open the UI: {ui_command(result['uri'])}")
+    return "\n".join(lines)
