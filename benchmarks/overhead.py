@@ -108,7 +108,8 @@ from labbook.config.schemas import MLflowConfig  # noqa: E402
 from labbook.run.background import Background  # noqa: E402
 from labbook.run.checkpoints import BackgroundCheckpointIO  # noqa: E402
 from labbook.run.checkpoints import CheckpointUpload  # noqa: E402
-from labbook.train.job import accepted_kwargs, build_data_and_model
+from labbook.config.contract import constructor_arguments
+from labbook.train.job import build_data_and_model
 from labbook.train.fit import build_trainer
 
 
@@ -175,7 +176,7 @@ class Case:
 
     def fresh_model(self) -> Any:
         model_cls = get_class(self.cfg.model._target_)
-        model = instantiate(self.cfg.model, **accepted_kwargs(model_cls, self.dims))
+        model = instantiate(self.cfg.model, **constructor_arguments(model_cls, self.dims)[0])
         model.load_state_dict(self.init_state)
         return model
 

@@ -24,6 +24,7 @@ class CharSeq2SeqTask(pl.LightningModule):
     monitor_mode = "max"
     validation_metrics = ("val/loss", "val/token_accuracy", "val/exact_match")  # what it logs on validation
     headline_metric = "test/exact_match"
+    schedule_fixed_by = "one_cycle"  # one_cycle=True fits the lr schedule to the run's length: it cannot grow
     default_optimizer: Callable[..., torch.optim.Optimizer] = functools.partial(torch.optim.Adam, lr=1e-3)
 
     def __init__(self, optimizer: Callable[..., torch.optim.Optimizer] | None = None) -> None:

@@ -49,7 +49,10 @@ class LSTMForecaster(pl.LightningModule):
         target_mean: float = 0.0,
         target_std: float = 1.0,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        window: int | None = None,
     ) -> None:
+        """``window``: the length of the input windows it is trained on, which the data decides; the LSTM reads
+        any length, so it is only recorded with the weights (what ``labbook predict``'s inputs must hold)."""
         super().__init__()
         # The optimizer partial is configuration of training, not of the model; keeping it out of hparams
         # keeps checkpoints loadable without the optimizer's import path.

@@ -29,8 +29,11 @@ class CubicPolynomial(pl.LightningModule):
     default_optimizer = functools.partial(torch.optim.SGD, lr=0.006, momentum=0.85)  # when ``optimizer`` is None
     headline_metric = "test/loss"
 
-    def __init__(self, optimizer: Callable[..., torch.optim.Optimizer] | None = None) -> None:
+    def __init__(self, optimizer: Callable[..., torch.optim.Optimizer] | None = None, n_features: int = 1) -> None:
+        """``n_features``: the inputs' width, which the data decides; a cubic in one variable takes 1."""
         super().__init__()
+        if n_features != 1:
+            raise ValueError(f"n_features={n_features}: a cubic polynomial fits one input variable")
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer = optimizer
         self.a = nn.Parameter(torch.randn(()))

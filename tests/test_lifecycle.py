@@ -249,8 +249,8 @@ def test_reap_uses_heartbeats_for_runs_of_other_hosts(tmp_path: Path, store: str
 
 def test_the_read_side_finds_runs_by_experiment_tags_parent_and_status(tmp_path: Path, store: str) -> None:
     from labbook.errors import UserError
-    from labbook.store.runs import StoredRun, search_runs
     from labbook.store.prepare import prepare_store
+    from labbook.store.read import open_reader, search_runs
 
     prepare_store(store)
     client = MlflowClient(store)
@@ -258,15 +258,16 @@ def test_the_read_side_finds_runs_by_experiment_tags_parent_and_status(tmp_path:
     parent = client.create_run(exp, tags={"kind": "parent"})
     children = [client.create_run(exp, tags={"mlflow.parentRunId": parent.info.run_id, "job": str(i)}) for i in range(3)]
     client.set_terminated(children[0].info.run_id, status="FINISHED")
-    assert {r.info.run_id for r in search_runs(store, parent_run_id=parent.info.run_id)} == \
+    assert {r.run_id for r in search_runs(store, parent_run_id=parent.info.run_id)} == \
         {c.info.run_id for c in children}
-    assert [r.info.run_id for r in search_runs(store, "sweep", tags={"job": "2"})] == [children[2].info.run_id]
-    assert [r.info.run_id for r in search_runs(store, "sweep", status="FINISHED")] == [children[0].info.run_id]
+    assert [r.run_id for r in search_runs(store, "sweep", tags={"job": "2"})] == [children[2].info.run_id]
+    assert [r.run_id for r in search_runs(store, "sweep", status="FINISHED")] == [children[0].info.run_id]
     with pytest.raises(UserError, match="experiment 'nope' not found"):
         search_runs(store, "nope")
-    found = StoredRun.find(store, children[1].info.run_id)
-    assert found.status == "RUNNING" and found.tags["job"] == "1" and found.metric_history("x") == []
+    reader = open_reader(store)
+    found = reader.find_run(children[1].info.run_id)
+    assert found.status == "RUNNING" and found.tags["job"] == "1" and reader.metric_history(found, "x") == []
     with pytest.raises(UserError, match="has no checkpoints/best.ckpt or checkpoints/last.ckpt"):
-        found.checkpoint(["best.ckpt", "last.ckpt"], tmp_path)
+        reader.checkpoint(found, ["checkpoints/best.ckpt", "checkpoints/last.ckpt"], tmp_path)
     with pytest.raises(UserError, match="not found in the store"):
-        StoredRun.find(store, "0" * 32)
+        reader.find_run("0" * 32)

@@ -11,7 +11,6 @@ No ``from __future__ import annotations`` here: Hydra's ConfigStore reads the da
 """
 
 import json
-import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -22,7 +21,6 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -104,7 +102,7 @@ class OptunaSweeper(Sweeper):
             # Left RUNNING by a process that died (SIGKILL, an interrupted sweep): failed, and asked again.
             study.tell(trial.number, state=TrialState.FAIL)
             study.enqueue_trial(trial.params, skip_if_exists=False)
-            _tag_run(uri, parent, trial.number, "FAIL")
+            search.tag_trial_run(uri, parent, trial.number, "FAIL")
         os.environ[search.ENV_SEARCH] = json.dumps({"storage": url, "study": name,
                                                     "pruner": self.settings["pruner"]})
         in_flight = self._in_flight()
@@ -145,6 +143,8 @@ class OptunaSweeper(Sweeper):
         """Tell the study how ``trial`` ended; False when it failed."""
         from optuna.trial import TrialState
 
+        from labbook.sweep import search
+
         try:
             returned = result.return_value
         except Exception:  # noqa: BLE001 - the job failed; labbook reported it
@@ -155,22 +155,7 @@ class OptunaSweeper(Sweeper):
             return True
         if not values or any(v is None for v in values):
             study.tell(trial, state=TrialState.FAIL)
-            _tag_run(uri, parent, trial.number, "FAIL")
+            search.tag_trial_run(uri, parent, trial.number, "FAIL")
             return False
         study.tell(trial, [float(v) for v in values])
         return True
-
-
-def _tag_run(uri: Optional[str], parent: Optional[str], number: int, state: str) -> None:
-    """The child run of trial ``number`` (if it got as far as opening one) records how the study counted it."""
-    if not (uri and parent):
-        return
-    from mlflow.tracking import MlflowClient
-
-    from labbook.store.runs import search_runs
-
-    try:
-        for run in search_runs(uri, None, parent_run_id=parent, tags={"optuna.trial_number": str(number)}):
-            MlflowClient(tracking_uri=uri).set_tag(run.info.run_id, "optuna.state", state)
-    except Exception as exc:  # noqa: BLE001 - the study is right; a missing tag must not stop the search
-        log.warning(f"could not tag trial {number}'s run: {exc}")

@@ -23,27 +23,19 @@ import csv
 import io
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
 
-from labbook.config.keys import run_local
+from labbook import names
+from labbook.cli.console import run_command, tracking_uri_option
+from labbook.config.keys import differs_between_any_runs
 from labbook.errors import UserError
-from labbook.store.read import PARENT_TAG, ROLE_TAG, Reader, RunNotFound, RunRecord
+from labbook.store.read import Reader, RunNotFound, RunRecord
 
-HEADLINE_TAG = "headline_metric"
-OBJECTIVE_TAG, DIRECTION_TAG, SWEPT_TAG = "sweep.objective", "sweep.direction", "sweep.swept"
-# Config keys that differ between any two runs without being part of what was tried: where the run wrote
-# its files and which store or run it continued. compare never shows them; diff lists them apart.
-RUN_LOCAL_KEYS = frozenset({"ckpt_path", "resume", "logger.tracking_uri"})
 MAX_CELL = 40  # characters of a param value in the table (csv and json keep it whole)
-
-
-def is_run_local(key: str) -> bool:
-    return key in RUN_LOCAL_KEYS or run_local(key) or key.startswith("hydra.")
 
 
 @dataclass
@@ -100,12 +92,12 @@ def resolve_target(reader: Reader, what: str | None, experiments: dict[str, str]
 
 def _sweep_of(reader: Reader, run: RunRecord) -> RunRecord | None:
     """The sweep parent ``run`` is or belongs to, else None."""
-    if run.tags.get(ROLE_TAG) == "parent":
+    if run.tags.get(names.SWEEP_ROLE) == "parent":
         return run
-    parent_id = run.tags.get(PARENT_TAG)
+    parent_id = run.tags.get(names.PARENT_RUN)
     if parent_id:
         parent = reader.run(parent_id)
-        if parent is not None and (parent.tags.get(ROLE_TAG) == "parent" or run.tags.get(ROLE_TAG) == "child"):
+        if parent is not None and (parent.tags.get(names.SWEEP_ROLE) == "parent" or run.tags.get(names.SWEEP_ROLE) == "child"):
             return parent
     return None
 
@@ -113,7 +105,7 @@ def _sweep_of(reader: Reader, run: RunRecord) -> RunRecord | None:
 def _sweep(parent: RunRecord, experiments: dict[str, str]) -> Target:
     name = experiments.get(parent.experiment_id, parent.experiment_id)
     # children may sit in other experiments (a sweep over experiment=...), so search them all
-    return Target(f"sweep {parent.run_id[:8]} ({name})", None, {PARENT_TAG: parent.run_id}, parent)
+    return Target(f"sweep {parent.run_id[:8]} ({name})", None, {names.PARENT_RUN: parent.run_id}, parent)
 
 
 def _experiment(experiment_id: str, experiments: dict[str, str]) -> Target:
@@ -122,11 +114,11 @@ def _experiment(experiment_id: str, experiments: dict[str, str]) -> Target:
 
 def find_runs(reader: Reader, target: Target, filter_string: str) -> list[RunRecord]:
     runs = reader.search(target.experiment_ids, target.tags, filter_string)
-    runs = [r for r in runs if r.tags.get(ROLE_TAG) != "parent"]
+    runs = [r for r in runs if r.tags.get(names.SWEEP_ROLE) != "parent"]
     if target.parent is not None and not runs and not filter_string.strip():
         hint = ""
-        if target.parent.tags.get(PARENT_TAG):
-            hint = f"; it belongs to the sweep {target.parent.tags[PARENT_TAG]}"
+        if target.parent.tags.get(names.PARENT_RUN):
+            hint = f"; it belongs to the sweep {target.parent.tags[names.PARENT_RUN]}"
         raise UserError(f"run {target.parent.run_id} has no child runs: compare takes a sweep's parent run id or "
                         f"an experiment name{hint}")
     return runs
@@ -148,8 +140,8 @@ def parse_sort(text: str) -> tuple[str, bool | None]:
 
 def split_names(values: Iterable[str] | None) -> list[str]:
     """``--metric a --metric b,c`` -> ``[a, b, c]`` (first mention wins)."""
-    names = [n.strip() for v in values or () for n in v.split(",") if n.strip()]
-    return list(dict.fromkeys(names))
+    given = [n.strip() for v in values or () for n in v.split(",") if n.strip()]
+    return list(dict.fromkeys(given))
 
 
 def choose_metrics(runs: Sequence[RunRecord], wanted: Sequence[str], target: Target) -> list[str]:
@@ -161,8 +153,8 @@ def choose_metrics(runs: Sequence[RunRecord], wanted: Sequence[str], target: Tar
         return list(wanted)
     chosen = []
     if target.parent is not None:
-        chosen.append(target.parent.tags.get(OBJECTIVE_TAG, ""))
-    chosen += sorted({r.tags.get(HEADLINE_TAG, "") for r in runs})
+        chosen.append(target.parent.tags.get(names.SWEEP_OBJECTIVE, ""))
+    chosen += sorted({r.tags.get(names.HEADLINE, "") for r in runs})
     chosen += [k for k in have if k.startswith("val/")]
     chosen = [k for k in dict.fromkeys(chosen) if k in have]
     return chosen or have  # runs labbook did not make: show what they have
@@ -171,9 +163,9 @@ def choose_metrics(runs: Sequence[RunRecord], wanted: Sequence[str], target: Tar
 def differing_params(runs: Sequence[RunRecord], target: Target) -> tuple[list[str], int]:
     """Params whose value (or absence) is not the same in every run, swept keys first; and how many
     params were left out for being equal everywhere."""
-    keys = sorted({k for r in runs for k in r.params if not is_run_local(k)})
+    keys = sorted({k for r in runs for k in r.params if not differs_between_any_runs(k)})
     differ = [k for k in keys if len({r.params.get(k) for r in runs}) > 1]
-    swept = [k.strip() for k in (target.parent.tags.get(SWEPT_TAG, "") if target.parent else "").split(",")]
+    swept = [k.strip() for k in (target.parent.tags.get(names.SWEEP_SWEPT, "") if target.parent else "").split(",")]
     first = [k for k in swept if k in differ]
     return first + [k for k in differ if k not in first], len(keys) - len(differ)
 
@@ -182,9 +174,9 @@ def choose_sort(text: str | None, runs: Sequence[RunRecord], target: Target) -> 
     metrics = {k for r in runs for k in r.metrics}
     params = {k for r in runs for k in r.params}
     if text is None:
-        objective = target.parent.tags.get(OBJECTIVE_TAG) if target.parent else None
+        objective = target.parent.tags.get(names.SWEEP_OBJECTIVE) if target.parent else None
         if objective and objective in metrics:
-            return SortKey(objective, target.parent.tags.get(DIRECTION_TAG) == "maximize", True, "sweep")
+            return SortKey(objective, target.parent.tags.get(names.SWEEP_DIRECTION) == "maximize", True, "sweep")
         return None
     key, descending = parse_sort(text)
     if key not in metrics and key not in params:
@@ -366,8 +358,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--filter", default="", metavar="EXPR",
                    help="an MLflow search filter, e.g. \"metrics.`val/loss` < 0.5\" or \"params.`model.lr` = '0.01'\"")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
-    p.add_argument("--tracking-uri", default=None,
-                   help="the store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    tracking_uri_option(p)
     return p
 
 
@@ -382,13 +373,10 @@ def _glue_sort(args: Sequence[str]) -> list[str]:
     return out
 
 
-def compare_main(args: Sequence[str]) -> int:
-    from labbook.cli.console import fail, quiet_libraries
-
+def main(args: Sequence[str]) -> int:
     options = parser().parse_args(_glue_sort(args))
-    quiet_libraries()  # for the MlflowClient fallbacks: no progress bars or alembic chatter on stderr
-    full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))
-    try:
+
+    def compare() -> None:
         from labbook.store.read import open_reader
         from labbook.store.uri import resolve_tracking_uri
 
@@ -397,11 +385,10 @@ def compare_main(args: Sequence[str]) -> int:
         target = resolve_target(reader, options.what, experiments)
         runs = find_runs(reader, target, options.filter)
         table = build_table(target, runs, split_names(options.metric), options.sort, experiments)
-    except Exception as exc:  # noqa: BLE001
-        return fail(exc, full_error)
-    if options.format == "table":
-        sys.stdout.write(render_table(table, options.filter))
-        return 0
-    print(header_line(table, options.filter), file=sys.stderr)  # stdout stays pure CSV/JSON
-    sys.stdout.write(render_json(table) if options.format == "json" else render_csv(table))
-    return 0
+        if options.format == "table":
+            sys.stdout.write(render_table(table, options.filter))
+            return
+        print(header_line(table, options.filter), file=sys.stderr)  # stdout stays pure CSV/JSON
+        sys.stdout.write(render_json(table) if options.format == "json" else render_csv(table))
+
+    return run_command(compare)

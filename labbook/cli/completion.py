@@ -74,7 +74,7 @@ usage: labbook completion bash|zsh      print the script that makes labbook's ar
 """
 
 
-def completion_main(args: Sequence[str]) -> int:
+def main(args: Sequence[str]) -> int:
     args = list(args)
     if args[:1] == ["query"] and len(args) >= 2 and args[1] in SHELLS:  # what the scripts run on <TAB>
         return query(args[1], args[2:])
@@ -127,7 +127,7 @@ def bash_cut(word: str, wordbreaks: str) -> int:
 
 def candidates(words: Sequence[str], current: str) -> list[str]:
     """Completions of ``current`` after ``labbook WORDS...``."""
-    from labbook.cli.commands import COMMANDS
+    from labbook.cli.table import COMMANDS
 
     if not words:
         if current.startswith("-"):
@@ -169,10 +169,11 @@ def command_options(command: str) -> list[Option] | None:
         from labbook.cli.predict import FLAGS, URI_FLAG
 
         return [Option((flag,), flag == URI_FLAG) for flag in FLAGS]
-    try:
-        module = importlib.import_module(f"labbook.{command}")
-    except ImportError:
+    from labbook.cli.table import COMMANDS
+
+    if command not in COMMANDS:
         return None
+    module = importlib.import_module(COMMANDS[command])
     return from_parser(module.parser()) if hasattr(module, "parser") else None
 
 

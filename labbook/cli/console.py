@@ -1,4 +1,5 @@
-"""What every ``labbook`` command shares: where the configs are, quiet libraries, and how an error ends.
+"""What every ``labbook`` command shares, written once: quiet libraries, the ``--tracking-uri`` option, and
+how an error ends (:func:`run_command`).
 
 Errors a user can fix end with one line on stderr and a non-zero exit; ``HYDRA_FULL_ERROR=1`` shows the
 traceback instead.
@@ -11,6 +12,9 @@ import logging
 import os
 import sys
 import warnings
+from typing import Any, Callable
+
+TRACKING_URI_HELP = "the store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)"
 
 
 def quiet_libraries() -> None:
@@ -49,6 +53,27 @@ def freeze_imports() -> None:
     if not _frozen:
         gc.freeze()
         _frozen = True
+
+
+def full_error() -> bool:
+    """Whether the user asked for tracebacks (``HYDRA_FULL_ERROR=1``) instead of one-line errors."""
+    return bool(os.environ.get("HYDRA_FULL_ERROR"))
+
+
+def tracking_uri_option(parser: Any) -> None:
+    """A subcommand's ``--tracking-uri URI``, said the same way everywhere."""
+    parser.add_argument("--tracking-uri", default=None, help=TRACKING_URI_HELP)
+
+
+def run_command(body: Callable[[], int | None]) -> int:
+    """A subcommand's work once its arguments are parsed: the libraries quiet, ``body()`` run, and an error it
+    raises ended as one line (:func:`fail`). Returns the exit code (``body``'s, 0 when it returns None)."""
+    quiet_libraries()
+    try:
+        code = body()
+    except Exception as exc:  # noqa: BLE001
+        return fail(exc, full_error())
+    return 0 if code is None else code
 
 
 def fail(exc: BaseException, full_error: bool, prefix: str = "") -> int:

@@ -17,16 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from typing import Any, Mapping, Sequence
 
-from labbook.cli.compare import fmt_number, is_run_local
-from labbook.config.keys import flatten
+from labbook import names
+from labbook.cli.compare import fmt_number
+from labbook.cli.console import run_command, tracking_uri_option
+from labbook.config.keys import differs_between_any_runs, flatten
 from labbook.store.read import Reader, RunRecord
-
-CONFIG = "config/config.yaml"
-PATCH = "git/diff.patch"
 
 
 def show(value: Any) -> str:
@@ -45,11 +43,11 @@ def run_config(reader: Reader, run: RunRecord) -> tuple[dict[str, Any], str]:
     ``labbook train``) fall back to their params, as text."""
     import yaml
 
-    text = reader.artifact_text(run, CONFIG)
+    text = reader.artifact_text(run, names.CONFIG)
     if text is not None:
         loaded = yaml.safe_load(text)
         if isinstance(loaded, Mapping):
-            return flatten(loaded), CONFIG
+            return flatten(loaded), names.CONFIG
     return dict(run.params), "params"
 
 
@@ -62,7 +60,7 @@ def config_lines(a: Mapping[str, Any], b: Mapping[str, Any], as_text: bool) -> t
     lines: list[str] = []
     local: list[str] = []
     for key in sorted(set(a) | set(b)):
-        into = local if is_run_local(key) else lines
+        into = local if differs_between_any_runs(key) else lines
         if key not in b:
             into.append(f"- {key}: {show(a[key])}  (only in A)")
         elif key not in a:
@@ -87,8 +85,8 @@ def metric_lines(a: RunRecord, b: RunRecord) -> list[str]:
 
 
 def _git(run: RunRecord) -> tuple[str, str]:
-    commit = run.tags.get("git.commit") or "unknown"
-    dirty = {"true": "dirty", "false": "clean"}.get(run.tags.get("git.dirty", ""), "dirty: unknown")
+    commit = run.tags.get(names.GIT_COMMIT) or "unknown"
+    dirty = {"true": "dirty", "false": "clean"}.get(run.tags.get(names.GIT_DIRTY, ""), "dirty: unknown")
     return commit, dirty
 
 
@@ -99,11 +97,11 @@ def git_lines(reader: Reader, a: RunRecord, b: RunRecord) -> list[str]:
         lines.append("  different commits")
     elif dirty_a == dirty_b == "dirty":
         # same commit, both with uncommitted changes: the stored patches tell whether the code was the same
-        patch_a, patch_b = reader.artifact_text(a, PATCH), reader.artifact_text(b, PATCH)
+        patch_a, patch_b = reader.artifact_text(a, names.GIT_PATCH), reader.artifact_text(b, names.GIT_PATCH)
         if patch_a is None or patch_b is None:
-            lines.append(f"  same commit, both dirty ({PATCH} missing, so the changes cannot be compared)")
+            lines.append(f"  same commit, both dirty ({names.GIT_PATCH} missing, so the changes cannot be compared)")
         else:
-            lines.append(f"  same commit, both dirty: their {PATCH} are " + ("identical" if patch_a == patch_b else "different"))
+            lines.append(f"  same commit, both dirty: their {names.GIT_PATCH} are " + ("identical" if patch_a == patch_b else "different"))
     elif dirty_a == dirty_b == "clean":
         lines.append("  same code (same commit, both clean)")
     else:
@@ -122,7 +120,7 @@ def diff_text(reader: Reader, a: RunRecord, b: RunRecord) -> str:
     as_text = "params" in (from_a, from_b)
     changed, local = config_lines(conf_a, conf_b, as_text)
     out = [f"A: {describe(a, experiments)}", f"B: {describe(b, experiments)}", ""]
-    source = CONFIG if not as_text else f"A: {from_a}, B: {from_b} (a run without {CONFIG}: compared as text)"
+    source = names.CONFIG if not as_text else f"A: {from_a}, B: {from_b} (a run without {names.CONFIG}: compared as text)"
     out.append(f"config ({source}): " + ("1 key differs" if len(changed) == 1 else f"{len(changed)} keys differ"))
     out += changed or ["  (none)"]
     if local:
@@ -137,25 +135,19 @@ def parser() -> argparse.ArgumentParser:
                                          "stored config/config.yaml), the metrics, and the git commits.")
     p.add_argument("run_a", metavar="RUN_A", help="a run id (a unique prefix will do)")
     p.add_argument("run_b", metavar="RUN_B")
-    p.add_argument("--tracking-uri", default=None,
-                   help="the store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    tracking_uri_option(p)
     return p
 
 
-def diff_main(args: Sequence[str]) -> int:
-    from labbook.cli.console import fail, quiet_libraries
-
+def main(args: Sequence[str]) -> int:
     options = parser().parse_args(list(args))
-    quiet_libraries()
-    full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))
-    try:
+
+    def diff() -> None:
         from labbook.store.read import open_reader
         from labbook.store.uri import resolve_tracking_uri
 
         reader = open_reader(resolve_tracking_uri(options.tracking_uri))
         a, b = reader.find_run(options.run_a), reader.find_run(options.run_b)
-        text = diff_text(reader, a, b)
-    except Exception as exc:  # noqa: BLE001
-        return fail(exc, full_error)
-    sys.stdout.write(text)
-    return 0
+        sys.stdout.write(diff_text(reader, a, b))
+
+    return run_command(diff)

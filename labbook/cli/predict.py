@@ -7,15 +7,15 @@ Answers go to stdout, one line per input and nothing else; errors are one line o
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Sequence
 
+from labbook import names
 from labbook.errors import UserError
 
-# Read by hand in predict_main (an input may itself start with "-"); tab completion offers FLAGS.
+# Read by hand in main (an input may itself start with "-"); tab completion offers FLAGS.
 URI_FLAG = "--tracking-uri"
 FLAGS = (URI_FLAG, "-h", "--help")
 
@@ -25,11 +25,11 @@ usage: labbook predict [--tracking-uri URI] RUN_ID [INPUT ...]
   else sqlite:///mlflow.db in the working directory."""
 def load_run(run_id: str, uri: str, workdir: Path) -> tuple[dict, Path]:
     """The run's resolved config and a local copy of its best (else last) checkpoint."""
-    from labbook.store.runs import StoredRun
+    from labbook.store.read import open_reader
 
-    stored = StoredRun.find(uri, run_id)
-    config = stored.config(workdir)
-    return config, stored.checkpoint(("best.ckpt", "last.ckpt"), workdir, why=(
+    reader = open_reader(uri)
+    run = reader.find_run(run_id)
+    return reader.config(run), reader.checkpoint(run, (names.BEST_CHECKPOINT, names.LAST_CHECKPOINT), workdir, why=(
         ": was it trained with logger.log_checkpoints=false, or did it fail before one was saved?"))
 
 
@@ -59,8 +59,8 @@ def predict(run_id: str, inputs: Sequence[str], uri: str) -> list[str]:
     return list(datamodule.format_outputs(y))
 
 
-def predict_main(args: Sequence[str]) -> int:
-    from labbook.cli.console import fail, quiet_libraries
+def main(args: Sequence[str]) -> int:
+    from labbook.cli.console import run_command
     from labbook.store.uri import resolve_tracking_uri
 
     args = list(args)
@@ -85,11 +85,9 @@ def predict_main(args: Sequence[str]) -> int:
     if not inputs:
         print("labbook: error: no inputs: give them as arguments or on stdin, one per line", file=sys.stderr)
         return 2
-    quiet_libraries()
-    full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))
-    try:
+
+    def answer() -> None:
         answers = predict(run_id, inputs, resolve_tracking_uri(explicit_uri))
-    except Exception as exc:  # noqa: BLE001
-        return fail(exc, full_error)
-    sys.stdout.write("".join(f"{a}\n" for a in answers))
-    return 0
+        sys.stdout.write("".join(f"{a}\n" for a in answers))
+
+    return run_command(answer)

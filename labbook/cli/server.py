@@ -68,15 +68,14 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def server_main(args: Sequence[str]) -> int:
-    from labbook.cli.console import fail, quiet_libraries
+def main(args: Sequence[str]) -> int:
+    from labbook.cli.console import fail, full_error, quiet_libraries
 
     arguments = parser()
     options = arguments.parse_args(list(args))
     if (options.backend_store_uri is None) == (options.local_postgres is None):
         arguments.error("give one of --backend-store-uri URI (postgresql://...) and --local-postgres DIR")
     quiet_libraries()
-    full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))
     cluster = None
     try:
         from labbook.cli.ui import start_mlflow_server
@@ -102,7 +101,7 @@ def server_main(args: Sequence[str]) -> int:
             cluster.stop()
         if isinstance(exc, KeyboardInterrupt):
             return 130
-        return fail(exc, full_error) if isinstance(exc, Exception) else 1
+        return fail(exc, full_error()) if isinstance(exc, Exception) else 1
     print(f"labbook server: jobs record here with MLFLOW_TRACKING_URI={server.url} (artifacts in {destination})",
           file=sys.stderr, flush=True)
     try:

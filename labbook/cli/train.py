@@ -1,7 +1,7 @@
 """``labbook train [OVERRIDES]``: a Hydra app around :func:`labbook.train.fit.run`, and the DDP worker entry.
 
 The store is resolved from the composed config (``logger.tracking_uri``, else ``$MLFLOW_TRACKING_URI``,
-else ``./mlflow.db``) and prepared once: here for a single run, by :class:`labbook.sweep.parent.SweepStore`
+else ``./mlflow.db``) and prepared once: here for a single run, by :class:`labbook.sweep.parent.Sweep`
 before the first job of a sweep.
 """
 
@@ -13,174 +13,231 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from labbook.cli.console import fail, freeze_imports, quiet_libraries
+from labbook.cli.console import full_error as _full_error
 from labbook.config.groups import CONF_DIR
 
 ENV_USER_FULL_ERROR = "LABBOOK_FULL_ERROR"
 
 
-def train_main(args: Sequence[str]) -> int:
+def main(args: Sequence[str]) -> int:
     """Hand the overrides to Hydra; errors from composing or training come back to us as exceptions."""
-    import hydra
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-    from omegaconf import DictConfig
-
-    from labbook.sweep import parent as sweeps
-    from labbook.config import schemas
-    from labbook.config.compose import composed_once
-    from labbook.errors import RunKilled, one_line
-    from labbook.store.prepare import prepare_store
-    from labbook.store.uri import resolve_tracking_uri
     from labbook.timing import mark
 
     mark("hydra-imported")
-
-    full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))
+    full_error = _full_error()
     # Hydra needs HYDRA_FULL_ERROR=1 below and DDP workers inherit it: they learn the user's choice here.
     os.environ[ENV_USER_FULL_ERROR] = "1" if full_error else ""
     quiet_libraries()
     try:
-        check_group_options(args)
-        check_resume_arguments(args)
-        if "-h" in args or "--help" in args:
-            shown = own_help(args)
-            if shown is not None:
-                print(shown)
-                return 0
-        if "-sc" in args or "--shell-completion" in args:
-            print(completion_script(args), end="")
-            return 0
+        answer = _answer_before_hydra(args)
     except Exception as exc:  # noqa: BLE001
         return fail(exc, full_error)
-    schemas.register()
+    if answer is not None:
+        print(answer, end="")
+        return 0
+    return _run_hydra(args, full_error)
 
+
+def _answer_before_hydra(args: Sequence[str]) -> str | None:
+    """What is checked or answered before Hydra starts: options of labbook's groups, a resume's overrides,
+    ``--help`` and ``-sc``. Returns the text to print instead of training, if any."""
+    check_group_options(args)
+    check_resume_arguments(args)
+    if "-h" in args or "--help" in args:
+        shown = own_help(args)
+        if shown is not None:
+            return shown + "\n"
+    if "-sc" in args or "--shell-completion" in args:
+        return completion_script(args)
+    return None
+
+
+def _run_hydra(args: Sequence[str], full_error: bool) -> int:
+    """Hydra composes the config and runs the job (or the sweep's jobs); how it ended is the exit code."""
+    import hydra
+    from omegaconf import DictConfig
+
+    from labbook.config import schemas
+    from labbook.config.compose import composed_once
+    from labbook.sweep.parent import SweepOutcome
+
+    schemas.register()
     failures: list[BaseException] = []
+    outcome = SweepOutcome()
 
     @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
-    def _task(cfg: DictConfig) -> Any:
-        mark("composed")
-        hc = HydraConfig.get()
-        sweep_job = None
-        quiet_libraries()  # again: a launcher may run this job in a fresh process (joblib, submitit)
-        try:
-            from labbook.sweep.job import job_of_sweep
-            from labbook.train.ranks import is_rank_zero
-
-            if is_rank_zero():  # first: a job whose config is refused still counts in its sweep
-                sweep_job = job_of_sweep(hc, cfg)
-            # A bad config is reported before torch, Lightning and MLflow are even imported (~5 s).
-            schemas.validate(cfg)
-            uri = resolve_tracking_uri(cfg.logger.tracking_uri)
-            mark("validated")
-            if hc.mode != RunMode.MULTIRUN:  # a sweep's store was prepared before its first job (sweeps.Sweep)
-                prepare_store(uri)
-                mark("store-prepared")
-            if not is_rank_zero():  # a rank started by the cluster (SLURM tasks): rank 0 owns the run
-                from labbook.train.fit import run
-                from labbook.train.job import prepare
-
-                freeze_imports()
-                run(prepare(cfg), None)
-                return None
-            from labbook.run.owners import reap_own_host
-
-            reap_own_host(uri)
-            mark("reaped")
-            from labbook.train.fit import open_run, run, summary
-            from labbook.train.job import prepare
-
-            freeze_imports()
-            mark("train-imported")
-
-            if sweep_job is not None:
-                from labbook.sweep.job import stopping
-
-                if stopping(hc):
-                    print(f"labbook: job {sweep_job.number} ({sweep_job.name}): not started, the sweep was "
-                          "interrupted", file=sys.stderr, flush=True)
-                    return None
-                if cfg.sweep.resume and (done := sweep_job.finished_run(uri)) is not None:
-                    print(f"labbook: job {sweep_job.number} ({sweep_job.name}): this configuration already "
-                          f"FINISHED as run {done}; reusing it", file=sys.stderr, flush=True)
-                    sweep_job.record("FINISHED", done, reused=True)
-                    return None
-                if not cfg.logger.experiment_name:  # every job beside its parent, whatever it composes
-                    cfg.logger.experiment_name = sweep_job.experiment
-
-            plan = None
-            if cfg.resume:
-                from hydra import compose
-                from omegaconf import OmegaConf
-
-                from labbook.train.resume import plan_resume
-
-                new = [o for o in hc.overrides.task if not o.startswith("resume=")]
-
-                def composed(overrides: list[str]) -> dict:
-                    return OmegaConf.to_container(compose("train", overrides=overrides), resolve=True, enum_to_str=True)
-
-                plan = plan_resume(uri, cfg.resume, new, checkpoint_dir=Path(cfg.paths.checkpoint_dir), compose=composed)
-                cfg = OmegaConf.create(plan.config)
-            job = prepare(cfg, choices=dict(hc.runtime.choices))
-            result = run(job, open_run(job, uri, resume=plan, sweep=sweep_job), overrides=list(hc.overrides.task),
-                         resume=plan)
-            if sweep_job is not None:
-                sweep_job.record("FINISHED", result["run_id"])
-        except Exception as exc:  # noqa: BLE001
-            if sweep_job is not None:
-                sweep_job.record("FAILED", getattr(exc, "labbook_run_id", None), error=one_line(exc))
-            if full_error:
-                raise
-            # Kept for after Hydra returns: a sweep goes on with its other jobs, and Hydra does not
-            # print its own multi-line report for a job that raised.
-            failures.append(exc)
-            if hc.mode == RunMode.MULTIRUN:
-                fail(exc, full_error, prefix=f"job {hc.job.num} ({' '.join(hc.overrides.task)}): ")
-            return None
-        print(summary(result), flush=True)
-        missing = [metric for metric, value in result["objectives"].items() if value is None]
-        if missing:
-            print(f"labbook: warning: optimized_metric {', '.join(missing)} was never logged by this run (it logged "
-                  f"{', '.join(sorted(result['metrics']))})", file=sys.stderr, flush=True)
-        # What a sweeper learns of the job: its objectives (validation, never the test headline), whether the
-        # search pruned it, its run.
-        return {"objectives": list(result["objectives"].values()), "pruned": result["pruned"], "run_id": result["run_id"]}
+    def task(cfg: DictConfig) -> Any:
+        return run_job(cfg, failures, full_error)
 
     sys.argv = [sys.argv[0], *args]
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us, so we decide how they are shown
     try:
-        with composed_once():  # Hydra composes once where it would compose the same config twice
-            _task()
+        # Hydra composes once where it would compose the same config twice (labbook.config.compose).
+        with outcome.current(), composed_once():
+            task()
     except BaseException as exc:  # noqa: BLE001
-        if isinstance(exc, sweeps.SweepNotStarted):
-            return fail(exc.error, full_error)
-        killed = sweeps.abort(exc)  # a sweep interrupted (or broken) before its end: its parent run says so
-        if killed is not None:
-            import signal
-
-            name = signal.Signals(killed[1]).name
-            print(f"labbook: {name} received; sweep run {killed[0]} and its running jobs marked KILLED",
-                  file=sys.stderr)
-            return 128 + killed[1]
-        if isinstance(exc, RunKilled):
-            print(f"labbook: {exc.signal_name} received; run {exc.run_id} marked KILLED", file=sys.stderr)
-            return int(exc.code)
-        if isinstance(exc, SystemExit):
-            return int(exc.code or 0) if not isinstance(exc.code, str) else fail(exc, full_error)
-        if isinstance(exc, KeyboardInterrupt):
-            print("labbook: interrupted", file=sys.stderr)
-            return 130
-        return fail(exc, full_error)
+        return _ended_early(exc, outcome, full_error)
     finally:
         if not full_error:
             os.environ.pop("HYDRA_FULL_ERROR", None)
     if failures:
         return fail(failures[0], full_error) if len(failures) == 1 else fail(
             failures[0], full_error, prefix=f"{len(failures)} jobs failed; the first: ")
-    if sweeps.LAST_FAILED:  # jobs that ran in other processes (joblib, submitit) reported their own errors
-        print(f"labbook: error: {sweeps.LAST_FAILED} job(s) of the sweep did not finish", file=sys.stderr)
+    if outcome.failed:  # jobs that ran in other processes (joblib, submitit) reported their own errors
+        print(f"labbook: error: {outcome.failed} job(s) of the sweep did not finish", file=sys.stderr)
         return 1
     return 0
+
+
+def _ended_early(exc: BaseException, outcome: Any, full_error: bool) -> int:
+    """The exit code of a command that Hydra left with ``exc``: a sweep that could not start, a signal (the
+    sweep's parent and running jobs KILLED with it), Ctrl-C, an exit, or an error."""
+    import signal
+
+    from labbook.errors import RunKilled
+    from labbook.sweep.parent import SweepNotStarted
+
+    if isinstance(exc, SweepNotStarted):
+        return fail(exc.error, full_error)
+    killed = outcome.abort(exc)  # a sweep interrupted (or broken) before its end: its parent run says so
+    if killed is not None:
+        name = signal.Signals(killed[1]).name
+        print(f"labbook: {name} received; sweep run {killed[0]} and its running jobs marked KILLED", file=sys.stderr)
+        return 128 + killed[1]
+    if isinstance(exc, RunKilled):
+        print(f"labbook: {exc.signal_name} received; run {exc.run_id} marked KILLED", file=sys.stderr)
+        return int(exc.code)
+    if isinstance(exc, SystemExit):
+        return int(exc.code or 0) if not isinstance(exc.code, str) else fail(exc, full_error)
+    if isinstance(exc, KeyboardInterrupt):
+        print("labbook: interrupted", file=sys.stderr)
+        return 130
+    return fail(exc, full_error)
+
+
+def run_job(cfg: Any, failures: list[BaseException], full_error: bool) -> Any:
+    """One job, as Hydra runs it: a single run, or one job of a sweep (in this process or a launcher's).
+    Returns what a sweeper learns of the job; an error is recorded in ``failures`` (and, in a sweep, said at
+    once, so that the sweep goes on with its other jobs)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from labbook.errors import one_line
+    from labbook.sweep.job import job_of_sweep
+    from labbook.timing import mark
+    from labbook.train.ranks import is_rank_zero
+
+    mark("composed")
+    hc = HydraConfig.get()
+    sweep_job = None
+    quiet_libraries()  # again: a launcher may run this job in a fresh process (joblib, submitit)
+    try:
+        if is_rank_zero():  # first: a job whose config is refused still counts in its sweep
+            sweep_job = job_of_sweep(hc, cfg)
+        result = _train(cfg, hc, sweep_job)
+    except Exception as exc:  # noqa: BLE001
+        if sweep_job is not None:
+            sweep_job.record("FAILED", getattr(exc, "labbook_run_id", None), error=one_line(exc))
+        if full_error:
+            raise
+        # Kept for after Hydra returns: a sweep goes on with its other jobs, and Hydra does not print its own
+        # multi-line report for a job that raised.
+        failures.append(exc)
+        if hc.mode == RunMode.MULTIRUN:
+            fail(exc, full_error, prefix=f"job {hc.job.num} ({' '.join(hc.overrides.task)}): ")
+        return None
+    return None if result is None else _report(result)
+
+
+def _train(cfg: Any, hc: Any, sweep_job: Any) -> dict[str, Any] | None:
+    """Validate, prepare the store, and train the job on this rank; the result on rank 0 (None when a sweep's
+    job was skipped, or on another rank)."""
+    from hydra.types import RunMode
+
+    from labbook.config import schemas
+    from labbook.run.owners import reap_own_host
+    from labbook.store.prepare import prepare_store
+    from labbook.store.uri import resolve_tracking_uri
+    from labbook.timing import mark
+    from labbook.train.ranks import is_rank_zero
+
+    # A bad config is reported before torch, Lightning and MLflow are even imported (~5 s).
+    schemas.validate(cfg)
+    uri = resolve_tracking_uri(cfg.logger.tracking_uri)
+    mark("validated")
+    if hc.mode != RunMode.MULTIRUN:  # a sweep's store was prepared before its first job (labbook.sweep.parent)
+        prepare_store(uri)
+        mark("store-prepared")
+    from labbook.train.fit import open_run, run
+    from labbook.train.job import prepare
+
+    if not is_rank_zero():  # a rank started by the cluster (SLURM tasks): rank 0 owns the run
+        freeze_imports()
+        run(prepare(cfg), None)
+        return None
+    reap_own_host(uri)
+    mark("reaped")
+    freeze_imports()
+    mark("train-imported")
+    if sweep_job is not None and _skip(cfg, hc, sweep_job, uri):
+        return None
+    if sweep_job is not None and not cfg.logger.experiment_name:  # every job beside its parent
+        cfg.logger.experiment_name = sweep_job.experiment
+    plan = _resume_plan(cfg, hc, uri) if cfg.resume else None
+    if plan is not None:
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.create(plan.config)
+    job = prepare(cfg, choices=dict(hc.runtime.choices))
+    result = run(job, open_run(job, uri, resume=plan, sweep=sweep_job), overrides=list(hc.overrides.task), resume=plan)
+    if sweep_job is not None:
+        sweep_job.record("FINISHED", result["run_id"])
+    return result
+
+
+def _skip(cfg: Any, hc: Any, sweep_job: Any, uri: str) -> bool:
+    """Whether a sweep's job is not to train: its sweep was interrupted before it started, or (with
+    ``sweep.resume``) its configuration already FINISHED in an earlier round."""
+    from labbook.sweep.job import stopping
+
+    if stopping(hc):
+        print(f"labbook: job {sweep_job.number} ({sweep_job.name}): not started, the sweep was "
+              "interrupted", file=sys.stderr, flush=True)
+        return True
+    if cfg.sweep.resume and (done := sweep_job.finished_run(uri)) is not None:
+        print(f"labbook: job {sweep_job.number} ({sweep_job.name}): this configuration already "
+              f"FINISHED as run {done}; reusing it", file=sys.stderr, flush=True)
+        sweep_job.record("FINISHED", done, reused=True)
+        return True
+    return False
+
+
+def _resume_plan(cfg: Any, hc: Any, uri: str) -> Any:
+    """``resume=RUN_ID``: the plan that continues the stored run (labbook.train.resume)."""
+    from hydra import compose
+    from omegaconf import OmegaConf
+
+    from labbook.train.resume import plan_resume
+
+    new = [o for o in hc.overrides.task if not o.startswith("resume=")]
+
+    def composed(overrides: list[str]) -> dict:
+        return OmegaConf.to_container(compose("train", overrides=overrides), resolve=True, enum_to_str=True)
+
+    return plan_resume(uri, cfg.resume, new, checkpoint_dir=Path(cfg.paths.checkpoint_dir), compose=composed)
+
+
+def _report(result: dict[str, Any]) -> dict[str, Any]:
+    """The run's closing lines, and what a sweeper learns of the job: its objectives (validation, never the
+    test headline), whether the search pruned it, its run."""
+    from labbook.train.fit import summary
+
+    print(summary(result), flush=True)
+    missing = [metric for metric, value in result["objectives"].items() if value is None]
+    if missing:
+        print(f"labbook: warning: optimized_metric {', '.join(missing)} was never logged by this run (it logged "
+              f"{', '.join(sorted(result['metrics']))})", file=sys.stderr, flush=True)
+    return {"objectives": list(result["objectives"].values()), "pruned": result["pruned"], "run_id": result["run_id"]}
 
 
 def own_help(args: Sequence[str]) -> str | None:
@@ -221,12 +278,12 @@ def check_resume_arguments(args: Sequence[str]) -> None:
     if not given.get("resume"):
         return
     from labbook.errors import UserError
-    from labbook.store.runs import StoredRun
+    from labbook.store.read import open_reader
     from labbook.store.uri import resolve_tracking_uri
     from labbook.train.resume import allowed, describe_resumable
 
     try:
-        StoredRun.find(resolve_tracking_uri(given.get("logger.tracking_uri")), given["resume"])
+        open_reader(resolve_tracking_uri(given.get("logger.tracking_uri"))).find_run(given["resume"])
     except UserError as exc:
         raise UserError(f"resume={given['resume']}: {exc}") from None
     refused = [k for k in given if k not in ("resume", "trainer", "debug") and not k.startswith("hydra")

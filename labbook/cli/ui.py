@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from labbook.cli.console import run_command, tracking_uri_option
 from labbook.redact import redact_uri
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -37,25 +38,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5000, help="the port to listen on (default 5000)")
     p.add_argument("--host", default="127.0.0.1",
                    help="the interface to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--tracking-uri", default=None,
-                   help="the store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    tracking_uri_option(p)
     return p
 
 
-def ui_main(args: Sequence[str]) -> int:
-    from labbook.cli.console import fail, quiet_libraries
-
+def main(args: Sequence[str]) -> int:
     arguments = parser()
     options = arguments.parse_args(list(args))
     if not 0 < options.port < 65536:
         arguments.error(f"--port={options.port} is not allowed: expected a port number 1-65535")
-    quiet_libraries()
-    full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))
-    try:
-        server = start(options.tracking_uri, options.host, options.port)
-    except Exception as exc:  # noqa: BLE001
-        return fail(exc, full_error)
-    return server.serve()
+    return run_command(lambda: start(options.tracking_uri, options.host, options.port).serve())
 
 
 class UIServer:
@@ -141,14 +133,14 @@ def start_mlflow_server(uri: str, host: str, port: int, extra: list[str], name: 
 
 
 def runs_url(base: str, uri: str) -> str:
-    """The newest experiment's runs table (children grouped under their sweep's parent), else the home page."""
-    from mlflow.tracking import MlflowClient
+    """The runs table (children grouped under their sweep's parent) of the newest run's experiment, else the
+    home page."""
+    from labbook.store.read import open_reader
 
-    experiments = [e for e in MlflowClient(tracking_uri=uri).search_experiments() if e.name != "Default"]
-    if not experiments:
+    newest = open_reader(uri).search(max_results=1)
+    if not newest:
         return f"{base}/#/?{MODEL_TRAINING}"
-    newest = max(experiments, key=lambda e: e.last_update_time or e.creation_time or 0)
-    return f"{base}/#/experiments/{newest.experiment_id}/runs?{MODEL_TRAINING}"
+    return f"{base}/#/experiments/{newest[0].experiment_id}/runs?{MODEL_TRAINING}"
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -1,17 +1,15 @@
 """Config keys as runs store them: flattened dotted names, and which of them belong to one run only.
 
 Light on purpose (no torch, Lightning or MLflow import): ``compare`` and ``diff`` use it as well as the
-code that records runs.
+code that records runs and the sweep that tells its jobs apart. The names themselves live in
+:mod:`labbook.names`.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-# Config keys whose values belong to one run, not to what it tries (directories named by time and job):
-# recorded as tags, not params, so that the params that differ between a sweep's jobs are the swept ones;
-# and how a sweep runs (sweep.resume) is not what a job tries.
-RUN_LOCAL_PREFIXES = ("paths.", "sweep.")
+from labbook import names
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -27,5 +25,20 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def run_local(key: str) -> bool:
-    """Whether ``key`` (dotted) holds a value that belongs to one run only (see :data:`RUN_LOCAL_PREFIXES`)."""
-    return key.startswith(RUN_LOCAL_PREFIXES)
+    """Whether ``key`` (dotted) holds a value that belongs to one run only, recorded as a tag rather than a
+    param (:data:`labbook.names.RUN_LOCAL_PREFIXES`)."""
+    return key.startswith(names.RUN_LOCAL_PREFIXES)
+
+
+def differs_between_any_runs(key: str) -> bool:
+    """Whether ``key`` differs between any two runs without being part of what they tried: run-local values,
+    where a run continued from and wrote to (:data:`labbook.names.RUN_LOCAL_KEYS`), and Hydra's own settings.
+    ``compare`` never shows such keys; ``diff`` lists them apart."""
+    return key in names.RUN_LOCAL_KEYS or run_local(key) or key.startswith("hydra.")
+
+
+def what_it_trains(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """The flattened config without run-local values and without how it is recorded or where it starts
+    from (:data:`labbook.names.HOW_RECORDED`): two jobs with the same entries train the same thing."""
+    return {k: v for k, v in flat.items() if not run_local(k) and not k.startswith(names.HOW_RECORDED)
+            and k not in ("resume", "ckpt_path")}

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from labbook.config.contract import model_traits
+
 
 def objective_value(objective: str, metrics: Mapping[str, float], monitor: str | None = None,
                     best_score: float | None = None) -> float | None:
@@ -26,7 +28,8 @@ def objectives_of(cfg: Mapping[str, Any], model: Any) -> list[tuple[str, str]]:
     no monitor. A metric the model declares it never logs (its ``validation_metrics``) is refused."""
     from labbook.errors import ConfigValueError
 
-    monitor, mode = getattr(model, "monitor", None), getattr(model, "monitor_mode", "min")
+    traits = model_traits(model)
+    monitor, mode = traits.monitor, traits.monitor_mode
     given, directions = cfg.get("optimized_metric"), cfg.get("direction")
     metrics = [str(m) for m in one_or_list(given)] or [monitor]
     if metrics == [None]:
@@ -40,11 +43,11 @@ def objectives_of(cfg: Mapping[str, Any], model: Any) -> list[tuple[str, str]]:
         raise ConfigValueError("direction", directions, f"a list, one direction per objective of {metrics}")
     else:
         directions = [directions] * len(metrics)
-    declared = getattr(model, "validation_metrics", None)
+    declared = traits.validation_metrics
     found = []
     for metric, direction in zip(metrics, directions):
         if declared is not None and metric not in declared:
-            raise ConfigValueError("optimized_metric", metric, f"{getattr(model, '__name__', type(model).__name__)} "
+            raise ConfigValueError("optimized_metric", metric, f"{traits.name} "
                                    f"logs {', '.join(declared)} on validation")
         if direction is None:
             if metric != monitor:

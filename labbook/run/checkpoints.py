@@ -3,9 +3,9 @@
 ``torch.save`` of a model with its optimizer state takes the training thread 10-70 ms a checkpoint here
 (the Transformer's last.ckpt: ~42 ms, once per 317-step epoch, 0.13 ms a step). :class:`BackgroundCheckpointIO`
 takes a snapshot of the checkpoint's tensors (a copy into CPU memory, ~1 ms a MB) and writes the file on a
-:class:`~labbook.background.Background` thread. Every file operation of a run goes through that one queue,
+:class:`~labbook.run.background.Background` thread. Every file operation of a run goes through that one queue,
 in order: writes, removals and the copies of the files into the run's artifacts
-(:class:`labbook.train.CheckpointUpload` shares the queue), so a file is never copied before it is complete
+(:class:`labbook.run.checkpoints.CheckpointUpload` shares the queue), so a file is never copied before it is complete
 or rewritten under its copy. Reading a checkpoint and the trainer's teardown (the end of ``fit``, of a
 signal's or an error's way out) wait until the queue is done.
 """

@@ -15,6 +15,9 @@ import json
 import os
 from typing import Any, Mapping
 
+from labbook import names
+from labbook.config.contract import data_traits
+
 
 def dataset_entity(datamodule_cfg: Mapping[str, Any], choice: str | None, datamodule: Any) -> Any:
     """MLflow's ``Dataset`` entity for the run's training data."""
@@ -30,7 +33,7 @@ def dataset_entity(datamodule_cfg: Mapping[str, Any], choice: str | None, datamo
         digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
         name, source_type = choice or type(datamodule).__name__, "code"
         source = {"tags": {"labbook.datamodule": choice or "", "target": str(datamodule_cfg.get("_target_", ""))}}
-    profile = {"dims": {k: v for k, v in dict(getattr(datamodule, "dims", {}) or {}).items()
+    profile = {"dims": {k: v for k, v in data_traits(datamodule).dims.items()
                         if isinstance(v, (int, float, str, bool))}, "examples": _examples(datamodule)}
     return Dataset(name=name, digest=digest[:8], source_type=source_type, source=json.dumps(source),
                    profile=json.dumps(profile))
@@ -65,10 +68,10 @@ def log_dataset(tracked: Any, entity: Any) -> None:
 
     from mlflow.entities import DatasetInput, InputTag
 
-    given = [DatasetInput(dataset=entity, tags=[InputTag(key="mlflow.data.context", value="training")])]
+    given = [DatasetInput(dataset=entity, tags=[InputTag(key=names.DATASET_CONTEXT, value="training")])]
     for attempt in range(3):
         try:
-            tracked.client.log_inputs(tracked.run_id, datasets=given)
+            tracked.log_inputs(given)
             return
         except Exception as exc:  # noqa: BLE001
             if attempt == 2:

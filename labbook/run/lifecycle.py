@@ -1,13 +1,9 @@
 """A run's life: open it (new, as a sweep's child, or re-opened to resume), say who owns it while it
-runs, close it with the status that matches what happened, and reap runs whose owner is gone.
+runs (:mod:`labbook.run.owners`), and close it with the status that matches what happened.
 
 Statuses: ``FINISHED`` on a normal exit; ``FAILED`` on an exception (the message in tag ``error``);
 ``KILLED`` on SIGINT/SIGTERM (exit code 130/143). A process that cannot say anything (SIGKILL, the
-out-of-memory killer, a lost machine) leaves its run RUNNING; :func:`reap` later marks it FAILED with the
-tags ``reaped`` (why) and ``reaped.at`` (when). To tell a live owner from a dead one, a run carries
-``owner.host``, ``owner.pid``, ``owner.boot_id`` and ``owner.start_ticks`` (the process's start time, so a
-recycled pid is not mistaken for the owner), and a ``heartbeat`` tag rewritten every
-``logger.heartbeat_s`` seconds for owners on other hosts.
+out-of-memory killer, a lost machine) leaves its run RUNNING, for :func:`labbook.run.owners.reap`.
 """
 
 from __future__ import annotations
@@ -20,13 +16,14 @@ import threading
 import time
 from typing import Any, Mapping
 
-from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
+from labbook import names
+from labbook.config.schemas import MLflowConfig
 from labbook.errors import RunInterrupted, RunKilled
 from labbook.redact import redact
 from labbook.run.owners import owner_tags
-from labbook.run.recorder import MAX_TAG_LENGTH, Recorder, _user, ensure_experiment
+from labbook.run.recorder import Recorder, _user, ensure_experiment, patient_client
 
 # After SIGINT/SIGTERM a training run stops at its next batch boundary, with a checkpoint of the state it
 # reached; one that does not get there within this many seconds (a long validation, a slow first batch)
@@ -45,7 +42,7 @@ class _Heartbeat(threading.Thread):
     def run(self) -> None:
         while not self._stop_event.wait(self._every_s):
             try:
-                self._client.set_tag(self._run_id, "heartbeat", str(int(time.time())))
+                self._client.set_tag(self._run_id, names.HEARTBEAT, str(int(time.time())))
             except Exception:  # noqa: BLE001 - a busy store skips a beat; the next one will do
                 pass
 
@@ -62,14 +59,10 @@ class TrackedRun(Recorder):
     ``FAILED`` (with the error in the ``error`` tag) on any other exception.
     """
 
-    def __init__(self, client: MlflowClient, run_id: str, uri: str, heartbeat_s: float = 30.0,
+    def __init__(self, uri: str, run_id: str, heartbeat_s: float = MLflowConfig.heartbeat_s,
                  patience_s: float | None = None) -> None:
-        from labbook.config.schemas import MLflowConfig
-        from labbook.store.patience import PatientClient
-
         # Every call this run makes waits out a tracking server that is briefly away (labbook.store.patience).
-        super().__init__(PatientClient(client, uri, MLflowConfig.server_patience_s if patience_s is None else patience_s),
-                         run_id, uri)
+        super().__init__(patient_client(uri, patience_s), run_id, uri)
         self.signal_received: int | None = None
         self._stop_requested: Any = None  # set while training: asks the trainer to stop at a batch boundary
         self._grace_s = STOP_GRACE_S
@@ -81,37 +74,33 @@ class TrackedRun(Recorder):
     @classmethod
     def start(cls, uri: str, experiment_name: str, run_name: str | None = None,
               tags: Mapping[str, str] | None = None, parent_run_id: str | None = None,
-              heartbeat_s: float = 30.0, patience_s: float | None = None) -> "TrackedRun":
+              heartbeat_s: float = MLflowConfig.heartbeat_s, patience_s: float | None = None) -> "TrackedRun":
         """Open a new run in ``experiment_name`` (a child of ``parent_run_id`` when given)."""
-        client = MlflowClient(tracking_uri=uri)
+        client = patient_client(uri, patience_s)
         exp_id = ensure_experiment(client, experiment_name, uri)
         all_tags = {
-            "mlflow.user": _user(),
-            "mlflow.source.name": "labbook train",
-            "mlflow.source.type": "LOCAL",
-            "host": socket.gethostname(),
-            "command": shlex.join(["labbook", "train", *sys.argv[1:]]),
+            names.USER: _user(),
+            names.SOURCE_NAME: "labbook train",
+            names.SOURCE_TYPE: "LOCAL",
+            names.HOST: socket.gethostname(),
+            names.COMMAND: shlex.join(["labbook", "train", *sys.argv[1:]]),
             **owner_tags(),
             **(tags or {}),
         }
         if parent_run_id:
-            all_tags["mlflow.parentRunId"] = parent_run_id
+            all_tags[names.PARENT_RUN] = parent_run_id
         run = client.create_run(exp_id, run_name=redact(run_name) if run_name else run_name,
                                 tags={k: redact(str(v)) for k, v in all_tags.items()})  # argv may hold a password
-        return cls(client, run.info.run_id, uri, heartbeat_s, patience_s)
+        return cls(uri, run.info.run_id, heartbeat_s, patience_s)
 
     @classmethod
-    def reopen(cls, uri: str, run_id: str, heartbeat_s: float = 30.0, patience_s: float | None = None) -> "TrackedRun":
+    def reopen(cls, uri: str, run_id: str, heartbeat_s: float = MLflowConfig.heartbeat_s,
+               patience_s: float | None = None) -> "TrackedRun":
         """Re-open an ended run (to resume it): RUNNING again, owned by this process."""
-        client = MlflowClient(tracking_uri=uri)
-        tags = client.get_run(run_id).data.tags
-        for stale in ("error", "reaped", "reaped.at"):  # what the last attempt ended with: not this one's
-            if stale in tags:
-                client.delete_tag(run_id, stale)
-        client.update_run(run_id, status="RUNNING")
-        for key, value in owner_tags().items():
-            client.set_tag(run_id, key, value)
-        return cls(client, run_id, uri, heartbeat_s, patience_s)
+        tracked = cls(uri, run_id, heartbeat_s, patience_s)
+        tracked.running_again()
+        tracked.set_tags(owner_tags())
+        return tracked
 
     def __enter__(self) -> "TrackedRun":
         self.claim_signals()
@@ -205,7 +194,3 @@ class TrackedRun(Recorder):
                 pass
         return False
 
-    def end(self, status: str, error: str | None = None) -> None:
-        if error:
-            self.client.set_tag(self.run_id, "error", redact(error)[:MAX_TAG_LENGTH])
-        self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.from_string(status)))

@@ -1,4 +1,4 @@
-"""The Lightning logger of a labbook run: its metrics, batched into the run that :mod:`labbook.run.owners`
+"""The Lightning logger of a labbook run: its metrics, batched into the run that :mod:`labbook.run.lifecycle`
 opened. Apart from :mod:`labbook.run.recorder` so that recording runs (a sweep's parent, in a process that
 trains nothing) does not import Lightning."""
 

@@ -1,7 +1,11 @@
-"""What a run records in MLflow: params, the config, git state and versions, metrics (batched), files.
+"""Every write labbook makes into MLflow goes through a :class:`Recorder`: a run's params, config, git state
+and versions, metrics (batched), files, tags and status — for a training run as for a sweep's parent, a
+search's trials, a dataset record or a reaped run. So every write is redacted (:mod:`labbook.redact`),
+waits out a locked SQLite store or a tracking server that is briefly away (:mod:`labbook.store.patience`),
+and keeps within MLflow's limits.
 
 Only rank 0 ever records; other ranks learn the run's id through the environment and never touch the
-store. Opening, re-opening and closing runs, and their statuses, live in :mod:`labbook.lifecycle`.
+store. Opening, re-opening and closing runs, and their statuses, live in :mod:`labbook.run.lifecycle`.
 """
 
 from __future__ import annotations
@@ -22,32 +26,24 @@ from mlflow.entities import Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from labbook import names
 from labbook.config.keys import flatten, run_local
+from labbook.config.schemas import MLflowConfig
 from labbook.redact import redact
+from labbook.store.patience import PatientClient
 from labbook.store.uri import artifact_root
 
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-
-
-EXPERIMENT_KIND = "custom_model_development"
-
-
+MODEL_DEVELOPMENT = "custom_model_development"  # the experiment kind (tag names.EXPERIMENT_KIND) of labbook's
 MAX_PARAM_LENGTH = 6000  # MLflow's limit for a param value
-
-
-MAX_TAG_LENGTH = 5000
-
-
+MAX_TAG_LENGTH = 5000  # and for a tag's
 VERSIONED = ("torch", "pytorch-lightning", "hydra-core", "mlflow", "numpy", "labbook")
-
-
 _BATCH = 100  # MLflow accepts at most 100 params/tags and 1000 metrics per log_batch
 
 
 def _param_text(value: Any) -> str:
     text = redact("null" if value is None else str(value))
     if len(text) > MAX_PARAM_LENGTH:
-        marker = " …[truncated; full value in config/config.yaml]"
+        marker = f" …[truncated; full value in {names.CONFIG}]"
         text = text[: MAX_PARAM_LENGTH - len(marker)] + marker
     return text
 
@@ -95,7 +91,7 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
         location = f"{root}/{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}" if root else None
         try:
             exp_id = client.create_experiment(name, artifact_location=location,
-                                              tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+                                              tags={names.EXPERIMENT_KIND: MODEL_DEVELOPMENT})
             return exp_id
         except MlflowException:  # a parallel sweep job created it a moment ago
             exp = client.get_experiment_by_name(name)
@@ -103,23 +99,34 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
                 raise
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
-    if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
-        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    if exp.tags.get(names.EXPERIMENT_KIND) != MODEL_DEVELOPMENT:
+        client.set_experiment_tag(exp.experiment_id, names.EXPERIMENT_KIND, MODEL_DEVELOPMENT)
     return exp.experiment_id
 
 
-class Recorder:
-    """Everything a run writes into MLflow (params, config, git state, artifacts, plots, metrics through
-    :meth:`lightning_logger`). Opening and closing the run is :class:`labbook.run.lifecycle.TrackedRun`'s."""
+def patient_client(uri: str, patience_s: float | None = None) -> Any:
+    """An MlflowClient on ``uri`` whose every call waits out a locked SQLite store or an absent server for up
+    to ``patience_s`` seconds (``logger.server_patience_s``'s default when None)."""
+    return PatientClient(MlflowClient(tracking_uri=uri), uri,
+                         MLflowConfig.server_patience_s if patience_s is None else patience_s)
 
-    def __init__(self, client: MlflowClient, run_id: str, uri: str) -> None:
-        self.client, self.run_id, self.uri = client, run_id, uri
+
+class Recorder:
+    """Everything written into one MLflow run (params, config, git state, artifacts, plots, tags, metrics
+    through :meth:`lightning_logger`, its status). Opening a run and owning it while it trains is
+    :class:`labbook.run.lifecycle.TrackedRun`'s; :meth:`for_run` writes into any existing run."""
+
+    def __init__(self, client: Any, run_id: str, uri: str) -> None:
+        self.client, self.run_id, self.uri = client, run_id, uri  # client: a PatientClient (patient_client)
         self.logger: Any = None  # labbook.run.metrics_logger.MLflowMetricsLogger once a trainer asks for it
 
+    @classmethod
+    def for_run(cls, uri: str, run_id: str, patience_s: float | None = None) -> "Recorder":
+        """A recorder for the existing run ``run_id`` in the store ``uri``."""
+        return cls(patient_client(uri, patience_s), run_id, uri)
+
     def lightning_logger(self, flush_every_s: float) -> Any:
-        from labbook.run.metrics_logger import (
-            MLflowMetricsLogger,  # Lightning: only where a trainer runs
-        )
+        from labbook.run.metrics_logger import MLflowMetricsLogger  # Lightning: only where a trainer runs
 
         self.logger = MLflowMetricsLogger(self.client, self.run_id, flush_every_s)
         return self.logger
@@ -133,28 +140,28 @@ class Recorder:
         if params:
             self.log_params({k: v for k, v in flat.items() if not run_local(k)})
         self.set_tags({k: _param_text(v) for k, v in flat.items() if run_local(k)})
-        self.log_text(yaml.safe_dump(dict(resolved), sort_keys=False), "config/config.yaml")
-        self.log_text(yaml.safe_dump(list(overrides)), "config/overrides.yaml")
+        self.log_text(yaml.safe_dump(dict(resolved), sort_keys=False), names.CONFIG)
+        self.log_text(yaml.safe_dump(list(overrides)), names.OVERRIDES)
 
     def log_git(self, repo: Path) -> None:
         state = git_state(repo)
-        tags = {"git.commit": state["commit"] or "unknown", "git.dirty": state["dirty"] or "unknown"}
+        tags = {names.GIT_COMMIT: state["commit"] or "unknown", names.GIT_DIRTY: state["dirty"] or "unknown"}
         if state["commit"]:
-            tags["mlflow.source.git.commit"] = state["commit"]
+            tags[names.SOURCE_GIT_COMMIT] = state["commit"]
         self.set_tags(tags)
         if state["diff"]:
-            self.log_text(state["diff"], "git/diff.patch")
+            self.log_text(state["diff"], names.GIT_PATCH)
 
     def log_environment(self) -> None:
         """Tags ``versions.<package>`` for what decides a run's numbers, and every installed distribution
-        (``name==version``, sorted) as the artifact ``environment/packages.txt``."""
+        (``name==version``, sorted) as the artifact :data:`labbook.names.PACKAGES`."""
         installed = installed_packages()
-        tags = {"versions.python": sys.version.split()[0]}
+        tags = {f"{names.VERSIONS}python": sys.version.split()[0]}
         for package in VERSIONED:
-            tags[f"versions.{package}"] = installed.get(package, "not installed")
+            tags[f"{names.VERSIONS}{package}"] = installed.get(package, "not installed")
         self.set_tags(tags)
         self.log_text("".join(f"{name}=={version}\n" for name, version in sorted(installed.items())),
-                      "environment/packages.txt")
+                      names.PACKAGES)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         entries = [Param(k[:250], _param_text(v)) for k, v in params.items()]
@@ -165,6 +172,17 @@ class Recorder:
         items = [RunTag(k, redact(str(v))[:MAX_TAG_LENGTH]) for k, v in tags.items()]
         for i in range(0, len(items), _BATCH):
             self.client.log_batch(self.run_id, tags=items[i : i + _BATCH], synchronous=True)
+
+    def delete_tags(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self.client.delete_tag(self.run_id, key)
+
+    def log_metric(self, key: str, value: float, step: int = 0) -> None:
+        self.client.log_metric(self.run_id, key, value, step=step)
+
+    def log_inputs(self, datasets: list[Any]) -> None:
+        """MLflow ``DatasetInput`` entities: the data the run trained on."""
+        self.client.log_inputs(self.run_id, datasets=datasets)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, redact(text), artifact_file)
@@ -184,11 +202,11 @@ class Recorder:
             if hasattr(item, "savefig"):
                 buf = io.BytesIO()
                 item.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-                self._log_bytes(buf.getvalue(), f"plots/{name}.png")
+                self._log_bytes(buf.getvalue(), f"{names.PLOTS}/{name}.png")
                 import matplotlib.pyplot as plt
 
                 plt.close(item)
-                stored.append(f"plots/{name}.png")
+                stored.append(f"{names.PLOTS}/{name}.png")
             elif isinstance(item, Mapping):
                 buf = io.BytesIO()
                 np.savez(buf, **{k: np.asarray(v) for k, v in item.items()})
@@ -205,6 +223,20 @@ class Recorder:
             path.write_bytes(data)
             artifact_dir = str(Path(artifact_file).parent)
             self.client.log_artifact(self.run_id, str(path), None if artifact_dir == "." else artifact_dir)
+
+    def running_again(self) -> None:
+        """RUNNING again (a resume): what the last attempt ended with is not this one's."""
+        tags = self.client.get_run(self.run_id).data.tags
+        self.delete_tags([k for k in (names.ERROR, names.REAPED, names.REAPED_AT) if k in tags])
+        self.client.update_run(self.run_id, status="RUNNING")
+
+    def end(self, status: str, error: str | None = None) -> None:
+        """Close the run with ``status`` (FINISHED, FAILED, KILLED), the ``error`` (redacted) saying why."""
+        from mlflow.entities import RunStatus
+
+        if error:
+            self.client.set_tag(self.run_id, names.ERROR, redact(error)[:MAX_TAG_LENGTH])
+        self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.from_string(status)))
 
 
 def _user() -> str:

@@ -1,4 +1,6 @@
-"""A thin, fast read path into an MLflow store for ``labbook compare`` and ``labbook diff``.
+"""The one read side: every command that reads runs (``predict``, ``resume``, ``compare``, ``diff``, ``reap``,
+the sweep's summary, the search) reads them here, as :class:`RunRecord` values, so "no such run", "no
+checkpoint" and a shortened id read the same wherever they come from.
 
 Importing MLflow alone takes over 2 s here (``python -c "from mlflow.tracking import MlflowClient"``),
 while a table of runs should appear in well under a second. So these commands read the store without
@@ -16,7 +18,10 @@ MLflow's search-filter grammar (``--filter``) is MLflow's: the REST server and M
 on SQLite the filtered search goes through :class:`ClientReader` (the one case that pays MLflow's import
 time) rather than through a translation of the grammar that could disagree with MLflow's.
 
-Every reader returns :class:`RunRecord` values: a run's info, params, latest metrics and tags.
+Every reader returns :class:`RunRecord` values: a run's info, params, latest metrics and tags. A run's
+artifacts (its config, overrides and checkpoints) are read from disk where the store keeps them in a local
+folder (a SQLite store's ``mlartifacts``), else through MlflowClient, which knows every artifact repository.
+:func:`search_runs` is the shortcut for "runs of this experiment, with this parent, these tags, this status".
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import sqlite3
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -35,11 +42,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import yaml
+
+from labbook import names
 from labbook.errors import UserError
 from labbook.store.uri import existing_sqlite_store, run_not_found
 
-PARENT_TAG = "mlflow.parentRunId"
-ROLE_TAG = "sweep.role"
 _PAGE = 1000  # runs per REST page (the server allows more; smaller pages keep each answer quick)
 _SQL_CHUNK = 500  # bound parameters per IN (...) clause, well under SQLite's limit
 _MIN_PREFIX = 4  # shorter run-id prefixes match too much to be what the user meant
@@ -70,7 +78,7 @@ class RunRecord:
 
 
 class Reader(abc.ABC):
-    """What ``compare`` and ``diff`` need from a store; subclasses read one kind of store."""
+    """A store's runs, read; subclasses read one kind of store."""
 
     uri: str
 
@@ -84,9 +92,9 @@ class Reader(abc.ABC):
 
     @abc.abstractmethod
     def search(self, experiment_ids: Iterable[str] | None = None, tags: Mapping[str, str] | None = None,
-               filter_string: str = "", max_results: int | None = None) -> list[RunRecord]:
-        """Active runs of these experiments (all active experiments when None) carrying these tags and
-        matching MLflow's ``filter_string``, newest start first."""
+               filter_string: str = "", max_results: int | None = None, status: str | None = None) -> list[RunRecord]:
+        """Active runs of these experiments (all active experiments when None) carrying these tags, in this
+        status (``RUNNING``, ``FINISHED``, ...) and matching MLflow's ``filter_string``, newest start first."""
 
     def run_ids_starting(self, prefix: str) -> list[str]:
         """Ids of the runs whose id starts with ``prefix``."""
@@ -94,7 +102,42 @@ class Reader(abc.ABC):
 
     def artifact_text(self, run: RunRecord, path: str) -> str | None:
         """The text of the run's artifact ``path`` (``config/config.yaml``), or None when it has none."""
-        return _local_artifact(run, path)
+        local = _local_artifact(run, path)
+        if local is not None or _local_root(run) is not None:
+            return None if local is None else local.read_text(errors="replace")
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                return self._client().download(run, path, Path(tmp)).read_text(errors="replace")
+            except Exception:  # noqa: BLE001 - any repository's "no such artifact" reads as: it has none
+                return None
+
+    def artifacts(self, run: RunRecord, folder: str) -> set[str]:
+        """The paths of the run's artifacts directly in ``folder`` (``checkpoints`` -> ``checkpoints/last.ckpt``)."""
+        root = _local_root(run)
+        if root is None:
+            return self._client().artifacts(run, folder)
+        where = root / folder
+        return {f"{folder}/{p.name}" for p in where.iterdir()} if where.is_dir() else set()
+
+    def download(self, run: RunRecord, path: str, into: Path) -> Path:
+        """A local copy of the run's artifact ``path`` in the folder ``into``."""
+        into.mkdir(parents=True, exist_ok=True)
+        local = _local_artifact(run, path)
+        if local is not None:
+            return Path(shutil.copyfile(local, into / local.name))
+        if _local_root(run) is not None:
+            raise UserError(f"run {run.run_id} has no {path}")
+        return self._client().download(run, path, into)
+
+    def metric_history(self, run: RunRecord, key: str) -> list[tuple[int, float]]:
+        """Every logged value of the run's metric ``key`` as ``(step, value)``, in step order."""
+        return self._client().metric_history(run, key)
+
+    def _client(self) -> "ClientReader":
+        """MlflowClient behind this interface, for what is not read faster here (slow to import: only on need)."""
+        if not hasattr(self, "_fallback"):
+            self._fallback = ClientReader(self.uri)
+        return self._fallback
 
     # Shared on top of the above.
 
@@ -115,6 +158,37 @@ class Reader(abc.ABC):
                                 f"({', '.join(sorted(matches)[:4])}{', ...' if len(matches) > 4 else ''}): give more of it")
         raise RunNotFound(run_not_found(run_id, self.uri))
 
+    def experiment_id(self, name: str) -> str:
+        """The id of the active experiment ``name``; a :class:`UserError` when the store has none of that name."""
+        found = [i for i, n in self.experiments().items() if n == name]
+        if not found:
+            raise UserError(f"experiment {name!r} not found in the store {self.uri}")
+        return found[0]
+
+    def config(self, run: RunRecord) -> dict[str, Any]:
+        """The resolved config the run (now) trains with (:data:`labbook.names.CONFIG`)."""
+        return yaml.safe_load(self._required_text(run, names.CONFIG))
+
+    def overrides(self, run: RunRecord) -> list[str]:
+        """The command-line overrides it was started with, each resume's appended (:data:`labbook.names.OVERRIDES`)."""
+        return list(yaml.safe_load(self._required_text(run, names.OVERRIDES)) or [])
+
+    def _required_text(self, run: RunRecord, path: str) -> str:
+        text = self.artifact_text(run, path)
+        if text is None:
+            raise UserError(f"run {run.run_id} has no {path} artifact, so it cannot be rebuilt")
+        return text
+
+    def checkpoint(self, run: RunRecord, paths: Iterable[str], into: Path, why: str = "") -> Path:
+        """A local copy of the first of ``paths`` (:data:`labbook.names.BEST_CHECKPOINT`, ``LAST_CHECKPOINT``)
+        the run stored."""
+        paths = list(paths)
+        stored = self.artifacts(run, names.CHECKPOINTS)
+        for path in paths:
+            if path in stored:
+                return self.download(run, path, into)
+        raise UserError(f"run {run.run_id} has no {' or '.join(paths)}{why}")
+
 
 def open_reader(uri: str) -> Reader:
     """The fastest reader for the store ``uri`` (resolved by :func:`labbook.store.uri.resolve_tracking_uri`).
@@ -129,6 +203,16 @@ def open_reader(uri: str) -> Reader:
         if not folder.is_dir():
             raise UserError(f"no tracking store at {folder} (pass --tracking-uri URI or set MLFLOW_TRACKING_URI)")
     return ClientReader(uri)
+
+
+def search_runs(uri: str, experiment: str | None = None, parent_run_id: str | None = None,
+                tags: Mapping[str, str] | None = None, status: str | None = None) -> list[RunRecord]:
+    """Runs of ``experiment`` (by name; all when None), children of ``parent_run_id``, with these tags and
+    status, newest first."""
+    reader = open_reader(uri)
+    ids = None if experiment is None else [reader.experiment_id(experiment)]
+    tags = {**(tags or {}), **({names.PARENT_RUN: parent_run_id} if parent_run_id else {})}
+    return reader.search(ids, tags, status=status)
 
 
 # SQLite: MLflow's tables, read-only.
@@ -166,9 +250,9 @@ class SqliteReader(Reader):
         return [r for (r,) in self._rows("SELECT run_uuid FROM runs WHERE run_uuid LIKE ?", (prefix + "%",))]
 
     def search(self, experiment_ids: Iterable[str] | None = None, tags: Mapping[str, str] | None = None,
-               filter_string: str = "", max_results: int | None = None) -> list[RunRecord]:
+               filter_string: str = "", max_results: int | None = None, status: str | None = None) -> list[RunRecord]:
         if filter_string.strip():
-            return ClientReader(self.uri).search(experiment_ids, tags, filter_string, max_results)
+            return self._client().search(experiment_ids, tags, filter_string, max_results, status)
         sql = [f"SELECT {self._RUN_COLUMNS} FROM runs r JOIN experiments e ON e.experiment_id = r.experiment_id",
                "WHERE r.lifecycle_stage = 'active' AND e.lifecycle_stage = 'active'"]
         args: list[Any] = []
@@ -181,6 +265,9 @@ class SqliteReader(Reader):
         for key, value in (tags or {}).items():
             sql.append("AND EXISTS (SELECT 1 FROM tags t WHERE t.run_uuid = r.run_uuid AND t.key = ? AND t.value = ?)")
             args += [key, value]
+        if status is not None:
+            sql.append("AND r.status = ?")
+            args.append(status)
         sql.append("ORDER BY r.start_time DESC, r.run_uuid")
         if max_results is not None:
             sql.append(f"LIMIT {int(max_results)}")
@@ -203,8 +290,13 @@ class SqliteReader(Reader):
                     f"SELECT key, value, is_nan, run_uuid FROM latest_metrics WHERE run_uuid IN ({marks})", chunk):
                 records[run_id].metrics[key] = math.nan if is_nan else float(value)
         for record in records.values():
-            record.name = record.name or record.tags.get("mlflow.runName", "")
+            record.name = record.name or record.tags.get(names.RUN_NAME, "")
         return list(records.values())
+
+    def metric_history(self, run: RunRecord, key: str) -> list[tuple[int, float]]:
+        rows = self._rows("SELECT step, value, is_nan FROM metrics WHERE run_uuid = ? AND key = ? "
+                          "ORDER BY step, timestamp", (run.run_id, key))
+        return [(int(step), math.nan if is_nan else float(value)) for step, value, is_nan in rows]
 
 
 # A tracking server: MLflow's REST API.
@@ -275,11 +367,11 @@ class RestReader(Reader):
         return _from_rest(answer["run"]) if answer and "run" in answer else None
 
     def search(self, experiment_ids: Iterable[str] | None = None, tags: Mapping[str, str] | None = None,
-               filter_string: str = "", max_results: int | None = None) -> list[RunRecord]:
+               filter_string: str = "", max_results: int | None = None, status: str | None = None) -> list[RunRecord]:
         ids = list(self.experiments() if experiment_ids is None else experiment_ids)
         if not ids:
             return []
-        body: dict[str, Any] = {"experiment_ids": ids, "filter": mlflow_filter(tags, filter_string),
+        body: dict[str, Any] = {"experiment_ids": ids, "filter": mlflow_filter(tags, filter_string, status),
                                 "run_view_type": "ACTIVE_ONLY", "order_by": ["attributes.start_time DESC"]}
         found: list[RunRecord] = []
         while max_results is None or len(found) < max_results:
@@ -297,9 +389,8 @@ class RestReader(Reader):
         return found
 
     def artifact_text(self, run: RunRecord, path: str) -> str | None:
-        local = _local_artifact(run, path)
-        if local is not None:
-            return local
+        if _local_root(run) is not None:
+            return super().artifact_text(run, path)
         # /get-artifact is the server's own download route: it reads proxied (mlflow-artifacts:) and
         # direct artifact stores alike.
         try:
@@ -319,7 +410,7 @@ def _from_rest(run: Mapping[str, Any]) -> RunRecord:
     info, data = run.get("info", {}), run.get("data", {})
     tags = {t["key"]: t.get("value", "") for t in data.get("tags", [])}
     return RunRecord(
-        run_id=info.get("run_id") or info["run_uuid"], name=info.get("run_name") or tags.get("mlflow.runName", ""),
+        run_id=info.get("run_id") or info["run_uuid"], name=info.get("run_name") or tags.get(names.RUN_NAME, ""),
         experiment_id=str(info.get("experiment_id", "")), status=info.get("status", ""),
         start_time=_int(info.get("start_time")), end_time=_int(info.get("end_time")),
         artifact_uri=info.get("artifact_uri", ""),
@@ -331,22 +422,30 @@ def _int(value: Any) -> int | None:
     return None if value in (None, "") else int(value)
 
 
-def mlflow_filter(tags: Mapping[str, str] | None, filter_string: str = "") -> str:
-    """One MLflow filter string: the tag equalities, and the user's filter (the grammar has only AND)."""
+def mlflow_filter(tags: Mapping[str, str] | None, filter_string: str = "", status: str | None = None) -> str:
+    """One MLflow filter string: the tag equalities, the status, and the user's filter (the grammar has only
+    AND)."""
     clauses = [f"tags.`{key}` = '{value}'" for key, value in (tags or {}).items()]
+    if status is not None:
+        clauses.append(f"attributes.status = '{status}'")
     if filter_string.strip():
         clauses.append(filter_string.strip())
     return " and ".join(clauses)
 
 
-def _local_artifact(run: RunRecord, path: str) -> str | None:
-    """The artifact read straight from disk when the run's artifacts are a local folder (a SQLite store's
+def _local_root(run: RunRecord) -> Path | None:
+    """The folder holding the run's artifacts when it is on this machine's disk (a SQLite store's
     ``mlartifacts``), else None."""
     if not run.artifact_uri.startswith("file:") and not run.artifact_uri.startswith("/"):
         return None
-    root = Path(urllib.parse.unquote(urllib.parse.urlparse(run.artifact_uri).path))
-    target = root / path
-    return target.read_text(errors="replace") if target.is_file() else None
+    return Path(urllib.parse.unquote(urllib.parse.urlparse(run.artifact_uri).path))
+
+
+def _local_artifact(run: RunRecord, path: str) -> Path | None:
+    """The artifact's file when the run's artifacts are a local folder and it is there, else None."""
+    root = _local_root(run)
+    target = root / path if root is not None else None
+    return target if target is not None and target.is_file() else None
 
 
 # Anything else: MlflowClient (slow to import, complete).
@@ -358,6 +457,9 @@ class ClientReader(Reader):
 
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
+
+    def _client(self) -> "ClientReader":
+        return self
 
     def experiments(self) -> dict[str, str]:
         return {e.experiment_id: e.name for e in self.client.search_experiments()}
@@ -371,14 +473,14 @@ class ClientReader(Reader):
             return None
 
     def search(self, experiment_ids: Iterable[str] | None = None, tags: Mapping[str, str] | None = None,
-               filter_string: str = "", max_results: int | None = None) -> list[RunRecord]:
+               filter_string: str = "", max_results: int | None = None, status: str | None = None) -> list[RunRecord]:
         from mlflow.exceptions import MlflowException
 
         ids = list(self.experiments() if experiment_ids is None else experiment_ids)
         if not ids:
             return []
         try:
-            runs = self.client.search_runs(ids, filter_string=mlflow_filter(tags, filter_string),
+            runs = self.client.search_runs(ids, filter_string=mlflow_filter(tags, filter_string, status),
                                            max_results=max_results or 50000, order_by=["attributes.start_time DESC"])
         except MlflowException as exc:
             if filter_string.strip():
@@ -386,22 +488,25 @@ class ClientReader(Reader):
             raise
         return [_from_client(r) for r in runs]
 
-    def artifact_text(self, run: RunRecord, path: str) -> str | None:
-        import tempfile
+    def artifacts(self, run: RunRecord, folder: str) -> set[str]:
+        if _local_root(run) is not None:
+            return super().artifacts(run, folder)
+        return {a.path for a in self.client.list_artifacts(run.run_id, folder)}
 
-        local = _local_artifact(run, path)
-        if local is not None:
-            return local
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                return Path(self.client.download_artifacts(run.run_id, path, tmp)).read_text(errors="replace")
-            except Exception:  # noqa: BLE001 - any repository's "no such artifact" reads as: it has none
-                return None
+    def download(self, run: RunRecord, path: str, into: Path) -> Path:
+        if _local_root(run) is not None:
+            return super().download(run, path, into)
+        into.mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(run.run_id, path, str(into)))
+
+    def metric_history(self, run: RunRecord, key: str) -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in sorted(self.client.get_metric_history(run.run_id, key),
+                                                   key=lambda m: (m.step, m.timestamp))]
 
 
 def _from_client(run: Any) -> RunRecord:
     info, data = run.info, run.data
-    return RunRecord(run_id=info.run_id, name=info.run_name or data.tags.get("mlflow.runName", ""),
+    return RunRecord(run_id=info.run_id, name=info.run_name or data.tags.get(names.RUN_NAME, ""),
                      experiment_id=str(info.experiment_id), status=info.status, start_time=info.start_time,
                      end_time=info.end_time, artifact_uri=info.artifact_uri or "", params=dict(data.params),
                      metrics={k: float(v) for k, v in data.metrics.items()}, tags=dict(data.tags))

@@ -2,7 +2,7 @@
 
 ``labbook train``'s ``logger.tracking_uri`` or another command's ``--tracking-uri``, else
 ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the working directory; SQLite paths come back
-absolute. Creating the store is :mod:`labbook.store.prepare`'s.
+absolute. Creating the store is :mod:`labbook.store.uri.prepare`'s.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from labbook import names
 from labbook.sweep.space import config_hash, short_names
 
 ENV_PARENT = "LABBOOK_SWEEP_PARENT_RUN"
@@ -47,16 +48,16 @@ class SweepJob:
     record_path: Path
 
     def tags(self) -> dict[str, str]:
-        return {"sweep.role": "child", "sweep.job": str(self.number), "sweep.overrides": " ".join(self.overrides),
-                "sweep.config_hash": self.config_hash}
+        return {names.SWEEP_ROLE: "child", names.SWEEP_JOB: str(self.number),
+                names.SWEEP_OVERRIDES: " ".join(self.overrides), names.SWEEP_CONFIG_HASH: self.config_hash}
 
     def finished_run(self, uri: str) -> str | None:
         """A FINISHED child of the parent that trained this very configuration (for ``sweep.resume``)."""
-        from labbook.store.runs import search_runs
+        from labbook.store.read import search_runs
 
         found = search_runs(uri, None, parent_run_id=self.parent_run_id, status="FINISHED",
-                            tags={"sweep.config_hash": self.config_hash})
-        return found[0].info.run_id if found else None
+                            tags={names.SWEEP_CONFIG_HASH: self.config_hash})
+        return found[0].run_id if found else None
 
     def record(self, status: str, run_id: str | None, error: str | None = None, reused: bool = False) -> None:
         import yaml
@@ -92,7 +93,7 @@ def job_of_sweep(hydra_config: Any, cfg: Any) -> SweepJob | None:
     swept = json.loads(os.environ.get(ENV_SWEPT, "[]"))
     overrides = [str(o) for o in hydra_config.overrides.task]
     values = {o.key_or_group: o.get_value_element_as_str() for o in OverridesParser.create().parse_overrides(overrides)}
-    names = short_names([k for k in swept if k in values])
-    name = ",".join(f"{names[k]}={_shown(values[k])}" for k in names) or f"job-{hydra_config.job.num}"
+    short = short_names([k for k in swept if k in values])
+    name = ",".join(f"{short[k]}={_shown(values[k])}" for k in short) or f"job-{hydra_config.job.num}"
     return SweepJob(parent, os.environ.get(ENV_EXPERIMENT, ""), int(hydra_config.job.num), overrides, name,
                     config_hash(resolved), Path(str(hydra_config.runtime.output_dir)) / JOB_RECORD)

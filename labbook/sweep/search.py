@@ -24,15 +24,18 @@ import json
 import math
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from labbook import names
 from labbook.errors import ConfigValueError, UserError
 from labbook.redact import redact_uri as redact
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "nsga2")
 PRUNERS = ("median", "successive_halving", "hyperband", "none")
+RUN_ID_ATTR = "mlflow_run_id"  # a trial's user attribute: the run that trained it
 ENV_SEARCH = "LABBOOK_SEARCH"  # JSON: {"storage", "study", "pruner"}, set by the sweeper for its jobs
 SYNTAX = "choice(a,b,..), range(start,stop[,step]), interval(low,high), tag(log, interval(low,high)), int(interval(low,high))"
 
@@ -305,6 +308,7 @@ def trial_report(cfg: Any, model: Any) -> TrialReport | None:
         return None
     import optuna
 
+    from labbook.config.contract import model_traits
     from labbook.config.objective import objectives_of
 
     spec = json.loads(raw)
@@ -314,7 +318,7 @@ def trial_report(cfg: Any, model: Any) -> TrialReport | None:
     found = objectives_of(cfg, model)
     metric, direction = found[0]
     checkpoint = cfg.callbacks.checkpoint
-    monitored = checkpoint.enabled and (checkpoint.monitor or getattr(model, "monitor", None)) == metric
+    monitored = checkpoint.enabled and (checkpoint.monitor or model_traits(model).monitor) == metric
     return TrialReport(optuna.trial.Trial(study, trial_id), metric, prunable=len(found) == 1,
                        best_of=(max if direction == "maximize" else min) if monitored else None)
 
@@ -324,40 +328,54 @@ def trial_report(cfg: Any, model: Any) -> TrialReport | None:
 def record_best(study: Any, uri: str, parent_run_id: str, objectives_found: list[tuple[str, str]]) -> str:
     """The best trial (or, with several objectives, the Pareto front) on the parent run — tags
     ``optuna.best_*`` and plots under ``optuna/`` — and the text the terminal shows."""
-    from mlflow.tracking import MlflowClient
     from optuna.trial import TrialState
 
-    client = MlflowClient(tracking_uri=uri)
+    from labbook.run.recorder import Recorder
+
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     pruned = len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
     failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
     head = f"search: study {study.study_name!r}: {len(done)} complete, {pruned} pruned, {failed} failed trials"
     if not done:
         return head + "; no complete trial"
-    names = [m for m, _ in objectives_found]
-    if len(names) == 1:
+    metrics = [m for m, _ in objectives_found]
+    if len(metrics) == 1:
         best = study.best_trial
-        tags = {"optuna.best_trial": best.number, "optuna.best_value": f"{best.value:.6g}",
-                "optuna.best_run_id": best.user_attrs.get("mlflow_run_id", ""),
-                **{f"optuna.best.{k}": v for k, v in best.params.items()}}
-        text = (f"{head}\nbest trial {best.number}: {names[0]}={best.value:.6g} (run "
-                f"{best.user_attrs.get('mlflow_run_id', '?')}) " + " ".join(f"{k}={v}" for k, v in best.params.items()))
+        tags = {f"{names.SEARCH_BEST}trial": best.number, f"{names.SEARCH_BEST}value": f"{best.value:.6g}",
+                f"{names.SEARCH_BEST}run_id": best.user_attrs.get(RUN_ID_ATTR, ""),
+                **{f"{names.SEARCH_BEST_PARAM}{k}": v for k, v in best.params.items()}}
+        text = (f"{head}\nbest trial {best.number}: {metrics[0]}={best.value:.6g} (run "
+                f"{best.user_attrs.get(RUN_ID_ATTR, '?')}) " + " ".join(f"{k}={v}" for k, v in best.params.items()))
     else:
         front = sorted(study.best_trials, key=lambda t: t.number)
-        tags = {"optuna.pareto_trials": ",".join(str(t.number) for t in front),
-                "optuna.pareto_run_ids": ",".join(t.user_attrs.get("mlflow_run_id", "") for t in front)}
+        tags = {names.SEARCH_PARETO_TRIALS: ",".join(str(t.number) for t in front),
+                names.SEARCH_PARETO_RUNS: ",".join(t.user_attrs.get(RUN_ID_ATTR, "") for t in front)}
         text = f"{head}\nPareto front ({len(front)} trials):\n" + "\n".join(
-            f"  trial {t.number}: " + " ".join(f"{m}={v:.6g}" for m, v in zip(names, t.values)) +
-            f" (run {t.user_attrs.get('mlflow_run_id', '?')}) " + " ".join(f"{k}={v}" for k, v in t.params.items())
+            f"  trial {t.number}: " + " ".join(f"{m}={v:.6g}" for m, v in zip(metrics, t.values)) +
+            f" (run {t.user_attrs.get(RUN_ID_ATTR, '?')}) " + " ".join(f"{k}={v}" for k, v in t.params.items())
             for t in front)
-    for key, value in tags.items():
-        client.set_tag(parent_run_id, key, str(value)[:5000])
-    for name, path in _plots(study, names).items():
-        client.log_artifact(parent_run_id, str(path), "optuna")
+    parent = Recorder.for_run(uri, parent_run_id)
+    parent.set_tags(tags)
+    for name, path in _plots(study, metrics).items():
+        parent.log_file(path, f"{names.SEARCH_PLOTS}/{name}.png")
     return text
 
 
-def _plots(study: Any, names: list[str]) -> dict[str, Path]:
+def tag_trial_run(uri: str | None, parent: str | None, number: int, state: str) -> None:
+    """The child run of trial ``number`` (if it got as far as opening one) records how the study counted it."""
+    if not (uri and parent):
+        return
+    from labbook.run.recorder import Recorder
+    from labbook.store.read import search_runs
+
+    try:
+        for run in search_runs(uri, None, parent_run_id=parent, tags={names.TRIAL_NUMBER: str(number)}):
+            Recorder.for_run(uri, run.run_id).set_tags({names.TRIAL_STATE: state})
+    except Exception as exc:  # noqa: BLE001 - the study is right; a missing tag must not stop the search
+        print(f"labbook: warning: could not tag trial {number}'s run: {exc}", file=sys.stderr)
+
+
+def _plots(study: Any, metrics: list[str]) -> dict[str, Path]:
     """Optuna's figures as PNG files: optimisation history (or the Pareto front), parameter importances
     when enough trials completed, parallel coordinates. A figure Optuna cannot draw is left out."""
     import warnings
@@ -370,16 +388,16 @@ def _plots(study: Any, names: list[str]) -> dict[str, Path]:
     from optuna.trial import TrialState
 
     target: dict[str, Callable[[Any], float]] = {}
-    if len(names) > 1:  # several objectives: each figure shows the first
-        target = {"target": lambda t: t.values[0], "target_name": names[0]}
+    if len(metrics) > 1:  # several objectives: each figure shows the first
+        target = {"target": lambda t: t.values[0], "target_name": metrics[0]}
     else:
-        target = {"target_name": names[0]}
+        target = {"target_name": metrics[0]}
     out = Path(tempfile.mkdtemp(prefix="labbook-optuna-"))
     figures: dict[str, Callable[[], Any]] = {
         "parallel_coordinate": lambda: ov.plot_parallel_coordinate(study, **target),
     }
-    if len(names) > 1:
-        figures["pareto_front"] = lambda: ov.plot_pareto_front(study, target_names=names)
+    if len(metrics) > 1:
+        figures["pareto_front"] = lambda: ov.plot_pareto_front(study, target_names=metrics)
     else:
         figures["optimization_history"] = lambda: ov.plot_optimization_history(study, **target)
     if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= 4:

@@ -8,8 +8,11 @@ import hashlib
 import json
 from typing import Any, Mapping, Sequence
 
+from labbook import names
+from labbook.config.keys import flatten, what_it_trains
+
 # Overrides that change how a sweep runs, not what it computes: left out of the key that finds it again.
-_HOW = ("hydra.", "hydra/", "sweep.", "logger.heartbeat_s", "logger.flush_every_s")
+_HOW = ("hydra.", "hydra/", *names.RUN_LOCAL_PREFIXES, *names.HOW_RECORDED)
 
 
 def _overrides(config: Any) -> list[Any]:
@@ -46,11 +49,7 @@ def config_hash(resolved: Mapping[str, Any]) -> str:
     """Identifies what a job computes: its resolved config without run-local values (directories, the
     sweep's own settings) and without how it is recorded or where it starts from. Two jobs with the same
     hash train the same thing."""
-    from labbook.config.keys import flatten, run_local
-
-    flat = {k: v for k, v in flatten(resolved).items()
-            if not run_local(k) and not k.startswith(("logger.run_name", "logger.heartbeat_s", "logger.flush_every_s",
-                                                       "resume", "ckpt_path"))}
+    flat = what_it_trains(flatten(resolved))
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -15,13 +15,13 @@ import io
 import math
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
+from labbook import names
 from labbook.config.objective import objective_value
 from labbook.sweep.job import JOB_RECORD
-from labbook.sweep.parent import OpenSweep
 from labbook.sweep.space import short_names
 
 
@@ -58,8 +58,8 @@ class Summary:
         return f"{len(bad)} of {len(self.rows)} jobs did not finish: job {jobs}"
 
     def columns(self) -> list[str]:
-        names = short_names(self.swept)
-        return ["best", "job", "run", "name", "status", "duration_s", *(names[k] for k in self.swept),
+        short = short_names(self.swept)
+        return ["best", "job", "run", "name", "status", "duration_s", *(short[k] for k in self.swept),
                 self.objective or "objective", self.headline or "headline"]
 
     def records(self) -> list[list[Any]]:
@@ -94,27 +94,28 @@ class Summary:
                           *lines])
 
 
-def summarise(sweep: OpenSweep) -> Summary:
-    """Gather the sweep's children (every round of it) and this round's job records; store the summary in
-    the parent run (tags, best objective as a metric, ``sweep/summary.csv``, ``sweep/summary.txt``,
-    ``sweep/objective.png``) and return it."""
-    from labbook.store.runs import search_runs
+def summarise(parent: Any, uri: str, directory: Path, space: Mapping[str, str], objective: str | None,
+              direction: str | None) -> Summary:
+    """Gather the children of the sweep's ``parent`` run (every round of it) and this round's job records in
+    ``directory``; store the summary in the parent run (tags, best objective as a metric,
+    ``sweep/summary.csv``, ``sweep/summary.txt``, ``plots/objective.png``) and return it. ``objective`` and
+    ``direction``: the sweep's own (``optimized_metric``, ``direction``), else the children's."""
+    from labbook.store.read import search_runs
 
-    parent = sweep.parent
-    children = search_runs(sweep.uri, None, parent_run_id=parent.run_id)
-    objective = sweep.objective or _most_common(r.data.tags.get("objective") for r in children)
-    direction = sweep.direction or _most_common(r.data.tags.get("objective.direction") for r in children) or "minimize"
-    headline = _most_common(r.data.tags.get("headline_metric") for r in children)
-    swept = list(sweep.space)
+    children = search_runs(uri, None, parent_run_id=parent.run_id)
+    objective = objective or _most_common(r.tags.get(names.OBJECTIVE) for r in children)
+    direction = direction or _most_common(r.tags.get(names.OBJECTIVE_DIRECTION) for r in children) or "minimize"
+    headline = _most_common(r.tags.get(names.HEADLINE) for r in children)
+    swept = list(space)
 
     rows_by_config: dict[str, Row] = {}
-    for run in sorted(children, key=lambda r: r.info.start_time or 0):  # later attempts replace earlier ones
-        key = run.data.tags.get("sweep.config_hash") or run.info.run_id
+    for run in sorted(children, key=lambda r: r.start_time or 0):  # later attempts replace earlier ones
+        key = run.tags.get(names.SWEEP_CONFIG_HASH) or run.run_id
         row = _row(run, swept, objective, headline)
         kept = rows_by_config.get(key)
         if kept is None or kept.status != "FINISHED":
             rows_by_config[key] = row
-    for record in _records(sweep.directory):  # jobs that failed before they could open a run
+    for record in _records(directory):  # jobs that failed before they could open a run
         key = record.get("config_hash") or f"job-{record.get('job')}"
         if record.get("run_id") is None and key not in rows_by_config:
             rows_by_config[key] = Row(record.get("job"), None, record.get("name") or f"job-{record.get('job')}",
@@ -131,19 +132,18 @@ def summarise(sweep: OpenSweep) -> Summary:
 
 
 def _row(run: Any, swept: list[str], objective: str | None, headline: str | None) -> Row:
-    tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
-    score = tags.get("checkpoint.best_score")
-    value = objective_value(objective, metrics, tags.get("checkpoint.monitor"),
+    tags, metrics, params = run.tags, run.metrics, run.params
+    score = tags.get(names.CHECKPOINT_BEST_SCORE)
+    value = objective_value(objective, metrics, tags.get(names.CHECKPOINT_MONITOR),
                             None if score in (None, "n/a") else float(score)) if objective else None
-    overrides = _values(tags.get("sweep.overrides", "").split(), swept)
+    overrides = _values(tags.get(names.SWEEP_OVERRIDES, "").split(), swept)
     values = {k: params.get(k, overrides.get(k, "")) for k in swept}
-    end, start = run.info.end_time, run.info.start_time
-    job = tags.get("sweep.job")
-    return Row(int(job) if job is not None and job.isdigit() else None, run.info.run_id,
-               tags.get("mlflow.runName", ""), run.info.status,
+    end, start = run.end_time, run.start_time
+    job = tags.get(names.SWEEP_JOB)
+    return Row(int(job) if job is not None and job.isdigit() else None, run.run_id, run.name, run.status,
                (end - start) / 1000 if end and start else None, values,
-               value, float(metrics[headline]) if headline and headline in metrics else None, tags.get("error", ""),
-               pruned=tags.get("optuna.state") == "PRUNED")
+               value, float(metrics[headline]) if headline and headline in metrics else None, tags.get(names.ERROR, ""),
+               pruned=tags.get(names.TRIAL_STATE) == "PRUNED")
 
 
 def _values(overrides: list[str], swept: list[str]) -> dict[str, str]:
@@ -171,17 +171,17 @@ def _most_common(values: Any) -> str | None:
 
 
 def _store(parent: Any, summary: Summary) -> None:
-    tags: dict[str, Any] = {"sweep.jobs": len(summary.rows), "sweep.failed": summary.failed,
-                            "sweep.failed_jobs": ",".join(str(r.job) for r in summary.rows if r.status != "FINISHED"),
-                            "sweep.direction": summary.direction}
+    tags: dict[str, Any] = {names.SWEEP_JOBS: len(summary.rows), names.SWEEP_FAILED: summary.failed,
+                            names.SWEEP_FAILED_JOBS: ",".join(str(r.job) for r in summary.rows if r.status != "FINISHED"),
+                            names.SWEEP_DIRECTION: summary.direction}
     if summary.objective:
-        tags["sweep.objective"] = summary.objective
+        tags[names.SWEEP_OBJECTIVE] = summary.objective
     if summary.best is not None:
-        tags.update({"sweep.best_run_id": summary.best.run_id, "sweep.best_name": summary.best.name})
-        parent.client.log_metric(parent.run_id, summary.objective, summary.best.objective)
+        tags.update({names.SWEEP_BEST_RUN: summary.best.run_id, names.SWEEP_BEST_NAME: summary.best.name})
+        parent.log_metric(summary.objective, summary.best.objective)
     parent.set_tags(tags)
-    parent.log_text(summary.csv(), "sweep/summary.csv")
-    parent.log_text(summary.table() + "\n", "sweep/summary.txt")
+    parent.log_text(summary.csv(), names.SWEEP_SUMMARY_CSV)
+    parent.log_text(summary.table() + "\n", names.SWEEP_SUMMARY_TXT)
     figure = objective_plot(summary)
     if figure is not None:
         parent.log_report({"objective": figure})  # plots/objective.png
@@ -198,7 +198,7 @@ def objective_plot(summary: Summary) -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = short_names(summary.swept)
+    short = short_names(summary.swept)
     fig, axes = plt.subplots(1, len(summary.swept), figsize=(4 * len(summary.swept), 3.2), squeeze=False)
     for ax, key in zip(axes[0], summary.swept):
         raw = [r.values.get(key, "") for r in points]
@@ -212,7 +212,7 @@ def objective_plot(summary: Summary) -> Any:
                                                              for r in points])
         if ticks is not None:
             ax.set_xticks(range(len(ticks)), ticks, rotation=30)
-        ax.set_xlabel(names[key])
+        ax.set_xlabel(short[key])
         ax.set_ylabel(summary.objective or "objective")
     fig.suptitle(f"{summary.direction} {summary.objective}")
     fig.tight_layout()

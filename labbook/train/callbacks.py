@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor
 from pytorch_lightning.callbacks import ModelCheckpoint as _LightningModelCheckpoint
 
+from labbook.config.contract import model_traits
 from labbook.config.schemas import CheckpointConfig
 from labbook.errors import ConfigValueError, RunInterrupted
 from labbook.timing import mark, now
@@ -235,8 +236,8 @@ class StepTiming(Callback):
 def build_callbacks(cfg: DictConfig, model: Any) -> list[Any]:
     """Checkpointing and early stopping follow the model's own ``monitor``/``monitor_mode`` unless set."""
     callbacks: list[Any] = []
-    monitor = getattr(model, "monitor", None)
-    mode = getattr(model, "monitor_mode", "min")
+    traits = model_traits(model)
+    monitor, mode = traits.monitor, traits.monitor_mode
     ck = cfg.callbacks.checkpoint
     if ck.enabled:
         callbacks.append(ModelCheckpoint(

@@ -15,6 +15,8 @@ from typing import Any, Mapping
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from labbook import names
+from labbook.config.contract import model_traits
 from labbook.config.objective import objective_value, objectives_of
 from labbook.config.schemas import MLflowConfig
 from labbook.run.background import Background
@@ -22,6 +24,7 @@ from labbook.run.checkpoints import BackgroundCheckpointIO, CheckpointUpload
 from labbook.run.lifecycle import TrackedRun
 from labbook.store.uri import ui_command
 from labbook.sweep.job import SweepJob
+from labbook.sweep.search import RUN_ID_ATTR
 from labbook.timing import enabled as timing_enabled
 from labbook.timing import mark
 from labbook.train.callbacks import (
@@ -54,11 +57,11 @@ def open_run(job: Job, uri: str, resume: ResumePlan | None = None, sweep: SweepJ
         tracked = TrackedRun.start(uri, cfg.logger.experiment_name, name, tags, heartbeat_s=heartbeat_s,
                                    parent_run_id=sweep.parent_run_id if sweep else None, patience_s=patience_s)
     if objective is not None:
-        tracked.set_tags({"objective": objective[0], "objective.direction": objective[1]})
+        tracked.set_tags({names.OBJECTIVE: objective[0], names.OBJECTIVE_DIRECTION: objective[1]})
     report = _trial_report(job)
     if report is not None:  # the search's trial knows its run, the run its trial
-        report.trial.set_user_attr("mlflow_run_id", tracked.run_id)
-        tracked.set_tags({"optuna.trial_number": report.trial.number, "optuna.state": "RUNNING",
+        report.trial.set_user_attr(RUN_ID_ATTR, tracked.run_id)
+        tracked.set_tags({names.TRIAL_NUMBER: report.trial.number, names.TRIAL_STATE: "RUNNING",
                           **{f"optuna.param.{k}": v for k, v in report.trial.params.items()}})
     mark("run-opened")
     return tracked
@@ -125,7 +128,7 @@ def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None
                 started = time.perf_counter()
                 trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
                 # timing.build_s: the data were read before the run opened, so its duration leaves them out.
-                timing = {"timing.build_s": round(job.build_s, 3), "timing.fit_s": round(time.perf_counter() - started, 3)}
+                timing = {names.TIMING_BUILD: round(job.build_s, 3), names.TIMING_FIT: round(time.perf_counter() - started, 3)}
                 mark("fit-done")
                 # Read before testing: loading the best checkpoint restores the callback's older state.
                 checkpoints = _checkpoint_state(trainer)
@@ -133,7 +136,7 @@ def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None
                 if cfg.test and not _pruned(job):  # a pruned trial's model is not one anybody would take
                     started = time.perf_counter()
                     trainer.test(model, datamodule=datamodule, ckpt_path=_test_ckpt(trainer), verbose=False)
-                    timing["timing.test_s"] = round(time.perf_counter() - started, 3)
+                    timing[names.TIMING_TEST] = round(time.perf_counter() - started, 3)
                     metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
                     mark("tested")
         except BaseException:
@@ -143,14 +146,14 @@ def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None
         files.wait()  # every write and copy done before the final checkpoints are stored
         if cfg.logger.log_checkpoints:
             _log_checkpoints(tracked, checkpoints)
-        report = getattr(model, "report", None)
-        if callable(report):
-            tracked.log_report(report())
-        headline_key = getattr(model, "headline_metric", None)
+        traits = model_traits(model)
+        if traits.reports:
+            tracked.log_report(model.report())
+        headline_key = traits.headline_metric
         headline = (headline_key, metrics.get(headline_key)) if headline_key in metrics else None
-        tracked.set_tags({**timing, **({"headline_metric": headline_key} if headline else {})})
+        tracked.set_tags({**timing, **({names.HEADLINE: headline_key} if headline else {})})
         if _trial_report(job) is not None:
-            tracked.set_tags({"optuna.state": "PRUNED" if _pruned(job) else "COMPLETE"})
+            tracked.set_tags({names.TRIAL_STATE: "PRUNED" if _pruned(job) else "COMPLETE"})
         mark("artifacts-logged")
     mark("run-closed")
     values = {metric: objective_value(metric, metrics, checkpoints.get("monitor"), checkpoints.get("score"))
@@ -192,12 +195,12 @@ def _checkpoint_state(trainer: Any) -> dict[str, Any]:
 
 def _log_checkpoints(tracked: TrackedRun, state: Mapping[str, Any]) -> None:
     if state.get("best") and Path(state["best"]).exists():
-        tracked.log_file(state["best"], "checkpoints/best.ckpt")
+        tracked.log_file(state["best"], names.BEST_CHECKPOINT)
         score = state["score"]
-        tracked.set_tags({"checkpoint.monitor": state["monitor"],
-                          "checkpoint.best_score": f"{score:.6g}" if score is not None else "n/a"})
+        tracked.set_tags({names.CHECKPOINT_MONITOR: state["monitor"],
+                          names.CHECKPOINT_BEST_SCORE: f"{score:.6g}" if score is not None else "n/a"})
     if state.get("last") and Path(state["last"]).exists():
-        tracked.log_file(state["last"], "checkpoints/last.ckpt")
+        tracked.log_file(state["last"], names.LAST_CHECKPOINT)
 
 
 def summary(result: Mapping[str, Any]) -> str:

@@ -9,7 +9,7 @@ happens here, before a run is opened: such a mistake never leaves a run behind.
 from __future__ import annotations
 
 import dataclasses
-import inspect
+import sys
 import time
 from typing import Any, Mapping
 
@@ -17,6 +17,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from labbook.config.contract import constructor_arguments, data_traits
 from labbook.config.experiment import experiment_name
 from labbook.config.schemas import validate
 from labbook.errors import ConfigValueError, UserError
@@ -39,14 +40,6 @@ def check_hardware(trainer_cfg: Mapping[str, Any]) -> None:
         raise ConfigValueError("trainer.devices", devices, f"this machine has {torch.cuda.device_count()} GPU(s)")
 
 
-def accepted_kwargs(target: Any, offered: Mapping[str, Any]) -> dict[str, Any]:
-    """The entries of ``offered`` that ``target``'s constructor takes by name."""
-    params = inspect.signature(target).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return dict(offered)
-    return {k: v for k, v in offered.items() if k in params}
-
-
 def build_data_and_model(cfg: DictConfig) -> tuple[Any, Any]:
     """Instantiate and set up the datamodule, then the model with the datamodule's ``dims``."""
     try:
@@ -55,12 +48,14 @@ def build_data_and_model(cfg: DictConfig) -> tuple[Any, Any]:
         datamodule.setup("fit")
     except Exception as exc:  # noqa: BLE001 - bad user data gets one line, not a traceback
         raise UserError(f"datamodule ({cfg.datamodule._target_}): {_root_message(exc)}") from exc
-    dims = dict(getattr(datamodule, "dims", {}) or {})
     from hydra.utils import get_class
 
-    model_cls = get_class(cfg.model._target_)
+    dims, unused = constructor_arguments(get_class(cfg.model._target_), data_traits(datamodule).dims)
+    if is_rank_zero():
+        for line in unused:  # reported, not silently dropped: a misspelt key would leave a default in place
+            print(f"labbook: warning: {line}", file=sys.stderr, flush=True)
     try:
-        model = instantiate(cfg.model, **accepted_kwargs(model_cls, dims))
+        model = instantiate(cfg.model, **dims)
     except Exception as exc:  # noqa: BLE001
         raise UserError(f"model ({cfg.model._target_}): {_root_message(exc)}") from exc
     return datamodule, model

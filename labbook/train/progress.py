@@ -18,6 +18,8 @@ from typing import Any, TextIO
 from pytorch_lightning.callbacks import Callback, TQDMProgressBar
 from pytorch_lightning.callbacks.progress.tqdm_progress import convert_inf
 
+from labbook.config.contract import model_traits
+
 REFRESH_S = 0.25  # four redraws a second read as live; fewer would look stuck
 MAX_METRICS = 5  # an epoch line stays one readable line
 
@@ -116,7 +118,7 @@ class EpochLines(Callback):
         if ended is None or not trainer.is_global_zero:
             return
         print(epoch_line(ended[0], trainer.max_epochs, trainer.callback_metrics, ended[1],
-                         getattr(pl_module, "monitor", None)), file=self.stream or sys.stdout, flush=True)
+                         model_traits(pl_module).monitor), file=self.stream or sys.stdout, flush=True)
 
 
 def epoch_line(epoch: int, max_epochs: int | None, metrics: dict[str, Any], seconds: float,

@@ -213,7 +213,7 @@ def _supervise(trainer: Any, watch: WorkerWatch) -> None:
 def worker_command() -> list[str]:
     """How rank 0 starts a DDP worker: the ``labbook`` entry point of this interpreter, whatever process
     rank 0 itself runs in."""
-    return [sys.executable, "-m", "labbook.cli.commands"]
+    return [sys.executable, "-m", "labbook.cli"]
 
 
 def _destroy_process_group() -> None:

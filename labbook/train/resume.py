@@ -1,6 +1,6 @@
 """``labbook train resume=RUN_ID [OVERRIDES]``: continue a stored run where its last checkpoint left it.
 
-The run is rebuilt from the store alone (its resolved config, its overrides and ``checkpoints/last.ckpt``),
+The run is rebuilt from the store alone (its resolved config, its overrides and its last checkpoint),
 so a run stopped on one machine resumes on another. What a resume may change is what does not make it a
 different experiment: how long and on what hardware it trains (``trainer.*``, ``threads``), whether it is
 tested, and how it is recorded (``logger.*`` but its names). The effect of the new overrides is found by
@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from labbook import names
 from labbook.errors import UserError
 
 # Dotted prefixes a resume may change; anything else differing is refused.
@@ -70,47 +71,16 @@ def plan_resume(uri: str, run_id: str, new_overrides: list[str], compose: Callab
     ``compose(overrides)`` returns the resolved config ``labbook train OVERRIDES`` would run with. Nothing is
     written to the store here: a refused resume leaves the run as it was.
     """
-    from labbook.config.keys import flatten
-    from labbook.store.runs import StoredRun
+    from labbook.store.read import open_reader
 
+    reader = open_reader(uri)
     try:
-        run = StoredRun.find(uri, run_id)
+        run = reader.find_run(run_id)
+        _check_resumable(reader, run)
+        config, old_overrides = reader.config(run), reader.overrides(run)
     except UserError as exc:
         raise UserError(f"resume={run_id}: {exc}") from None
-    if run.status == "RUNNING":
-        raise UserError(f"resume={run_id}: the run is still RUNNING (process {run.tags.get('owner.pid', '?')} on "
-                        f"{run.tags.get('owner.host', '?')}); stop it first, or `labbook reap` if that process is gone")
-    if "checkpoints/last.ckpt" not in run.artifacts("checkpoints"):
-        raise UserError(f"resume={run_id}: the run has no checkpoints/last.ckpt to resume from (trained with "
-                        "logger.log_checkpoints=false or callbacks.checkpoint.enabled=false, or it ended before "
-                        "its first epoch did)")
-    try:
-        config, old_overrides = run.config(checkpoint_dir / ".download"), run.overrides(checkpoint_dir / ".download")
-    except UserError as exc:
-        raise UserError(f"resume={run_id}: {exc}") from None
-    try:
-        composed = compose([*old_overrides, *new_overrides])
-        before, after = flatten(compose(old_overrides)), flatten(composed)
-    except UserError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the run's overrides no longer compose with today's conf/
-        from labbook.errors import one_line
-
-        raise UserError(f"resume={run_id}: its overrides {old_overrides} no longer compose: {one_line(exc)}") from exc
-    changes = {k: [config_value(config, k, before.get(k)), after.get(k)]
-               for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)}
-    refused = [k for k in changes if not allowed(k)]
-    if refused:
-        shown = ", ".join(f"{k} ({changes[k][0]!r} -> {changes[k][1]!r})" for k in refused)
-        raise UserError(f"resume={run_id}: {shown} cannot change on a resume (that is a different experiment: "
-                        f"start a new run); a resume may change {describe_resumable()}")
-    longer = [k for k in ("trainer.max_epochs", "trainer.max_steps") if k in changes
-              and isinstance(changes[k][1], int) and (changes[k][1] == -1 or changes[k][1] > (changes[k][0] or 0))]
-    if longer and config_value(config, "model.one_cycle", False):
-        raise UserError(f"resume={run_id}: {longer[0]} cannot grow ({changes[longer[0]][0]!r} -> "
-                        f"{changes[longer[0]][1]!r}): model.one_cycle=true fits its learning-rate schedule to the "
-                        "run's original length; resume with the same length to finish an interrupted run, or "
-                        "train a new run (model.one_cycle=false runs can be trained further)")
+    composed, after, changes = _changes(run_id, config, old_overrides, new_overrides, compose)
     for key in changes:  # keys the new composition lacks go first: a leaf may have become a subtree
         if key not in after:
             _delete(config, key)
@@ -119,12 +89,74 @@ def plan_resume(uri: str, run_id: str, new_overrides: list[str], compose: Callab
             _set(config, key, after[key])
     config["paths"] = composed["paths"]  # this attempt's directories
 
-    last = localise_checkpoint(run.checkpoint(["last.ckpt"], checkpoint_dir / ".download"), checkpoint_dir)
-    if "checkpoints/best.ckpt" in run.artifacts("checkpoints"):
-        run.checkpoint(["best.ckpt"], checkpoint_dir / ".download").replace(checkpoint_dir / "best.ckpt")
+    download = checkpoint_dir / ".download"
+    last = localise_checkpoint(reader.checkpoint(run, [names.LAST_CHECKPOINT], download), checkpoint_dir)
+    if names.BEST_CHECKPOINT in reader.artifacts(run, names.CHECKPOINTS):
+        reader.checkpoint(run, [names.BEST_CHECKPOINT], download).replace(checkpoint_dir / Path(names.BEST_CHECKPOINT).name)
     config["ckpt_path"] = str(last)
     config.pop("resume", None)
-    number = int(run.tags.get("resumes", "0")) + 1
+    position = _check_position(run_id, config, changes, last)
+    return ResumePlan(run.run_id, int(run.tags.get(names.RESUMES, "0")) + 1, config, list(new_overrides),
+                      [*old_overrides, *new_overrides], changes, dataclasses.asdict(position))
+
+
+def _check_resumable(reader: Any, run: Any) -> None:
+    """A run can be resumed once nothing owns it and it stored a last checkpoint."""
+    if run.status == "RUNNING":
+        raise UserError(f"the run is still RUNNING (process {run.tags.get(names.OWNER_PID, '?')} on "
+                        f"{run.tags.get(names.OWNER_HOST, '?')}); stop it first, or `labbook reap` if that process "
+                        "is gone")
+    if names.LAST_CHECKPOINT not in reader.artifacts(run, names.CHECKPOINTS):
+        raise UserError(f"the run has no {names.LAST_CHECKPOINT} to resume from (trained with "
+                        "logger.log_checkpoints=false or callbacks.checkpoint.enabled=false, or it ended before "
+                        "its first epoch did)")
+
+
+def _changes(run_id: str, config: dict[str, Any], old: list[str], new: list[str],
+             compose: Callable[[list[str]], dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any], dict[str, list[Any]]]:
+    """The config ``old + new`` overrides compose to (as it is, and flattened), and each key the new overrides
+    change: ``key -> [stored value, new value]``; a change a resume may not make is refused."""
+    from labbook.config.keys import flatten
+
+    try:
+        composed = compose([*old, *new])
+        before, after = flatten(compose(old)), flatten(composed)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the run's overrides no longer compose with today's conf/
+        from labbook.errors import one_line
+
+        raise UserError(f"resume={run_id}: its overrides {old} no longer compose: {one_line(exc)}") from exc
+    changes = {k: [config_value(config, k, before.get(k)), after.get(k)]
+               for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)}
+    refused = [k for k in changes if not allowed(k)]
+    if refused:
+        shown = ", ".join(f"{k} ({changes[k][0]!r} -> {changes[k][1]!r})" for k in refused)
+        raise UserError(f"resume={run_id}: {shown} cannot change on a resume (that is a different experiment: "
+                        f"start a new run); a resume may change {describe_resumable()}")
+    _check_schedule(run_id, config, changes)
+    return composed, after, changes
+
+
+def _check_schedule(run_id: str, config: Mapping[str, Any], changes: Mapping[str, list[Any]]) -> None:
+    """A model whose learning-rate schedule is fitted to the run's length (it declares which of its options
+    does that: :attr:`labbook.config.contract.Model.schedule_fixed_by`) cannot be trained longer."""
+    from hydra.utils import get_class
+
+    from labbook.config.contract import model_traits
+
+    longer = [k for k in ("trainer.max_epochs", "trainer.max_steps") if k in changes
+              and isinstance(changes[k][1], int) and (changes[k][1] == -1 or changes[k][1] > (changes[k][0] or 0))]
+    option = model_traits(get_class(config["model"]["_target_"])).schedule_fixed_by if longer else None
+    if option and config_value(config, f"model.{option}", False):
+        raise UserError(f"resume={run_id}: {longer[0]} cannot grow ({changes[longer[0]][0]!r} -> "
+                        f"{changes[longer[0]][1]!r}): model.{option}=true fits its learning-rate schedule to the "
+                        "run's original length; resume with the same length to finish an interrupted run, or "
+                        f"train a new run (model.{option}=false runs can be trained further)")
+
+
+def _check_position(run_id: str, config: Mapping[str, Any], changes: Mapping[str, Any], last: Path) -> "Position":
+    """Where the last checkpoint stands, checked against the resume's limits and hardware."""
     import torch
 
     position = checkpoint_position(torch.load(last, map_location="cpu", weights_only=True))
@@ -138,8 +170,7 @@ def plan_resume(uri: str, run_id: str, new_overrides: list[str], compose: Callab
         raise UserError(f"resume={run_id}: {moved[0]} cannot change now: the run stopped in the middle of an epoch "
                         f"({position.describe()}) with {position.world_size} process(es), and only the same "
                         "processes can finish that epoch's share of the data; resume without changing it")
-    return ResumePlan(run_id, number, config, list(new_overrides), [*old_overrides, *new_overrides], changes,
-                      dataclasses.asdict(position))
+    return position
 
 
 @dataclasses.dataclass

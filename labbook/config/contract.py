@@ -1,0 +1,104 @@
+"""The contract between labbook and the models and datamodules it trains, read in one place.
+
+A model is a plain ``LightningModule`` and a datamodule a plain ``LightningDataModule`` (``docs/contract.md``);
+what labbook may read of them beyond Lightning's own API is declared here, as :class:`Model` and
+:class:`DataModule` protocols, and read only through :func:`model_traits` and :func:`data_traits`. Every
+member is optional: a model that names no ``monitor`` is checkpointed on its last epoch, one without
+``predict`` cannot answer ``labbook predict``. The glue never reads a model's own options by name: what it
+must know of them, a model declares (``schedule_fixed_by``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+from typing import Any, Mapping, Protocol, Sequence
+
+MONITOR_MODES = ("min", "max")
+
+
+class Model(Protocol):
+    """What labbook reads of a model (class attributes, or attributes of an instance)."""
+
+    monitor: str  # the validation metric the best checkpoint is chosen by, e.g. "val/loss"
+    monitor_mode: str  # "min" or "max" (default "min")
+    headline_metric: str  # printed at the end of a run, e.g. "test/exact_match"
+    validation_metrics: Sequence[str]  # every metric it logs on validation (a sweep's objective must be one)
+    # A constructor argument (a bool) which, when true, fits the learning-rate schedule to the run's length:
+    # such a run cannot be resumed to train longer.
+    schedule_fixed_by: str
+
+    def predict(self, x: Any) -> Any:
+        """A batch of inputs (``DataModule.parse_inputs``) -> predictions (``DataModule.format_outputs``)."""
+
+    def report(self) -> Mapping[str, Any]:
+        """Figures (stored as ``plots/<name>.png``), dicts of arrays (``<name>.npz``) or text, after testing."""
+
+
+class DataModule(Protocol):
+    """What labbook reads of a datamodule."""
+
+    dims: Mapping[str, Any]  # what the model must know of the data, passed to its constructor by name
+
+    def parse_inputs(self, lines: list[str]) -> Any:
+        """``labbook predict``'s text inputs -> a model input batch (``ValueError`` naming a bad one)."""
+
+    def format_outputs(self, y: Any) -> list[str]:
+        """A model's predictions -> one string per input."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelTraits:
+    name: str
+    monitor: str | None = None
+    monitor_mode: str = "min"
+    headline_metric: str | None = None
+    validation_metrics: tuple[str, ...] | None = None  # None: not declared
+    schedule_fixed_by: str | None = None
+    predicts: bool = False
+    reports: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class DataTraits:
+    name: str
+    dims: dict[str, Any]
+    parses_inputs: bool = False
+    formats_outputs: bool = False
+
+
+def model_traits(model: Any) -> ModelTraits:
+    """What ``model`` (a model or its class) declares of :class:`Model`."""
+    name = model.__name__ if isinstance(model, type) else type(model).__name__
+    declared = getattr(model, "validation_metrics", None)
+    mode = getattr(model, "monitor_mode", None) or "min"
+    if mode not in MONITOR_MODES:
+        raise ValueError(f"{name}.monitor_mode={mode!r}: expected one of {', '.join(MONITOR_MODES)}")
+    return ModelTraits(name, getattr(model, "monitor", None) or None, mode, getattr(model, "headline_metric", None) or None,
+                       None if declared is None else tuple(declared), getattr(model, "schedule_fixed_by", None) or None,
+                       callable(getattr(model, "predict", None)), callable(getattr(model, "report", None)))
+
+
+def data_traits(datamodule: Any) -> DataTraits:
+    """What ``datamodule`` declares of :class:`DataModule` (its ``dims`` valid after ``setup("fit")``)."""
+    return DataTraits(type(datamodule).__name__, dict(getattr(datamodule, "dims", None) or {}),
+                      callable(getattr(datamodule, "parse_inputs", None)),
+                      callable(getattr(datamodule, "format_outputs", None)))
+
+
+def constructor_arguments(target: Any, offered: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The entries of ``offered`` (a datamodule's ``dims``) that ``target``'s constructor takes by name, and
+    the lines that report those it takes by no name (each naming the key, and a close argument if any)."""
+    params = inspect.signature(target).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return dict(offered), []
+    taken = {k: v for k, v in offered.items() if k in params}
+    names = [n for n, p in params.items() if p.kind is not p.VAR_POSITIONAL]
+    unused = []
+    for key in sorted(set(offered) - set(taken)):
+        close = difflib.get_close_matches(key, names, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        unused.append(f"datamodule dims key {key!r} is taken by no argument of {getattr(target, '__name__', target)}"
+                      f"{hint}; it takes {', '.join(names)}")
+    return taken, unused
