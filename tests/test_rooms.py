@@ -1,10 +1,16 @@
-"""The house plan's import rules (../shared/DESIGN.md, "Rooms"), checked on the source: a model or a datamodule
-is usable from a notebook with nothing but Lightning — it imports neither Hydra, MLflow nor labbook, and it
-changes no global state (no matplotlib backend switch, no pyplot)."""
+"""The house plan's import rules (docs/architecture.md, "Rooms"), checked on the source.
+
+import-linter holds the contracts of ``[tool.importlinter]`` in pyproject.toml — labbook's rooms import
+downward only (cli → train → sweep → run → {store, config} → leaves), no module imports in a circle (imports
+inside functions counted), MLflow only in the run and store rooms, Hydra's plugin only through the sweep and
+store rooms — and a model or a datamodule is usable from a notebook with nothing but Lightning: it imports
+neither Hydra, MLflow nor labbook, and it changes no global state (no matplotlib backend switch, no pyplot)."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,3 +41,30 @@ def test_a_room_imports_only_what_the_plan_allows(path: str) -> None:
     calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
              and node.func.attr == "use" and isinstance(node.func.value, ast.Name) and node.func.value.id == "matplotlib"]
     assert not calls, f"{path} switches matplotlib's backend (line {calls[0].lineno})"
+
+
+def test_the_import_contracts_hold() -> None:
+    """``lint-imports`` (import-linter) on the whole tree: every contract in pyproject.toml KEPT."""
+    out = subprocess.run([str(Path(sys.executable).parent / "lint-imports"), "--no-cache"], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    kept = [line for line in out.stdout.splitlines() if line.startswith("Contracts:")]
+    assert kept and "0 broken" in kept[0], out.stdout[-3000:]
+
+
+def test_the_contracts_can_fail(tmp_path: Path) -> None:
+    """The check is not vacuous: a store module importing the run room (a layer above it) breaks the layers
+    contract, and a leaf importing MLflow breaks the MLflow one."""
+    import shutil
+
+    tree = tmp_path / "tree"
+    for part in ("labbook", "lightning_modules", "datamodules", "hydra_plugins/labbook_optuna_sweeper"):
+        shutil.copytree(REPO / part, tree / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", tree / "pyproject.toml")
+    (tree / "labbook" / "store" / "uri.py").open("a").write("\n\ndef _up() -> None:\n    import labbook.run.recorder\n")
+    (tree / "labbook" / "timing.py").open("a").write("\n\ndef _ml() -> None:\n    import mlflow\n")
+    out = subprocess.run([str(Path(sys.executable).parent / "lint-imports"), "--no-cache"], cwd=tree,
+                         capture_output=True, text=True, timeout=300, env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"})
+    assert out.returncode != 0
+    assert "labbook.store.uri -> labbook.run.recorder" in out.stdout, out.stdout[-3000:]
+    assert "labbook.timing -> mlflow" in out.stdout, out.stdout[-3000:]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from labbook import names
+from labbook.config.contract import data_traits, model_traits
 from labbook.errors import UserError
 
 # Read by hand in main (an input may itself start with "-"); tab completion offers FLAGS.
@@ -45,10 +46,10 @@ def predict(run_id: str, inputs: Sequence[str], uri: str) -> list[str]:
         model_cls = get_class(cfg.model._target_)
         model = model_cls.load_from_checkpoint(str(ckpt), map_location="cpu")
     datamodule = instantiate(cfg.datamodule)
-    for needed in ("parse_inputs", "format_outputs"):
-        if not hasattr(datamodule, needed) or not hasattr(model, "predict"):
-            raise UserError(f"{cfg.datamodule._target_} or {cfg.model._target_} does not support predict "
-                            "(needs datamodule.parse_inputs/format_outputs and model.predict)")
+    data = data_traits(datamodule)
+    if not (data.parses_inputs and data.formats_outputs and model_traits(model).predicts):
+        raise UserError(f"{cfg.datamodule._target_} or {cfg.model._target_} does not support predict "
+                        "(needs datamodule.parse_inputs/format_outputs and model.predict)")
     try:
         x = datamodule.parse_inputs(list(inputs))
     except ValueError as exc:

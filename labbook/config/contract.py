@@ -63,7 +63,6 @@ class ModelTraits:
 @dataclasses.dataclass(frozen=True)
 class DataTraits:
     name: str
-    dims: dict[str, Any]
     parses_inputs: bool = False
     formats_outputs: bool = False
 
@@ -81,10 +80,14 @@ def model_traits(model: Any) -> ModelTraits:
 
 
 def data_traits(datamodule: Any) -> DataTraits:
-    """What ``datamodule`` declares of :class:`DataModule` (its ``dims`` valid after ``setup("fit")``)."""
-    return DataTraits(type(datamodule).__name__, dict(getattr(datamodule, "dims", None) or {}),
-                      callable(getattr(datamodule, "parse_inputs", None)),
+    """What ``datamodule`` (set up or not) declares of :class:`DataModule`, its ``dims`` apart."""
+    return DataTraits(type(datamodule).__name__, callable(getattr(datamodule, "parse_inputs", None)),
                       callable(getattr(datamodule, "format_outputs", None)))
+
+
+def data_dims(datamodule: Any) -> dict[str, Any]:
+    """The datamodule's ``dims`` (valid after ``setup("fit")``: reading them may set it up)."""
+    return dict(getattr(datamodule, "dims", None) or {})
 
 
 def constructor_arguments(target: Any, offered: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:

@@ -23,6 +23,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning_utilities.core.apply_func import apply_to_collection
 
+from labbook import names
 from labbook.errors import one_line
 from labbook.run.background import Background
 from labbook.run.lifecycle import TrackedRun
@@ -80,7 +81,7 @@ class CheckpointUpload:
         self._pending: dict[str, str] = {}  # written but not stored yet (inside the interval)
 
     def __call__(self, path: str) -> None:
-        name = "best.ckpt" if Path(path).name.startswith("best") else "last.ckpt"
+        name = names.BEST_CHECKPOINT if Path(path).name.startswith("best") else names.LAST_CHECKPOINT
         self._pending[name] = path
         if time.monotonic() - self._last.get(name, -math.inf) >= self.every_s:
             self.background.submit(self._store, name, self._pending.pop(name))
@@ -100,4 +101,4 @@ class CheckpointUpload:
 
     def _store(self, name: str, path: str) -> None:
         if Path(path).exists():
-            self.tracked.log_file(path, f"checkpoints/{name}")
+            self.tracked.log_file(path, name)

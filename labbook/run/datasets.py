@@ -16,7 +16,7 @@ import os
 from typing import Any, Mapping
 
 from labbook import names
-from labbook.config.contract import data_traits
+from labbook.config.contract import data_dims
 
 
 def dataset_entity(datamodule_cfg: Mapping[str, Any], choice: str | None, datamodule: Any) -> Any:
@@ -33,7 +33,7 @@ def dataset_entity(datamodule_cfg: Mapping[str, Any], choice: str | None, datamo
         digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
         name, source_type = choice or type(datamodule).__name__, "code"
         source = {"tags": {"labbook.datamodule": choice or "", "target": str(datamodule_cfg.get("_target_", ""))}}
-    profile = {"dims": {k: v for k, v in data_traits(datamodule).dims.items()
+    profile = {"dims": {k: v for k, v in data_dims(datamodule).items()
                         if isinstance(v, (int, float, str, bool))}, "examples": _examples(datamodule)}
     return Dataset(name=name, digest=digest[:8], source_type=source_type, source=json.dumps(source),
                    profile=json.dumps(profile))

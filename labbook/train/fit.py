@@ -102,7 +102,7 @@ def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None
             tracked.log_config(resolved, overrides or [])
         else:  # params stay as first logged (MLflow refuses new values); the stored config is the current one
             tracked.log_config({**resolved, "ckpt_path": None}, resume.all_overrides, params=False)
-            tracked.log_text(resume_record(resume), f"config/resume-{resume.number}.yaml")
+            tracked.log_text(resume_record(resume), names.RESUME_RECORD.format(number=resume.number))
             tracked.set_tags({"resumes": resume.number})
         tracked.log_git(PACKAGE_ROOT)
         tracked.log_environment()

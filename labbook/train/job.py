@@ -17,7 +17,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from labbook.config.contract import constructor_arguments, data_traits
+from labbook.config.contract import constructor_arguments, data_dims
 from labbook.config.experiment import experiment_name
 from labbook.config.schemas import validate
 from labbook.errors import ConfigValueError, UserError
@@ -50,7 +50,7 @@ def build_data_and_model(cfg: DictConfig) -> tuple[Any, Any]:
         raise UserError(f"datamodule ({cfg.datamodule._target_}): {_root_message(exc)}") from exc
     from hydra.utils import get_class
 
-    dims, unused = constructor_arguments(get_class(cfg.model._target_), data_traits(datamodule).dims)
+    dims, unused = constructor_arguments(get_class(cfg.model._target_), data_dims(datamodule))
     if is_rank_zero():
         for line in unused:  # reported, not silently dropped: a misspelt key would leave a default in place
             print(f"labbook: warning: {line}", file=sys.stderr, flush=True)

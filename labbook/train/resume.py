@@ -236,7 +236,7 @@ def localise_checkpoint(downloaded: Path, checkpoint_dir: Path) -> Path:
                 cb[field] = move(cb[field])
         if "best_k_models" in cb:
             cb["best_k_models"] = {move(p): v for p, v in cb["best_k_models"].items()}
-    target = checkpoint_dir / "last.ckpt"
+    target = checkpoint_dir / Path(names.LAST_CHECKPOINT).name
     torch.save(state, target)
     downloaded.unlink(missing_ok=True)
     return target
