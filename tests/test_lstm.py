@@ -154,9 +154,19 @@ def test_epoch_train_loss_is_the_sample_weighted_mean_of_the_steps():
     torch.manual_seed(0)
     x, y = torch.randn(10, 6, 1), torch.randn(10, 2)
     model = LSTMForecaster(horizon=2, hidden_size=8, optimizer=lambda params: torch.optim.SGD(params, lr=0.0))
-    expected = torch.nn.functional.mse_loss(model(x), y).item()
+    steps = (0, 4, 8)
+    # The steps' own forecasts (a forward pass over 4 rows need not round as one over 10 does): only the sums differ.
+    forecasts = torch.cat([model(x[i : i + 4]) for i in steps])
+    expected = torch.nn.functional.mse_loss(forecasts, y).item()
     trainer = quiet_trainer(max_epochs=2)
     trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=4))
-    assert trainer.callback_metrics["train/loss"].item() == pytest.approx(expected, rel=1e-6)
+    # Both are float32 means of the same N = 20 squared errors e² (each rounded 3 times: e, e², relative 3u), so
+    # positive sums, each within γ_{n−1} of its value relative: the expected one sums N and divides (γ_{N+3} in
+    # all); the epoch's sums each step's b ≤ 8, divides, scales by its rows, adds the 3 steps, divides by the rows,
+    # and MeanMetric multiplies by the weight and divides it back (γ_{b+4} + γ_{steps−1} + 3u).
+    u, n, b = 2.0**-24, y.numel(), 4 * y.shape[1]
+    gamma = lambda k: k * u / (1 - k * u)
+    rel = gamma(n + 3) + gamma(b + 4) + gamma(len(steps) - 1) + 3 * u  # 2.4e-6
+    assert trainer.callback_metrics["train/loss"].item() == pytest.approx(expected, rel=rel, abs=0)
     step_losses = [torch.nn.functional.mse_loss(model(x[i:i + 4]), y[i:i + 4]).item() for i in (0, 4, 8)]
     assert abs(sum(step_losses) / 3 - expected) > 1e-3  # the unweighted mean is distinguishable
