@@ -68,3 +68,15 @@ def test_the_contracts_can_fail(tmp_path: Path) -> None:
     assert out.returncode != 0
     assert "labbook.store.uri -> labbook.run.recorder" in out.stdout, out.stdout[-3000:]
     assert "labbook.timing -> mlflow" in out.stdout, out.stdout[-3000:]
+
+
+def test_no_function_in_labbook_is_longer_than_80_lines() -> None:
+    """A function a reader can hold in view: none of labbook's is longer than 80 lines (docstring included)."""
+    long = []
+    for path in sorted((REPO / "labbook").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                first = node.decorator_list[0].lineno if node.decorator_list else node.lineno
+                if node.end_lineno - first + 1 > 80:
+                    long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({node.end_lineno - first + 1} lines)")
+    assert not long, long

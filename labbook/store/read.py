@@ -46,6 +46,7 @@ import yaml
 
 from labbook import names
 from labbook.errors import UserError
+from labbook.redact import redact_uri
 from labbook.store.uri import existing_sqlite_store, run_not_found
 
 _PAGE = 1000  # runs per REST page (the server allows more; smaller pages keep each answer quick)
@@ -154,7 +155,7 @@ class Reader(abc.ABC):
                 if found is not None:
                     return found
             if len(matches) > 1:
-                raise AmbiguousRunId(f"run id prefix {run_id!r} matches {len(matches)} runs in the store {self.uri} "
+                raise AmbiguousRunId(f"run id prefix {run_id!r} matches {len(matches)} runs in the store {redact_uri(self.uri)} "
                                 f"({', '.join(sorted(matches)[:4])}{', ...' if len(matches) > 4 else ''}): give more of it")
         raise RunNotFound(run_not_found(run_id, self.uri))
 
@@ -162,7 +163,7 @@ class Reader(abc.ABC):
         """The id of the active experiment ``name``; a :class:`UserError` when the store has none of that name."""
         found = [i for i, n in self.experiments().items() if n == name]
         if not found:
-            raise UserError(f"experiment {name!r} not found in the store {self.uri}")
+            raise UserError(f"experiment {name!r} not found in the store {redact_uri(self.uri)}")
         return found[0]
 
     def config(self, run: RunRecord) -> dict[str, Any]:
@@ -305,13 +306,19 @@ class SqliteReader(Reader):
 class RestReader(Reader):
     def __init__(self, uri: str) -> None:
         self.uri = uri
-        self.base = uri.rstrip("/")
+        # Credentials in the URI (http://user:password@host) are sent as MlflowClient's HTTP library sends them,
+        # as basic auth, never as part of the address: urllib would take them for the host.
+        parts = urllib.parse.urlsplit(uri)
+        self.base = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])).rstrip("/")
+        self._uri_user = (urllib.parse.unquote(parts.username or ""), urllib.parse.unquote(parts.password or ""))
 
     def _headers(self) -> dict[str, str]:
-        """The credentials MlflowClient would send, from the same environment variables."""
+        """The credentials MlflowClient would send: from the same environment variables, else the URI's."""
         headers = {"Content-Type": "application/json"}
         token = os.environ.get("MLFLOW_TRACKING_TOKEN")
         user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+        if not (user and password) and self._uri_user[0]:
+            user, password = self._uri_user
         if token:
             headers["Authorization"] = f"Bearer {token}"
         elif user and password:
@@ -335,10 +342,11 @@ class RestReader(Reader):
                 text = error.get("message") or text
             if missing_ok and exc.code == 404:
                 return None
-            raise RestError(exc.code, f"tracking server {self.uri}: {text.strip().splitlines()[0] if text.strip() else exc.reason}") from None
+            raise RestError(exc.code, f"tracking server {redact_uri(self.uri)}: "
+                                      f"{text.strip().splitlines()[0] if text.strip() else exc.reason}") from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise UserError(f"tracking server {self.uri} is not reachable: {reason}") from None
+            raise UserError(f"tracking server {redact_uri(self.uri)} is not reachable: {reason}") from None
 
     def _json(self, path: str, body: Mapping[str, Any] | None = None, **query: str) -> dict[str, Any] | None:
         raw = self._request(f"api/2.0/mlflow/{path}", body, query or None, missing_ok=body is None)

@@ -56,7 +56,7 @@ def existing_sqlite_store(uri: str) -> Path | None:
 
 def run_not_found(run_id: str, uri: str) -> str:
     """How every command says that a run id is not in the store."""
-    return f"run {run_id!r} not found in the store {uri}"
+    return f"run {run_id!r} not found in the store {redact_uri(uri)}"
 
 
 def artifact_root(uri: str) -> str | None:
