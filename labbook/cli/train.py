@@ -168,15 +168,18 @@ def _train(cfg: Any, hc: Any, sweep_job: Any) -> dict[str, Any] | None:
     if hc.mode != RunMode.MULTIRUN:  # a sweep's store was prepared before its first job (labbook.sweep.parent)
         prepare_store(uri)
         mark("store-prepared")
-    from labbook.train.fit import open_run, run
-    from labbook.train.job import prepare
-
     if not is_rank_zero():  # a rank started by the cluster (SLURM tasks): rank 0 owns the run
+        from labbook.train.fit import run
+        from labbook.train.job import prepare
+
         freeze_imports()
         run(prepare(cfg), None)
         return None
     reap_own_host(uri)
     mark("reaped")
+    from labbook.train.fit import open_run, run
+    from labbook.train.job import prepare
+
     freeze_imports()
     mark("train-imported")
     if sweep_job is not None and _skip(cfg, hc, sweep_job, uri):

@@ -13,8 +13,6 @@ from pathlib import Path
 from labbook.redact import redact_uri
 
 ENV_URI = "MLFLOW_TRACKING_URI"
-
-
 DEFAULT_DB = "mlflow.db"
 
 

@@ -16,17 +16,9 @@ from labbook import names
 from labbook.sweep.space import config_hash, short_names
 
 ENV_PARENT = "LABBOOK_SWEEP_PARENT_RUN"
-
-
 ENV_SWEPT = "LABBOOK_SWEEP_SWEPT"  # JSON list of the swept config keys
-
-
 ENV_EXPERIMENT = "LABBOOK_SWEEP_EXPERIMENT"
-
-
 JOB_RECORD = ".labbook_job.yaml"
-
-
 STOPPING = ".labbook_stopping"  # in the sweep's directory once it was interrupted: jobs not yet started skip
 
 
