@@ -51,6 +51,10 @@ TIMING_FIT = "timing.fit_s"
 TIMING_TEST = "timing.test_s"
 RESUMES = "resumes"  # how often the run was resumed
 
+# Who resumed (or requeued) a stopped run the n-th time: a param, so that of two processes claiming the same
+# attempt at once exactly one succeeds (the store refuses a param's second value). labbook.run.owners.claim.
+CLAIM = "labbook.claim."  # labbook.claim.<n>
+
 # Who owns a RUNNING run (labbook.run.owners), and what reaping one left.
 OWNER_HOST = "owner.host"
 OWNER_PID = "owner.pid"

@@ -1,5 +1,7 @@
 """What a run never records: secrets. Every value labbook writes into a run (params, tags, text artifacts such
-as the config and the overrides) passes through :func:`redact` first.
+as the config and the overrides) passes through :func:`redact` first — each value on its own, before it is
+serialised (:func:`redact_tree`): YAML folds a long value over two lines and escapes non-ASCII letters and
+quotes, JSON escapes them too, so a secret is no longer findable in the text they write.
 
 Two kinds are masked as ``***``: credentials inside URIs (``postgresql://user:PASSWORD@host``,
 ``http://user:PASSWORD@host``), and the value of every environment variable whose name says it is a secret
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 _URI_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@/\s]*@")
 _SECRET_NAME = re.compile(r"TOKEN|PASSWORD|PASSWD|SECRET|KEY", re.IGNORECASE)
@@ -36,3 +39,16 @@ def redact(text: str) -> str:
         if value in text:
             text = text.replace(value, MASK)
     return text
+
+
+def redact_tree(value: Any) -> Any:
+    """A copy of ``value`` (dicts, lists, tuples, strings, other leaves) with every string in it, keys
+    included, passed through :func:`redact`: what is serialised afterwards holds no secret, whatever shape
+    the serialiser gives it."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact_tree(k): redact_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact_tree(v) for v in value)
+    return value

@@ -51,6 +51,7 @@ class _Run:
 
     def __init__(self):
         self.stored = []
+        self.logger = None  # no metrics logged
 
     def log_file(self, path, artifact_file):
         time.sleep(0.2)
@@ -72,6 +73,7 @@ def test_checkpoints_are_written_and_copied_in_order_from_a_snapshot(tmp_path):
         w.fill_(epoch)
         io.save_checkpoint({"w": w}, path)
         upload(path)  # both return at once
+        upload.on_train_epoch_start(None, None)  # the next epoch starts: the copy is queued, after the metrics
         w.fill_(-1)  # training goes on
     io.save_checkpoint({"w": torch.full((3,), 7.0)}, str(tmp_path / "best.ckpt"))
     io.remove_checkpoint(str(tmp_path / "best.ckpt"))

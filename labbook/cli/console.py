@@ -26,9 +26,13 @@ def quiet_libraries() -> None:
     from labbook.store.patience import quick_http_retries
 
     quick_http_retries()  # an absent server is waited for by labbook.store.patience, with the user's limit
+    # A store's failure reaches labbook as an exception, said in one line; these would print it again, with a
+    # traceback, from MLflow's session handling and its system-metrics and batching threads.
+    for name in ("mlflow.store.db.utils", "mlflow.system_metrics", "mlflow.utils.autologging_utils"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
                  "lightning_fabric.utilities.rank_zero", "pytorch_lightning.accelerators.cuda",
-                 "alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent",
+                 "alembic", "mlflow.tracking.fluent",
                  "pytorch_lightning.trainer.connectors.checkpoint_connector"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # Advice aimed at Lightning users that labbook already acts on (exact sharded sums, worker counts).
@@ -78,6 +82,7 @@ def run_command(body: Callable[[], int | None]) -> int:
 
 def fail(exc: BaseException, full_error: bool, prefix: str = "") -> int:
     from labbook.errors import one_line
+    from labbook.redact import redact
 
     if full_error:
         raise exc
@@ -85,5 +90,5 @@ def fail(exc: BaseException, full_error: bool, prefix: str = "") -> int:
     run_id = getattr(exc, "labbook_run_id", None)
     if run_id:
         line += f" (run {run_id} marked FAILED)"
-    print(f"labbook: error: {line}", file=sys.stderr)
+    print(f"labbook: error: {redact(line)}", file=sys.stderr)  # a URI's password or a token is never printed
     return 1

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from labbook.cli.console import fail, freeze_imports, quiet_libraries
 from labbook.cli.console import full_error as _full_error
+from labbook.config.compose import task_overrides
 from labbook.config.groups import CONF_DIR
 
 ENV_USER_FULL_ERROR = "LABBOOK_FULL_ERROR"
@@ -144,7 +145,7 @@ def run_job(cfg: Any, failures: list[BaseException], full_error: bool) -> Any:
         # multi-line report for a job that raised.
         failures.append(exc)
         if hc.mode == RunMode.MULTIRUN:
-            fail(exc, full_error, prefix=f"job {hc.job.num} ({' '.join(hc.overrides.task)}): ")
+            fail(exc, full_error, prefix=f"job {hc.job.num} ({' '.join(task_overrides(hc))}): ")
         return None
     return None if result is None else _report(result)
 
@@ -192,7 +193,7 @@ def _train(cfg: Any, hc: Any, sweep_job: Any) -> dict[str, Any] | None:
 
         cfg = OmegaConf.create(plan.config)
     job = prepare(cfg, choices=dict(hc.runtime.choices))
-    result = run(job, open_run(job, uri, resume=plan, sweep=sweep_job), overrides=list(hc.overrides.task), resume=plan)
+    result = run(job, open_run(job, uri, resume=plan, sweep=sweep_job), overrides=task_overrides(hc), resume=plan)
     if sweep_job is not None:
         sweep_job.record("FINISHED", result["run_id"])
     return result
@@ -222,7 +223,7 @@ def _resume_plan(cfg: Any, hc: Any, uri: str) -> Any:
 
     from labbook.train.resume import plan_resume
 
-    new = [o for o in hc.overrides.task if not o.startswith("resume=")]
+    new = [o for o in task_overrides(hc) if not o.startswith("resume=")]
 
     def composed(overrides: list[str]) -> dict:
         return OmegaConf.to_container(compose("train", overrides=overrides), resolve=True, enum_to_str=True)

@@ -8,6 +8,14 @@ import contextlib
 from typing import Any, Iterator, Sequence
 
 
+def task_overrides(hydra_config: Any) -> list[str]:
+    """The command line's overrides as typed (``hydra.overrides.task``), interpolations kept: reading the node
+    resolves ``key=${oc.env:TOKEN}`` into the secret itself, which a run must never store."""
+    from omegaconf import OmegaConf
+
+    return [str(o) for o in OmegaConf.to_container(hydra_config.overrides.task, resolve=False)]
+
+
 @contextlib.contextmanager
 def hydra_for_train() -> Iterator[Any]:
     """Hydra set up on ``conf/`` with labbook's schemas registered; yields its ``Hydra`` object (its

@@ -34,7 +34,7 @@ def differs_between_any_runs(key: str) -> bool:
     """Whether ``key`` differs between any two runs without being part of what they tried: run-local values,
     where a run continued from and wrote to (:data:`labbook.names.RUN_LOCAL_KEYS`), and Hydra's own settings.
     ``compare`` never shows such keys; ``diff`` lists them apart."""
-    return key in names.RUN_LOCAL_KEYS or run_local(key) or key.startswith("hydra.")
+    return key in names.RUN_LOCAL_KEYS or run_local(key) or key.startswith(("hydra.", names.CLAIM))
 
 
 def what_it_trains(flat: Mapping[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from typing import Any, Optional
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning_utilities.core.apply_func import apply_to_collection
+from pytorch_lightning.callbacks import Callback
 
 from labbook import names
 from labbook.errors import one_line
@@ -64,40 +65,59 @@ class BackgroundCheckpointIO(TorchCheckpointIO):
             print(f"labbook: warning: a checkpoint write failed: {one_line(exc)}", file=sys.stderr, flush=True)
 
 
-class CheckpointUpload:
+class CheckpointUpload(Callback):
     """Store each checkpoint the run writes as ``checkpoints/best.ckpt`` / ``checkpoints/last.ckpt`` while
     it trains (a run stopped on one machine resumes on another), each name at most once per ``every_s``
-    seconds; the final ones are stored when training ends whatever the interval.
+    seconds; the final ones are stored when training ends whatever the interval. Each is stored once.
+
+    A checkpoint never reaches the store ahead of the metrics of the steps it covers (a run killed right
+    after a checkpoint was stored resumes from it with every earlier epoch's metrics stored): one written at
+    an epoch's end is stored when the next epoch starts, or training ends — Lightning logs an epoch's
+    training metrics only after the epoch-end hooks that write it — and the metrics logged so far are handed
+    to the same queue first (:meth:`labbook.run.metrics_logger.MLflowMetricsLogger.flush_async`).
 
     The copies run on ``background``, the queue that also writes the files
     (:class:`labbook.run.checkpoints.BackgroundCheckpointIO`): a copy follows its file's write and precedes
     the next one, and the training thread does not wait for either (3-10 ms a copy for a 1-2 MB model).
-    :meth:`flush` (the end of training, a signal, an error) waits for the queue and stores what is still
-    pending."""
+    :meth:`flush` (the end of training, a signal, an error) stores what is still pending and waits."""
 
     def __init__(self, tracked: TrackedRun, every_s: float, background: Background) -> None:
         self.tracked, self.every_s, self.background = tracked, every_s, background
         self._last: dict[str, float] = {}
-        self._pending: dict[str, str] = {}  # written but not stored yet (inside the interval)
+        self._pending: dict[str, str] = {}  # written but not stored yet
 
     def __call__(self, path: str) -> None:
+        """A checkpoint file was written (rank 0): store it at the next :meth:`release`."""
         name = names.BEST_CHECKPOINT if Path(path).name.startswith("best") else names.LAST_CHECKPOINT
         self._pending[name] = path
-        if time.monotonic() - self._last.get(name, -math.inf) >= self.every_s:
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self.release()
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self.release()
+
+    def release(self, every: bool = False) -> None:
+        """Queue the pending checkpoints whose interval has passed (``every``: all of them), after the
+        metrics logged so far."""
+        due = [n for n in self._pending if every or time.monotonic() - self._last.get(n, -math.inf) >= self.every_s]
+        if not due:
+            return
+        if self.tracked.logger is not None:
+            self.tracked.logger.flush_async()
+        for name in due:
             self.background.submit(self._store, name, self._pending.pop(name))
             self._last[name] = time.monotonic()
 
-    def flush(self) -> None:
-        """Every write and copy under way finished, and every checkpoint written but not stored yet stored."""
+    def flush(self, quiet: bool = False) -> None:
+        """Every metric and every pending checkpoint stored, every write and copy under way finished. ``quiet``
+        (on the way out of a failure or a signal, whose story the run must keep): a failure is not raised."""
         try:
+            self.release(every=True)
             self.background.wait()
-        except Exception:  # noqa: BLE001 - on the way out: the run's status matters more
-            pass
-        for name in list(self._pending):
-            try:
-                self._store(name, self._pending.pop(name))
-            except Exception:  # noqa: BLE001
-                pass
+        except Exception:  # noqa: BLE001
+            if not quiet:
+                raise
 
     def _store(self, name: str, path: str) -> None:
         if Path(path).exists():

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from labbook import names
 from labbook.config.contract import data_dims
+from labbook.redact import redact, redact_tree
 
 
 def dataset_entity(datamodule_cfg: Mapping[str, Any], choice: str | None, datamodule: Any) -> Any:
@@ -35,8 +36,9 @@ def dataset_entity(datamodule_cfg: Mapping[str, Any], choice: str | None, datamo
         source = {"tags": {"labbook.datamodule": choice or "", "target": str(datamodule_cfg.get("_target_", ""))}}
     profile = {"dims": {k: v for k, v in data_dims(datamodule).items()
                         if isinstance(v, (int, float, str, bool))}, "examples": _examples(datamodule)}
-    return Dataset(name=name, digest=digest[:8], source_type=source_type, source=json.dumps(source),
-                   profile=json.dumps(profile))
+    # Redacted before JSON escapes a secret's quotes and non-ASCII letters (a CSV path may hold a token).
+    return Dataset(name=redact(name), digest=digest[:8], source_type=source_type,
+                   source=json.dumps(redact_tree(source)), profile=json.dumps(redact_tree(profile)))
 
 
 def _file_digest(path: str) -> str:

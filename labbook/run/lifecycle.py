@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from labbook import names
 from labbook.config.schemas import MLflowConfig
 from labbook.errors import RunInterrupted, RunKilled
-from labbook.redact import redact
+from labbook.redact import redact, redact_tree
 from labbook.run.owners import owner_tags
 from labbook.run.recorder import Recorder, _user, ensure_experiment, patient_client
 
@@ -83,7 +83,7 @@ class TrackedRun(Recorder):
             names.SOURCE_NAME: "labbook train",
             names.SOURCE_TYPE: "LOCAL",
             names.HOST: socket.gethostname(),
-            names.COMMAND: shlex.join(["labbook", "train", *sys.argv[1:]]),
+            names.COMMAND: shlex.join(["labbook", "train", *redact_tree(sys.argv[1:])]),  # each word, before quoting
             **owner_tags(),
             **(tags or {}),
         }
@@ -109,15 +109,16 @@ class TrackedRun(Recorder):
             self._heartbeat.start()
         return self
 
-    def monitor_system(self, every_s: float) -> None:
+    def monitor_system(self, every_s: float, resume: bool = False) -> None:
         """Record MLflow's system metrics (CPU, memory, GPU where there is one) every ``every_s`` seconds until
-        the run ends."""
+        the run ends; a resumed run's continue their steps after the stored ones."""
         import logging
 
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
         logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # its start/stop chatter
-        self._system = SystemMetricsMonitor(self.run_id, sampling_interval=every_s, tracking_uri=self.uri)
+        self._system = SystemMetricsMonitor(self.run_id, sampling_interval=every_s, resume_logging=resume,
+                                            tracking_uri=self.uri)
         self._system.start()
 
     def claim_signals(self) -> None:

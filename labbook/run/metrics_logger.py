@@ -24,14 +24,25 @@ class MLflowMetricsLogger(Logger):
     The periodic writes run on a background thread (:mod:`labbook.run.background`): each is ~6 ms of MLflow's
     store code, 0.1 ms a step for a 70 ms step every 5 s, which the training thread no longer waits for.
     :meth:`flush` waits for them and writes the rest; a failed write is raised by the next call.
+
+    Every point is stored once. ``background`` may be the queue that also copies the run's checkpoints into
+    the store (:class:`labbook.run.checkpoints.CheckpointUpload`): a checkpoint copied after
+    :meth:`flush_async` then never reaches the store ahead of the metrics of the steps it covers. A resumed
+    run passes ``stored_steps`` (each key's last stored step): the steps it trains again after the last
+    checkpoint, which a stopped run may already have stored, are not stored twice. And Lightning logs some
+    keys twice at one step (``epoch``, beside both the training and the validation epoch-end metrics): a
+    point equal to its key's previous one is dropped.
     """
 
-    def __init__(self, client: MlflowClient, run_id: str, flush_every_s: float = 5.0) -> None:
+    def __init__(self, client: MlflowClient, run_id: str, flush_every_s: float = 5.0,
+                 background: Background | None = None, stored_steps: Mapping[str, int] | None = None) -> None:
         super().__init__()
         self._client, self._run_id, self._flush_every_s = client, run_id, flush_every_s
         self._buffer: list[Metric] = []
         self._last_flush = time.monotonic()
-        self.background = Background("labbook-metrics")
+        self._stored = dict(stored_steps or {})
+        self._previous: dict[str, tuple[int, float]] = {}  # key -> its last (step, value) taken
+        self.background = background or Background("labbook-metrics")
 
     @property
     def name(self) -> str:
@@ -51,14 +62,22 @@ class MLflowMetricsLogger(Logger):
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        now = int(time.time() * 1000)
+        now, step = int(time.time() * 1000), step or 0
         for key, value in metrics.items():
             value = float(value.item() if hasattr(value, "item") else value)
-            self._buffer.append(Metric(key, value, now, step or 0))
+            if step <= self._stored.get(key, -1) or self._previous.get(key) == (step, value):
+                continue
+            self._previous[key] = (step, value)
+            self._buffer.append(Metric(key, value, now, step))
         if time.monotonic() - self._last_flush >= self._flush_every_s:
-            buffer, self._buffer = self._buffer, []
+            self.flush_async()
+
+    def flush_async(self) -> None:
+        """Hand every metric logged so far to the background queue, without waiting for the write."""
+        buffer, self._buffer = self._buffer, []
+        if buffer:
             self.background.submit(self._write, buffer)
-            self._last_flush = time.monotonic()
+        self._last_flush = time.monotonic()
 
     @rank_zero_only
     def flush(self) -> None:

@@ -14,9 +14,10 @@ import os
 import socket
 import sys
 import time
-from typing import Mapping
+from typing import Any, Mapping
 
 from labbook import names
+from labbook.errors import UserError
 
 # This module's import is light (the store is read and written only inside reap): `labbook reap --help` and
 # tab completion read this default.
@@ -69,6 +70,56 @@ def owner_gone(tags: Mapping[str, str], now: float, stale_after_s: float) -> str
         since = datetime.datetime.fromtimestamp(beat, datetime.timezone.utc).isoformat(timespec="seconds")
         return f"no heartbeat from {host or 'its owner'} since {since} (limit {stale_after_s:g} s)"
     return None
+
+
+class RunClaimed(UserError):
+    """Another live process claimed the stopped run first: it is the one resuming it."""
+
+
+def claim(uri: str, run: Any, what: str = "resume") -> int:
+    """Claim the stopped ``run`` (a :class:`labbook.store.read.RunRecord`) for this process before it is
+    re-opened: of any number of processes claiming it at once, exactly one returns (the attempt's number) and
+    the others raise :class:`RunClaimed` naming the winner.
+
+    The claims are params ``labbook.claim.<n>`` (:data:`labbook.names.CLAIM`), each holding its claimant's
+    owner tags: the store refuses a param's second value, atomically, in SQLite, PostgreSQL and behind a
+    tracking server alike. A claim holds while its claimant may still be alive and the run has not ended
+    since (its end time is still the one the claimant saw); one whose process is gone (killed while it
+    prepared) or whose attempt ended frees the next number.
+    """
+    import json
+
+    from labbook.run.recorder import Recorder, param_taken
+
+    claims = sorted((int(k[len(names.CLAIM):]), v) for k, v in run.params.items()
+                    if k.startswith(names.CLAIM) and k[len(names.CLAIM):].isdigit())
+    number = claims[-1][0] if claims else 0
+    if claims and _holds(json.loads(claims[-1][1]), run):
+        raise RunClaimed(_claimed(what, json.loads(claims[-1][1])))
+    mine = {**owner_tags(), "seen_end": run.end_time}
+    key = f"{names.CLAIM}{number + 1}"
+    try:
+        Recorder.for_run(uri, run.run_id).log_param(key, json.dumps(mine))
+    except Exception as exc:  # noqa: BLE001 - only "changing a param's value" means another claim won
+        if not param_taken(exc):
+            raise
+        from labbook.store.read import open_reader
+
+        winner = open_reader(uri).run(run.run_id)
+        raise RunClaimed(_claimed(what, json.loads(winner.params[key]) if winner else {})) from None
+    return number + 1
+
+
+def _holds(holder: Mapping[str, Any], run: Any) -> bool:
+    """Whether a claim still holds: the run has not ended since it was made (ending sets a new end time), and
+    its process may be alive (on another host: its claim is younger than :data:`STALE_AFTER_S`)."""
+    return run.end_time == holder.get("seen_end") and owner_gone(holder, time.time(), STALE_AFTER_S) is None
+
+
+def _claimed(what: str, holder: Mapping[str, Any]) -> str:
+    return (f"another {what} claimed this run first: process {holder.get(names.OWNER_PID, '?')} on "
+            f"{holder.get(names.OWNER_HOST, '?')} is continuing it (its claim lapses when that process ends; one "
+            f"from another host, {STALE_AFTER_S:g} s after it was made)")
 
 
 def reap(uri: str, *, stale_after_s: float = STALE_AFTER_S, this_host_only: bool = False) -> list[tuple[str, str]]:

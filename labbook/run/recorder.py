@@ -29,7 +29,7 @@ from mlflow.tracking import MlflowClient
 from labbook import names
 from labbook.config.keys import flatten, run_local
 from labbook.config.schemas import MLflowConfig
-from labbook.redact import redact
+from labbook.redact import redact, redact_tree
 from labbook.store.patience import PatientClient
 from labbook.store.uri import artifact_root
 
@@ -104,6 +104,11 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
     return exp.experiment_id
 
 
+def param_taken(exc: BaseException) -> bool:
+    """Whether ``exc`` is the store refusing to change a param's value (another process logged it first)."""
+    return "Changing param values is not allowed" in str(exc)
+
+
 def patient_client(uri: str, patience_s: float | None = None) -> Any:
     """An MlflowClient on ``uri`` whose every call waits out a locked SQLite store or an absent server for up
     to ``patience_s`` seconds (``logger.server_patience_s``'s default when None)."""
@@ -125,23 +130,28 @@ class Recorder:
         """A recorder for the existing run ``run_id`` in the store ``uri``."""
         return cls(patient_client(uri, patience_s), run_id, uri)
 
-    def lightning_logger(self, flush_every_s: float) -> Any:
+    def lightning_logger(self, flush_every_s: float, background: Any = None,
+                         stored_steps: Mapping[str, int] | None = None) -> Any:
+        """The run's Lightning logger (:class:`labbook.run.metrics_logger.MLflowMetricsLogger`)."""
         from labbook.run.metrics_logger import MLflowMetricsLogger  # Lightning: only where a trainer runs
 
-        self.logger = MLflowMetricsLogger(self.client, self.run_id, flush_every_s)
+        self.logger = MLflowMetricsLogger(self.client, self.run_id, flush_every_s, background, stored_steps)
         return self.logger
 
     def log_config(self, resolved: Mapping[str, Any], overrides: Iterable[str], params: bool = True) -> None:
         """Flattened config as params (once: MLflow refuses a param's second value) except the run-local
-        values (:func:`run_local`), which are tags; the config and the overrides as YAML artifacts (rewritten by a resume, so they always rebuild the run as it is now)."""
+        values (:func:`run_local`), which are tags; the config and the overrides as YAML artifacts (rewritten by
+        a resume, so they always rebuild the run as it is now). Every value is redacted before it is
+        serialised (:func:`labbook.redact.redact_tree`)."""
         import yaml
 
+        resolved, overrides = redact_tree(dict(resolved)), redact_tree(list(overrides))
         flat = flatten(resolved)
         if params:
             self.log_params({k: v for k, v in flat.items() if not run_local(k)})
         self.set_tags({k: _param_text(v) for k, v in flat.items() if run_local(k)})
-        self.log_text(yaml.safe_dump(dict(resolved), sort_keys=False), names.CONFIG)
-        self.log_text(yaml.safe_dump(list(overrides)), names.OVERRIDES)
+        self.log_text(yaml.safe_dump(resolved, sort_keys=False), names.CONFIG)
+        self.log_text(yaml.safe_dump(overrides), names.OVERRIDES)
 
     def log_git(self, repo: Path) -> None:
         state = git_state(repo)
@@ -167,6 +177,10 @@ class Recorder:
         entries = [Param(k[:250], _param_text(v)) for k, v in params.items()]
         for i in range(0, len(entries), _BATCH):
             self.client.log_batch(self.run_id, params=entries[i : i + _BATCH], synchronous=True)
+
+    def log_param(self, key: str, value: Any) -> None:
+        """One param, alone: the store refuses another value for ``key`` (:func:`param_taken` tells it)."""
+        self.client.log_param(self.run_id, key, _param_text(value))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         items = [RunTag(k, redact(str(v))[:MAX_TAG_LENGTH]) for k, v in tags.items()]

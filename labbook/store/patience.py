@@ -47,6 +47,24 @@ def unreachable(exc: BaseException) -> bool:
         "API request to" in text and any(m in text for m in markers))
 
 
+class StoreUnusable(UserError):
+    """The store refused a write for a reason no retry mends: a full disk, a read-only file, an I/O error."""
+
+
+_BROKEN = ("database or disk is full", "readonly database", "disk I/O error", "unable to open database file",
+           "No space left on device", "Read-only file system")
+
+
+def store_broken(exc: BaseException) -> str | None:
+    """Why the store cannot take a write, when ``exc`` says so (SQLite's or the file system's own words), else
+    None. MLflow wraps SQLite's errors with their statement and parameters; the first line is the reason."""
+    text = str(exc)
+    if not any(marker in text for marker in _BROKEN):
+        return None
+    first = text.strip().splitlines()[0]
+    return first.split(") ", 1)[1] if first.startswith("(sqlite3.") and ") " in first else first
+
+
 def locked(exc: BaseException) -> bool:
     """Whether ``exc`` is SQLite's "database is locked" (MLflow rolled the transaction back)."""
     return "database is locked" in str(exc) or "database table is locked" in str(exc)
@@ -83,6 +101,9 @@ class PatientClient:
                         raise
                     time.sleep(LOCKED_RETRY_S)
                     continue
+                broken = store_broken(exc)
+                if broken is not None:  # the store itself refused (full, read-only): its name and why, in one line
+                    raise StoreUnusable(f"tracking store {redact_uri(self._uri)}: {broken}") from exc
                 if not (self._http and unreachable(exc)):
                     raise
                 now = time.monotonic()

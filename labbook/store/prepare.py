@@ -19,11 +19,13 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 from labbook.redact import redact_uri
+from labbook.store.reach import check_database, check_server
 from labbook.store.uri import sqlite_path
 
 
@@ -48,13 +50,17 @@ def _exclusive(uri: str) -> Iterator[None]:
 def prepare_store(uri: str) -> None:
     """Create or upgrade the tracking store's schema, one process at a time (see the module's doc), or
     raise a :class:`~labbook.errors.UserError` saying in one line why the store cannot be used."""
-    from mlflow.tracking import MlflowClient
-
     from labbook.errors import UserError, one_line
 
     check_server(uri)
+    db = sqlite_path(uri)
+    if db is not None:
+        check_sqlite_file(db)
+    else:
+        check_database(uri)
+    from mlflow.tracking import MlflowClient
+
     try:
-        db = sqlite_path(uri)
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
         with _exclusive(uri):
@@ -64,7 +70,35 @@ def prepare_store(uri: str) -> None:
             # blank store); listing one experiment also proves a server is reachable before training starts.
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001
-        raise UserError(f"tracking store {uri}: {one_line(exc)}") from exc
+        raise UserError(f"tracking store {redact_uri(uri)}: {one_line(exc)}") from exc
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+MIN_FREE_BYTES = 1 << 20  # less than this on a SQLite store's disk is full: a run's first writes would fail
+
+
+def check_sqlite_file(db: Path) -> None:
+    """A SQLite store labbook can write to, or a :class:`~labbook.errors.UserError` saying why not, at once: a
+    directory at its path (MLflow would retry it for two minutes), a file that is no SQLite database, a store
+    or folder this process cannot write (a read-only mount or file: MLflow's first write would fail with two
+    tracebacks)."""
+    from labbook.errors import UserError
+
+    if db.is_dir():
+        raise UserError(f"tracking store {db} is a directory, not a SQLite file")
+    if db.is_file() and db.stat().st_size:
+        with open(db, "rb") as fh:
+            if fh.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+                raise UserError(f"tracking store {db} is not a SQLite database")
+    folder = next((p for p in (db.parent, *db.parents) if p.exists()), None)
+    for path in (db, folder) if db.exists() else (folder,):
+        # SQLite writes a journal beside the file, so the folder must be writable as well as the file.
+        if path is not None and not os.access(path, os.W_OK):
+            raise UserError(f"tracking store {db} is read-only here ({path} cannot be written): a run records into "
+                            "its store; use a writable copy, or read it with labbook compare, diff or ui")
+    free = shutil.disk_usage(folder).free if folder is not None else MIN_FREE_BYTES
+    if free < MIN_FREE_BYTES:  # said now, rather than by the run's first write once torch has loaded
+        raise UserError(f"tracking store {db}: its disk is full ({free / 1e6:.1f} MB free); free some space")
 
 
 def cache_dir() -> Path:
@@ -119,33 +153,3 @@ def _copy_blank_store(db: Path) -> None:
         pass
     finally:
         tmp.unlink(missing_ok=True)
-
-
-SERVER_TIMEOUT_S = 5.0  # one try: MLflow's own client retries an absent server for minutes
-
-
-def check_server(uri: str, timeout_s: float = SERVER_TIMEOUT_S) -> None:
-    """For an ``http(s)://`` tracking server: one request to its ``/health`` endpoint, so that a wrong host
-    or port, or a server that is down, is one line naming the URI within seconds (MLflow's client would
-    retry with back-off for about four minutes, printing urllib3 warnings)."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    import urllib.error
-    import urllib.parse
-    import urllib.request
-
-    from labbook.errors import UserError
-
-    parts = urllib.parse.urlsplit(uri)  # credentials in the URI are the server's business, not this probe's
-    probe = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-    try:
-        with urllib.request.urlopen(probe.rstrip("/") + "/health", timeout=timeout_s):
-            return
-    except urllib.error.HTTPError as exc:
-        if exc.code in (401, 403):  # a server with authentication: it is there; MLflow sends the credentials
-            return
-        reason = f"HTTP {exc.code} {exc.reason}"
-    except (urllib.error.URLError, OSError) as exc:
-        reason = str(getattr(exc, "reason", exc))
-    raise UserError(f"tracking server {redact_uri(uri)} cannot be reached ({reason}); is it running? (check the "
-                    "URI in logger.tracking_uri / MLFLOW_TRACKING_URI)")

@@ -47,7 +47,8 @@ import yaml
 from labbook import names
 from labbook.errors import UserError
 from labbook.redact import redact_uri
-from labbook.store.uri import existing_sqlite_store, run_not_found
+from labbook.store.reach import check_database
+from labbook.store.uri import existing_sqlite_store, request_timeout_s, run_not_found
 
 _PAGE = 1000  # runs per REST page (the server allows more; smaller pages keep each answer quick)
 _SQL_CHUNK = 500  # bound parameters per IN (...) clause, well under SQLite's limit
@@ -76,6 +77,7 @@ class RunRecord:
     params: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
+    metric_steps: dict[str, int] = field(default_factory=dict)  # each metric's last step
 
 
 class Reader(abc.ABC):
@@ -203,6 +205,7 @@ def open_reader(uri: str) -> Reader:
         folder = Path(urllib.parse.urlparse(uri).path)
         if not folder.is_dir():
             raise UserError(f"no tracking store at {folder} (pass --tracking-uri URI or set MLFLOW_TRACKING_URI)")
+    check_database(uri)  # a database that is down: one line now, not MLflow's minute of retries
     return ClientReader(uri)
 
 
@@ -287,9 +290,10 @@ class SqliteReader(Reader):
                 records[run_id].params[key] = value
             for key, value, run_id in self._rows(f"SELECT key, value, run_uuid FROM tags WHERE run_uuid IN ({marks})", chunk):
                 records[run_id].tags[key] = value
-            for key, value, is_nan, run_id in self._rows(
-                    f"SELECT key, value, is_nan, run_uuid FROM latest_metrics WHERE run_uuid IN ({marks})", chunk):
+            for key, value, is_nan, step, run_id in self._rows(
+                    f"SELECT key, value, is_nan, step, run_uuid FROM latest_metrics WHERE run_uuid IN ({marks})", chunk):
                 records[run_id].metrics[key] = math.nan if is_nan else float(value)
+                records[run_id].metric_steps[key] = int(step)
         for record in records.values():
             record.name = record.name or record.tags.get(names.RUN_NAME, "")
         return list(records.values())
@@ -311,6 +315,7 @@ class RestReader(Reader):
         parts = urllib.parse.urlsplit(uri)
         self.base = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])).rstrip("/")
         self._uri_user = (urllib.parse.unquote(parts.username or ""), urllib.parse.unquote(parts.password or ""))
+        self.timeout_s = request_timeout_s()  # each request's; one try (a server that never answers: one line)
 
     def _headers(self) -> dict[str, str]:
         """The credentials MlflowClient would send: from the same environment variables, else the URI's."""
@@ -331,7 +336,7 @@ class RestReader(Reader):
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(url, data=data, headers=self._headers(), method="POST" if data else "GET")
         try:
-            with urllib.request.urlopen(request, timeout=60) as answer:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:
                 return answer.read()
         except urllib.error.HTTPError as exc:
             text = exc.read().decode(errors="replace")
@@ -346,7 +351,8 @@ class RestReader(Reader):
                                       f"{text.strip().splitlines()[0] if text.strip() else exc.reason}") from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise UserError(f"tracking server {redact_uri(self.uri)} is not reachable: {reason}") from None
+            raise UserError(f"tracking server {redact_uri(self.uri)} cannot be reached ({reason}); is it running? "
+                            "(or set LABBOOK_REQUEST_TIMEOUT_S for a slow one)") from None
 
     def _json(self, path: str, body: Mapping[str, Any] | None = None, **query: str) -> dict[str, Any] | None:
         raw = self._request(f"api/2.0/mlflow/{path}", body, query or None, missing_ok=body is None)
@@ -423,7 +429,8 @@ def _from_rest(run: Mapping[str, Any]) -> RunRecord:
         start_time=_int(info.get("start_time")), end_time=_int(info.get("end_time")),
         artifact_uri=info.get("artifact_uri", ""),
         params={p["key"]: p.get("value", "") for p in data.get("params", [])},
-        metrics={m["key"]: float(m.get("value", math.nan)) for m in data.get("metrics", [])}, tags=tags)
+        metrics={m["key"]: float(m.get("value", math.nan)) for m in data.get("metrics", [])}, tags=tags,
+        metric_steps={m["key"]: int(m.get("step", 0)) for m in data.get("metrics", [])})
 
 
 def _int(value: Any) -> int | None:
@@ -517,4 +524,5 @@ def _from_client(run: Any) -> RunRecord:
     return RunRecord(run_id=info.run_id, name=info.run_name or data.tags.get(names.RUN_NAME, ""),
                      experiment_id=str(info.experiment_id), status=info.status, start_time=info.start_time,
                      end_time=info.end_time, artifact_uri=info.artifact_uri or "", params=dict(data.params),
-                     metrics={k: float(v) for k, v in data.metrics.items()}, tags=dict(data.tags))
+                     metrics={k: float(v) for k, v in data.metrics.items()}, tags=dict(data.tags),
+                     metric_steps={m.key: int(m.step) for m in getattr(data, "_metric_objs", [])})

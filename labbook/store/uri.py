@@ -40,12 +40,36 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri.split("?", 1)[0][len("sqlite:///"):])
 
 
+ENV_REQUEST_TIMEOUT = "LABBOOK_REQUEST_TIMEOUT_S"
+REQUEST_TIMEOUT_S = 5.0  # labbook's own requests to a store (a server's /health, its REST API, a database's connect)
+
+
+def request_timeout_s() -> float:
+    """How long labbook waits for a store to answer one request before it says it cannot reach it:
+    ``$LABBOOK_REQUEST_TIMEOUT_S``, else :data:`REQUEST_TIMEOUT_S` seconds. A server that accepts connections
+    and never answers is one line within that time, not a minute of MLflow's retries."""
+    from labbook.errors import UserError
+
+    raw = os.environ.get(ENV_REQUEST_TIMEOUT)
+    if not raw:
+        return REQUEST_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise UserError(f"{ENV_REQUEST_TIMEOUT}={raw!r} is not allowed: expected a number of seconds > 0")
+    return value
+
+
 def existing_sqlite_store(uri: str) -> Path | None:
     """The SQLite file of ``uri`` (None for other stores), which commands that only read must find in place:
     a :class:`UserError` when it does not exist, rather than a new empty store created by reading."""
     from labbook.errors import UserError
 
     db = sqlite_path(uri)
+    if db is not None and db.is_dir():
+        raise UserError(f"tracking store {db} is a directory, not a SQLite file")
     if db is not None and not db.is_file():
         raise UserError(f"no tracking store at {db} (pass --tracking-uri URI, set MLFLOW_TRACKING_URI, or run "
                         "from the directory holding mlflow.db)")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from labbook import names
+from labbook.config.compose import task_overrides
 from labbook.sweep.space import config_hash, short_names
 
 ENV_PARENT = "LABBOOK_SWEEP_PARENT_RUN"
@@ -83,7 +84,7 @@ def job_of_sweep(hydra_config: Any, cfg: Any) -> SweepJob | None:
         resolved = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
 
     swept = json.loads(os.environ.get(ENV_SWEPT, "[]"))
-    overrides = [str(o) for o in hydra_config.overrides.task]
+    overrides = task_overrides(hydra_config)
     values = {o.key_or_group: o.get_value_element_as_str() for o in OverridesParser.create().parse_overrides(overrides)}
     short = short_names([k for k in swept if k in values])
     name = ",".join(f"{short[k]}={_shown(values[k])}" for k in short) or f"job-{hydra_config.job.num}"

@@ -53,8 +53,10 @@ def search_space(config: Any) -> Space:
     each key checked against the composed config."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    from labbook.config.compose import task_overrides
+
     parser = OverridesParser.create()
-    parsed = parser.parse_overrides(list(config.hydra.overrides.task))
+    parsed = parser.parse_overrides(task_overrides(config.hydra))
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     space = {o.key_or_group: distribution(o) for o in parsed if o.is_sweep_override()}
     for key, expression in (config.hydra.sweeper.get("params") or {}).items():

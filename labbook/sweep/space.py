@@ -9,6 +9,7 @@ import json
 from typing import Any, Mapping, Sequence
 
 from labbook import names
+from labbook.config.compose import task_overrides
 from labbook.config.keys import flatten, what_it_trains
 
 # Overrides that change how a sweep runs, not what it computes: left out of the key that finds it again.
@@ -18,7 +19,7 @@ _HOW = ("hydra.", "hydra/", *names.RUN_LOCAL_PREFIXES, *names.HOW_RECORDED)
 def _overrides(config: Any) -> list[Any]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    return OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    return OverridesParser.create().parse_overrides(task_overrides(config.hydra))
 
 
 def sweep_space(config: Any) -> dict[str, str]:
@@ -32,7 +33,7 @@ def sweep_space(config: Any) -> dict[str, str]:
 
 def sweep_key(config: Any) -> str:
     """Identifies a sweep's command across re-runs: its overrides, those that only change how it runs left out."""
-    kept = sorted(str(o) for o in config.hydra.overrides.task if not str(o).lstrip("+~").startswith(_HOW))
+    kept = sorted(o for o in task_overrides(config.hydra) if not o.lstrip("+~").startswith(_HOW))
     kept.append(str(config.hydra.sweeper.get("_target_", "")))  # a grid sweep and a search are not one sweep
     if is_search(config):  # a search's parent run is its study's: another study is another sweep
         kept += [str(config.hydra.sweeper.get("study_name")), str(config.hydra.sweeper.get("storage"))]

@@ -103,7 +103,7 @@ def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None
         else:  # params stay as first logged (MLflow refuses new values); the stored config is the current one
             tracked.log_config({**resolved, "ckpt_path": None}, resume.all_overrides, params=False)
             tracked.log_text(resume_record(resume), names.RESUME_RECORD.format(number=resume.number))
-            tracked.set_tags({"resumes": resume.number})
+            tracked.set_tags({names.RESUMES: resume.number})
         tracked.log_git(PACKAGE_ROOT)
         tracked.log_environment()
         if resume is None:
@@ -111,8 +111,10 @@ def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None
 
             log_dataset(tracked, dataset_entity(resolved["datamodule"], job.datamodule_choice, datamodule))
         if cfg.logger.get("system_metrics", MLflowConfig.system_metrics):  # after what rebuilds the run
-            tracked.monitor_system(cfg.logger.get("system_metrics_every_s", MLflowConfig.system_metrics_every_s))
-        files = Background("labbook-checkpoints")  # the checkpoints' writes, then their copies into the run
+            tracked.monitor_system(cfg.logger.get("system_metrics_every_s", MLflowConfig.system_metrics_every_s),
+                                   resume=resume is not None)
+        # One queue, in order: the checkpoints' writes, the metrics' flushes and the checkpoints' copies.
+        files = Background("labbook-store")
         upload = CheckpointUpload(tracked, cfg.logger.get("checkpoint_upload_every_s",
                                                           MLflowConfig.checkpoint_upload_every_s), files)
         mark("recorded")
@@ -120,6 +122,8 @@ def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None
             for cb in callbacks:
                 if isinstance(cb, ModelCheckpoint):
                     cb.on_save = upload
+            callbacks = [*callbacks, upload]
+        tracked.lightning_logger(cfg.logger.flush_every_s, files, resume.stored_steps if resume else None)
         trainer = build_trainer(cfg, callbacks, tracked, plugins=[BackgroundCheckpointIO(files)])
         mark("trainer-built")
         try:
@@ -140,12 +144,12 @@ def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None
                     metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
                     mark("tested")
         except BaseException:
-            upload.flush()  # interrupted or failed: the newest checkpoints reach the store for a resume
+            upload.flush(quiet=True)  # interrupted or failed: the newest checkpoints reach the store for a resume
             raise
+        upload.flush()  # the metrics, then the final checkpoints, each stored once
         trainer.logger.flush()
-        files.wait()  # every write and copy done before the final checkpoints are stored
         if cfg.logger.log_checkpoints:
-            _log_checkpoints(tracked, checkpoints)
+            _tag_checkpoints(tracked, checkpoints)
         traits = model_traits(model)
         if traits.reports:
             tracked.log_report(model.report())
@@ -175,7 +179,7 @@ def build_trainer(cfg: DictConfig, callbacks: list[Any], tracked: TrackedRun | N
     progress = progress_callbacks(bool(cfg.trainer.enable_progress_bar))
     bar = any(isinstance(cb, TimedProgressBar) for cb in progress)
     return instantiate(cfg.trainer, callbacks=[*callbacks, *progress, StopOnSignal(tracked)],
-                       logger=tracked.lightning_logger(cfg.logger.flush_every_s),
+                       logger=tracked.logger or tracked.lightning_logger(cfg.logger.flush_every_s),
                        **{"enable_progress_bar": bar, **overrides})
 
 
@@ -193,14 +197,12 @@ def _checkpoint_state(trainer: Any) -> dict[str, Any]:
             "score": float(score) if score is not None else None}
 
 
-def _log_checkpoints(tracked: TrackedRun, state: Mapping[str, Any]) -> None:
+def _tag_checkpoints(tracked: TrackedRun, state: Mapping[str, Any]) -> None:
+    """What the stored best checkpoint was chosen by, and its score."""
     if state.get("best") and Path(state["best"]).exists():
-        tracked.log_file(state["best"], names.BEST_CHECKPOINT)
         score = state["score"]
         tracked.set_tags({names.CHECKPOINT_MONITOR: state["monitor"],
                           names.CHECKPOINT_BEST_SCORE: f"{score:.6g}" if score is not None else "n/a"})
-    if state.get("last") and Path(state["last"]).exists():
-        tracked.log_file(state["last"], names.LAST_CHECKPOINT)
 
 
 def summary(result: Mapping[str, Any]) -> str:

@@ -21,8 +21,9 @@ from labbook import names
 from labbook.errors import UserError
 
 # Dotted prefixes a resume may change; anything else differing is refused.
-RESUMABLE = ("trainer.", "threads", "test", "logger.tags", "logger.flush_every_s", "logger.heartbeat_s", "logger.server_patience_s",
-             "logger.log_checkpoints", "logger.tracking_uri", "callbacks.early_stopping.", "paths.")
+RESUMABLE = ("trainer.", "threads", "test", "logger.tags", "logger.flush_every_s", "logger.heartbeat_s",
+             "logger.server_patience_s", "logger.log_checkpoints", "logger.checkpoint_upload_every_s",
+             "logger.system_metrics", "logger.tracking_uri", "callbacks.early_stopping.", "paths.")
 
 
 @dataclasses.dataclass
@@ -34,6 +35,9 @@ class ResumePlan:
     all_overrides: list[str]  # the run's overrides so far, this resume's appended
     changes: dict[str, list[Any]]  # key -> [stored value, new value]
     checkpoint: dict[str, int]  # where the run continues from: Position's fields
+    # Each metric's last step already in the store: the steps trained again after the last checkpoint (a run
+    # killed after a metrics flush) are not stored twice.
+    stored_steps: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def describe_resumable() -> str:
@@ -69,7 +73,8 @@ def plan_resume(uri: str, run_id: str, new_overrides: list[str], compose: Callab
     """Check everything a resume needs, in the order a user needs it, and download the checkpoints.
 
     ``compose(overrides)`` returns the resolved config ``labbook train OVERRIDES`` would run with. Nothing is
-    written to the store here: a refused resume leaves the run as it was.
+    written to the store but, last, this process's claim on the run (:func:`labbook.run.owners.claim`): a
+    refused resume leaves the run as it was.
     """
     from labbook.store.read import open_reader
 
@@ -95,9 +100,15 @@ def plan_resume(uri: str, run_id: str, new_overrides: list[str], compose: Callab
         reader.checkpoint(run, [names.BEST_CHECKPOINT], download).replace(checkpoint_dir / Path(names.BEST_CHECKPOINT).name)
     config["ckpt_path"] = str(last)
     config.pop("resume", None)
-    position = _check_position(run_id, config, changes, last)
+    position = _check_position(run_id, config, changes, last, finished=run.status == "FINISHED")
+    from labbook.run.owners import claim
+
+    try:  # last, once everything is checked: of two resumes started together, exactly one goes on
+        claim(uri, run)
+    except UserError as exc:
+        raise UserError(f"resume={run_id}: {exc}") from None
     return ResumePlan(run.run_id, int(run.tags.get(names.RESUMES, "0")) + 1, config, list(new_overrides),
-                      [*old_overrides, *new_overrides], changes, dataclasses.asdict(position))
+                      [*old_overrides, *new_overrides], changes, dataclasses.asdict(position), dict(run.metric_steps))
 
 
 def _check_resumable(reader: Any, run: Any) -> None:
@@ -155,13 +166,21 @@ def _check_schedule(run_id: str, config: Mapping[str, Any], changes: Mapping[str
                         f"train a new run (model.{option}=false runs can be trained further)")
 
 
-def _check_position(run_id: str, config: Mapping[str, Any], changes: Mapping[str, Any], last: Path) -> "Position":
-    """Where the last checkpoint stands, checked against the resume's limits and hardware."""
+def _check_position(run_id: str, config: Mapping[str, Any], changes: Mapping[str, Any], last: Path,
+                    finished: bool = False) -> "Position":
+    """Where the last checkpoint stands, checked against the resume's limits and hardware; a run that
+    ``finished`` with nothing left to train is refused (it would only be tested again)."""
     import torch
 
     position = checkpoint_position(torch.load(last, map_location="cpu", weights_only=True))
     limit = config_value(config, "trainer.max_epochs", -1)
+    steps = config_value(config, "trainer.max_steps", -1)
     needed = position.epochs + (1 if position.batches else 0)  # an interrupted epoch must be finished
+    done = (isinstance(limit, int) and 0 <= limit <= position.epochs) or (
+        isinstance(steps, int) and 0 < steps <= position.global_step)
+    if finished and not position.batches and done:
+        raise UserError(f"resume={run_id}: the run FINISHED and has trained {position.describe()}: nothing is left to "
+                        f"train; give trainer.max_epochs={position.epochs + 1} or more to train it further")
     if isinstance(limit, int) and 0 <= limit < needed:
         raise UserError(f"resume={run_id}: trainer.max_epochs={limit} is not allowed: the run has already trained "
                         f"{position.describe()} (its last checkpoint); give trainer.max_epochs={needed} or more")
