@@ -193,7 +193,9 @@ def _train(cfg: Any, hc: Any, sweep_job: Any) -> dict[str, Any] | None:
 
         cfg = OmegaConf.create(plan.config)
     job = prepare(cfg, choices=dict(hc.runtime.choices))
-    result = run(job, open_run(job, uri, resume=plan, sweep=sweep_job), overrides=task_overrides(hc), resume=plan)
+    overrides = task_overrides(hc)
+    result = run(job, open_run(job, uri, resume=plan, sweep=sweep_job, overrides=overrides), overrides=overrides,
+                 resume=plan)
     if sweep_job is not None:
         sweep_job.record("FINISHED", result["run_id"])
     return result

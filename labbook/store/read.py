@@ -52,7 +52,7 @@ from labbook.store.uri import existing_sqlite_store, request_timeout_s, run_not_
 
 _PAGE = 1000  # runs per REST page (the server allows more; smaller pages keep each answer quick)
 _SQL_CHUNK = 500  # bound parameters per IN (...) clause, well under SQLite's limit
-_MIN_PREFIX = 4  # shorter run-id prefixes match too much to be what the user meant
+MIN_PREFIX = 6  # a run id may be shortened to this many characters (compare shows 8); fewer match too much
 
 
 class RunNotFound(UserError):
@@ -150,15 +150,20 @@ class Reader(abc.ABC):
         found = self.run(run_id)
         if found is not None:
             return found
-        if _MIN_PREFIX <= len(run_id) < 32 and all(c in "0123456789abcdef" for c in run_id.lower()):
-            matches = self.run_ids_starting(run_id.lower())
+        hexadecimal = all(c in "0123456789abcdef" for c in run_id.lower())
+        if MIN_PREFIX <= len(run_id) < 32 and hexadecimal:
+            matches = sorted(self.run_ids_starting(run_id.lower()))
             if len(matches) == 1:
                 found = self.run(matches[0])
                 if found is not None:
                     return found
             if len(matches) > 1:
-                raise AmbiguousRunId(f"run id prefix {run_id!r} matches {len(matches)} runs in the store {redact_uri(self.uri)} "
-                                f"({', '.join(sorted(matches)[:4])}{', ...' if len(matches) > 4 else ''}): give more of it")
+                shown = ", ".join(matches[:10]) + (f" and {len(matches) - 10} more" if len(matches) > 10 else "")
+                raise AmbiguousRunId(f"run id prefix {run_id!r} matches {len(matches)} runs in the store "
+                                     f"{redact_uri(self.uri)}: {shown}; give more of it")
+        if hexadecimal and len(run_id) < MIN_PREFIX:
+            raise RunNotFound(f"{run_not_found(run_id, self.uri)}: a shortened run id needs {MIN_PREFIX} characters "
+                              "or more")
         raise RunNotFound(run_not_found(run_id, self.uri))
 
     def experiment_id(self, name: str) -> str:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from labbook import names
 from labbook.config.contract import model_traits
+from labbook.config.experiment import run_name
 from labbook.config.objective import objective_value, objectives_of
 from labbook.config.schemas import MLflowConfig
 from labbook.run.background import Background
@@ -41,10 +42,12 @@ from labbook.train.resume import ResumePlan, resume_record
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
-def open_run(job: Job, uri: str, resume: ResumePlan | None = None, sweep: SweepJob | None = None) -> TrackedRun:
+def open_run(job: Job, uri: str, resume: ResumePlan | None = None, sweep: SweepJob | None = None,
+             overrides: Sequence[str] = ()) -> TrackedRun:
     """Rank 0's run for ``job``: a new one in its experiment (a child of its sweep's parent run, named after
-    what it sweeps), or the resumed run re-opened. It is tagged with its objective (``optimized_metric``,
-    else the model's validation monitor) and that objective's direction."""
+    what it sweeps; a single run after what its ``overrides`` set, and when), or the resumed run re-opened.
+    It is tagged with its objective (``optimized_metric``, else the model's validation monitor) and that
+    objective's direction."""
     cfg = job.cfg
     objective = objective_of(job.cfg, job.model)
     heartbeat_s = cfg.logger.get("heartbeat_s", MLflowConfig.heartbeat_s)  # absent from older runs' configs
@@ -53,7 +56,7 @@ def open_run(job: Job, uri: str, resume: ResumePlan | None = None, sweep: SweepJ
         tracked = TrackedRun.reopen(uri, resume.run_id, heartbeat_s=heartbeat_s, patience_s=patience_s)
     else:
         tags = {**(sweep.tags() if sweep else {}), **dict(cfg.logger.tags or {})}
-        name = cfg.logger.run_name or (sweep.name if sweep else None)
+        name = cfg.logger.run_name or (sweep.name if sweep else run_name(cfg.logger.experiment_name, overrides))
         tracked = TrackedRun.start(uri, cfg.logger.experiment_name, name, tags, heartbeat_s=heartbeat_s,
                                    parent_run_id=sweep.parent_run_id if sweep else None, patience_s=patience_s)
     if objective is not None:

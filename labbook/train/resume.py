@@ -93,6 +93,7 @@ def plan_resume(uri: str, run_id: str, new_overrides: list[str], compose: Callab
         if key in after:
             _set(config, key, after[key])
     config["paths"] = composed["paths"]  # this attempt's directories
+    _unmask(config, after)
 
     download = checkpoint_dir / ".download"
     last = localise_checkpoint(reader.checkpoint(run, [names.LAST_CHECKPOINT], download), checkpoint_dir)
@@ -109,6 +110,17 @@ def plan_resume(uri: str, run_id: str, new_overrides: list[str], compose: Callab
         raise UserError(f"resume={run_id}: {exc}") from None
     return ResumePlan(run.run_id, int(run.tags.get(names.RESUMES, "0")) + 1, config, list(new_overrides),
                       [*old_overrides, *new_overrides], changes, dataclasses.asdict(position), dict(run.metric_steps))
+
+
+def _unmask(config: dict[str, Any], composed: Mapping[str, Any]) -> None:
+    """A secret is stored masked (``***``: :mod:`labbook.redact`); the resumed run takes it again from where
+    its overrides say (``${oc.env:TOKEN}``), in this environment."""
+    from labbook.config.keys import flatten
+    from labbook.redact import MASK
+
+    for key, value in flatten(config).items():
+        if isinstance(value, str) and MASK in value and composed.get(key) not in (None, value):
+            _set(config, key, composed[key])
 
 
 def _check_resumable(reader: Any, run: Any) -> None:
