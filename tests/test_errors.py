@@ -11,6 +11,8 @@ from tests.conftest import labbook, runs
 
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: trainer=gpu is no error here")
 CELLS = b"".join(b"%d,%d,%d\n" % (i, i, i) for i in range(40))
+# A column of values that float64 holds and float32 (what the rows are trained in) does not: its sum overflows.
+HUGE = b"alpha,huge\n" + b"".join(b"%d,%.0e\n" % (i, (i % 9 + 1) * 1e306) for i in range(40))
 
 # (name, overrides, file to write into the working dir or None, words the one line must contain): the key or
 # file, the value, and what is allowed.
@@ -54,6 +56,10 @@ CASES = [
     ("unknown label column", ["datamodule=tabular", "datamodule.path=ok.csv", "datamodule.label_column=species"],
      ("ok.csv", b"alpha,beta\n" + b"".join(b"%d,%d\n" % (i, 2 * i) for i in range(60))),
      ["ok.csv", "label_column 'species' is not a column", "columns are: alpha, beta"]),
+    ("two columns of one name", ["datamodule=tabular", "datamodule.path=twice.csv"],
+     ("twice.csv", b"alpha,beta,alpha\n" + CELLS), ["twice.csv", "columns 1 and 3 are both named 'alpha'"]),
+    ("values beyond float32", ["datamodule=tabular", "datamodule.path=huge.csv"], ("huge.csv", HUGE),
+     ["huge.csv", "row 2, column 'huge'", "'1e+306' is beyond float32's range"]),
     ("bad date file line", ["experiment=seq2seq_dates", "datamodule.path=dates.txt"],
      ("dates.txt", b"%-29s_1993-02-10\n%-29s_2003-13-19\n" % (b"2/10/93", b"Aug 19, 2003")),
      ["dates.txt, line 2", "answer '2003-13-19' is not an ISO date"]),
@@ -88,3 +94,16 @@ def test_unknown_command_and_usage(tmp_path: Path) -> None:
     assert labbook("--help", cwd=tmp_path).stdout.startswith("usage: labbook")
     helptext = labbook("train", "--help", cwd=tmp_path)
     assert helptext.returncode == 0 and "== Config groups" in helptext.stdout and "experiment: " in helptext.stdout
+
+
+@pytest.mark.parametrize("standardize", ["true", "false"])
+def test_values_beyond_float32_are_one_line_without_numpy_warnings(tmp_path: Path, store: str, standardize: str) -> None:
+    (tmp_path / "huge.csv").write_bytes(HUGE)
+    # RuntimeWarnings shown, as a user sees them (numpy's overflow warnings are RuntimeWarnings).
+    out = labbook("train", "debug=quiet", "trainer.max_epochs=2", "datamodule=tabular", "datamodule.path=huge.csv",
+                  f"datamodule.standardize={standardize}", cwd=tmp_path,
+                  env={"PYTHONWARNINGS": "ignore,default::RuntimeWarning"})
+    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr[-3000:]
+    assert out.stderr.startswith("labbook: error: datamodule (datamodules.tabular.CSVDataModule): huge.csv: row 2, "
+                                 "column 'huge': '1e+306' is beyond float32's range"), out.stderr
+    assert not runs(store)
