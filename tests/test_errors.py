@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import labbook, runs
+from tests.conftest import LABBOOK, kill_group, labbook, runs
 
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: trainer=gpu is no error here")
 CELLS = b"".join(b"%d,%d,%d\n" % (i, i, i) for i in range(40))
@@ -107,3 +109,64 @@ def test_values_beyond_float32_are_one_line_without_numpy_warnings(tmp_path: Pat
     assert out.stderr.startswith("labbook: error: datamodule (datamodules.tabular.CSVDataModule): huge.csv: row 2, "
                                  "column 'huge': '1e+306' is beyond float32's range"), out.stderr
     assert not runs(store)
+
+
+def predict_env(**extra: str) -> dict[str, str]:
+    return {k: v for k, v in {**os.environ, "PYTHONWARNINGS": "ignore", **extra}.items() if k != "HYDRA_FULL_ERROR"}
+
+
+def test_predict_answers_each_input_once_and_checks_the_run_first(tmp_path: Path, store: str) -> None:
+    # One argv word holding a space (as a shell passes 'logger.run_name=two words'): Hydra reads it as one
+    # value, so this is no error.
+    trained = labbook("train", "debug=quiet", "trainer.max_epochs=2", "logger.run_name=two words", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    (run,) = runs(store)
+    assert run.info.run_name == "two words"
+    rid = run.info.run_id
+    good = labbook("predict", rid, "1,2", "3,4", cwd=tmp_path)
+    assert good.returncode == 0 and len(good.stdout.splitlines()) == 2, good.stderr
+
+    blank = labbook("predict", rid, "1,2", "", "3,4", cwd=tmp_path)
+    assert (blank.returncode, blank.stdout) == (1, ""), blank.stdout
+    assert blank.stderr.strip().splitlines() == [
+        "labbook: error: input 2 of 3 (an argument) is blank: each input needs a value, and gets one answer"]
+    piped = labbook("predict", rid, cwd=tmp_path, stdin="1,2\n \n3,4\n")
+    assert (piped.returncode, piped.stdout) == (1, "")
+    assert piped.stderr.strip().splitlines() == [
+        "labbook: error: stdin line 2 is blank: each input needs a value (one a line), and gets one answer"]
+    piped = labbook("predict", rid, cwd=tmp_path, stdin="1,2\n3,4\n")
+    assert piped.returncode == 0 and piped.stdout == good.stdout
+
+    # An unknown run with no inputs: the run is what is wrong, said before stdin is read (it stays open here).
+    unknown = "0123456789abcdef0123456789abcdef"
+    proc = subprocess.Popen([LABBOOK, "predict", unknown], cwd=tmp_path, env=predict_env(), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        code = proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        code = None
+    finally:
+        kill_group(proc.pid)
+        proc.stdin.close()
+    out, err = proc.stdout.read(), proc.stderr.read()
+    assert code == 1 and out == "", (code, err)
+    assert len(err.strip().splitlines()) == 1 and err.startswith(f"labbook: error: run {unknown!r} not found"), err
+    assert [r.info.run_id for r in runs(store)] == [rid]
+
+
+def test_predict_names_the_counts_when_a_datamodule_answers_another_number(tmp_path: Path, store: str) -> None:
+    (tmp_path / "miscount.py").write_text(
+        "from datamodules.tabular import BlobsDataModule\n\n\n"
+        "class OneAnswerShort(BlobsDataModule):\n"
+        "    def format_outputs(self, y):\n"
+        "        return super().format_outputs(y)[:-1]\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    trained = labbook("train", "debug=quiet", "trainer.max_epochs=2", "datamodule._target_=miscount.OneAnswerShort",
+                      cwd=tmp_path, env=env)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    (run,) = runs(store)
+    out = labbook("predict", run.info.run_id, "1,2", "3,4", "5,6", cwd=tmp_path, env=env)
+    assert (out.returncode, out.stdout) == (1, ""), out.stdout
+    assert out.stderr.strip().splitlines() == [
+        "labbook: error: miscount.OneAnswerShort.format_outputs gave 2 answers for 3 inputs; predict prints exactly "
+        "one answer per input"]
