@@ -175,6 +175,6 @@ def test_predict_names_the_counts_when_a_datamodule_answers_another_number(tmp_p
     (run,) = runs(store)
     out = labbook("predict", run.info.run_id, "1,2", "3,4", "5,6", cwd=tmp_path, env=env)
     assert (out.returncode, out.stdout) == (1, ""), out.stdout
-    assert out.stderr.strip().splitlines() == [
+    assert out.stderr.strip().splitlines() == [(
         "labbook: error: miscount.OneAnswerShort.format_outputs gave 2 answers for 3 inputs; predict prints exactly "
-        "one answer per input"]
+        "one answer per input")]

@@ -226,9 +226,9 @@ def test_server_with_local_postgres_stopped_leaves_nothing(tmp_path: Path, pg_di
     port = free_port()
     ready = {"postgres starting": postgres_running(pg_dir), "mlflow starting": starting(port),
              "serving": serving(tmp_path)}[moment]
-    out, watch, left = run_and_stop(["server", "--local-postgres", str(pg_dir), "--pg-port", str(free_port()), "--port",
-                               str(port), "--artifacts-destination", str(tmp_path / "art")], tmp_path,
-                              [str(tmp_path), str(pg_dir), f"--port {port}"], ready, signum)
+    out, _, left = run_and_stop(["server", "--local-postgres", str(pg_dir), "--pg-port", str(free_port()), "--port",
+                                 str(port), "--artifacts-destination", str(tmp_path / "art")], tmp_path,
+                                [str(tmp_path), str(pg_dir), f"--port {port}"], ready, signum)
     if moment == "serving":
         assert_stopped(out, left, 0, f"labbook server: stopped ({signum.name})")
     else:

@@ -57,7 +57,7 @@ class Lifetime:
         self._holding = 0
         self._cleanups: list[Callable[[], None]] = []
 
-    def __enter__(self) -> "Lifetime":
+    def __enter__(self) -> Lifetime:
         # SIGINT too: a shell's & starts a command with it ignored, and `kill -INT` must still stop it.
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._on_signal)

@@ -84,7 +84,7 @@ def main(args: Sequence[str]) -> int:
     return run_server_command("server", lambda lifetime: start(lifetime, options))
 
 
-def start(lifetime: "Lifetime", options: argparse.Namespace) -> "UIServer":
+def start(lifetime: Lifetime, options: argparse.Namespace) -> UIServer:
     """The local cluster (with ``--local-postgres``), the store prepared, ``mlflow server`` answering: each
     stopped when ``lifetime`` ends, the server before the cluster."""
     from labbook.cli.ui import start_mlflow_server
