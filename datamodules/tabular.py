@@ -33,6 +33,13 @@ from datamodules.sharding import sharded_loader
 # Rows converted (gathered, standardised, narrowed to float32) or generated at a time: a few MB of temporaries.
 _BLOCK_ROWS = 65536
 _READ_BYTES = 1 << 22
+# The rows are trained in float32: a value beyond its range would become infinite. Within it, float64 sums and
+# squares of any number of rows stay finite (the training split's mean and standard deviation).
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _beyond_float32(value: float) -> str:
+    return f"is beyond float32's range (±{FLOAT32_MAX:.3g}), which the rows are trained in; rescale the column"
 
 
 def _split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
@@ -117,6 +124,21 @@ class TabularDataModule(pl.LightningDataModule):
                 f"test_fraction={self.test_fraction} (need at least {need})"
             )
 
+    def _check_range(self, X: np.ndarray) -> None:
+        """Every value finite and within float32's range (a subclass's ``_load`` may hand on anything), checked
+        a block of rows at a time."""
+        for c in range(0, X.shape[0], _BLOCK_ROWS):
+            block = X[c : c + _BLOCK_ROWS]
+            bad = ~(np.abs(block) <= FLOAT32_MAX)  # NaN too
+            if bad.any():
+                r, j = np.argwhere(bad)[0]
+                value = float(block[r, j])
+                what = _beyond_float32(value) if math.isfinite(value) else "is not a finite number"
+                raise ValueError(f"{self.source}: row {c + r + 1} of the data, {self._column_name(j)}: {value!r} {what}")
+
+    def _column_name(self, j: int) -> str:
+        return f"column {j + 1}"
+
     def _split_order(self, n: int) -> tuple[np.ndarray, dict[str, tuple[int, int]]]:
         """The permutation drawn from ``seed`` and each split's range ``[a, b)`` in it: train, val, test."""
         perm = np.random.default_rng(self.seed).permutation(n)
@@ -133,6 +155,7 @@ class TabularDataModule(pl.LightningDataModule):
         X = np.asarray(X, dtype=np.float64)
         n = X.shape[0]
         self._check_rows(n)
+        self._check_range(X)
         if y is None:
             y = np.full(n, -1, dtype=np.int64)
             self._n_classes = None
@@ -217,6 +240,9 @@ class TabularDataModule(pl.LightningDataModule):
                     raise ValueError(f"line {i}: {cell!r} is not a number") from None
                 if not math.isfinite(value):
                     raise ValueError(f"line {i}: {cell!r} is not a finite number")
+                if abs(value) > FLOAT32_MAX:
+                    raise ValueError(f"line {i}: {cell!r} is beyond float32's range (±{FLOAT32_MAX:.3g}), which the "
+                                     "model computes in")
                 row.append(value)
             if width is None:
                 width = len(row)
@@ -523,6 +549,14 @@ class CSVDataModule(TabularDataModule):
         if header is None:
             raise self._fail("empty file (no header row)")
         header = [h.strip() for h in header]
+        positions: dict[str, list[int]] = {}
+        for i, name in enumerate(header, start=1):
+            positions.setdefault(name, []).append(i)
+        for name, where in positions.items():
+            if len(where) > 1:  # which of them a name would select is anyone's guess: refuse, naming them all
+                numbers = ", ".join(map(str, where[:-1])) + f" and {where[-1]}"
+                raise self._fail(f"columns {numbers} are {'both' if len(where) == 2 else 'all'} named {name!r}; "
+                                 "each column needs a name of its own (rename one in the header row)")
         label_idx = None
         if self.label_column is not None:
             if self.label_column not in header:
@@ -590,7 +624,7 @@ class CSVDataModule(TabularDataModule):
         if last not in features and bool(frame[last].isna().any()):
             return None
         X = frame[feature_idx].to_numpy(dtype=np.float64)
-        if not np.isfinite(X).all():
+        if not (np.abs(X) <= FLOAT32_MAX).all():  # not finite, or beyond float32: the careful reader names it
             return None
         y = None
         if label_idx is not None:
@@ -627,7 +661,7 @@ class CSVDataModule(TabularDataModule):
             X = cells.astype(np.float64)
         except ValueError:
             X = None
-        if X is None or not np.isfinite(X).all():
+        if X is None or not (np.abs(X) <= FLOAT32_MAX).all():
             for r, row in enumerate(cells):
                 for j, cell in enumerate(row):
                     name = header[feature_idx[j]]
@@ -638,6 +672,9 @@ class CSVDataModule(TabularDataModule):
                         raise self._fail(f"row {line_numbers[r]}, column {name!r}: {what}") from None
                     if not math.isfinite(value):
                         raise self._fail(f"row {line_numbers[r]}, column {name!r}: {cell!r} is not a finite number")
+                    if abs(value) > FLOAT32_MAX:
+                        raise self._fail(f"row {line_numbers[r]}, column {name!r}: {cell.strip()!r} "
+                                         f"{_beyond_float32(value)}")
         y = None
         if label_idx is not None:
             labels = [row[label_idx].strip() for row in rows]
@@ -649,6 +686,9 @@ class CSVDataModule(TabularDataModule):
 
     def _declared_classes(self) -> int | None:
         return len(self.class_names) or None
+
+    def _check_range(self, X: np.ndarray) -> None:
+        """Nothing left to check: both readers refused a cell beyond float32's range, naming its row."""
 
 
 def _label_sort_key(value: str) -> tuple[int, float, str]:

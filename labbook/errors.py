@@ -94,6 +94,10 @@ def one_line(exc: BaseException) -> str:
             return f"{key}: {msg}" + (f" (in {obj})" if obj and obj != "None" else "")
     first = chain[0]
     text = str(first).strip().splitlines()
+    parse = next((e for e in chain if type(e).__name__ == "OverrideParseException"), None)
+    override = getattr(parse, "override", None)
+    if isinstance(override, str) and not (text and text[0].startswith("Error parsing override")):
+        return _override_error(override, str(parse).strip().splitlines() or [""])
     # Hydra's own messages (missing config group option, bad override syntax) are already readable:
     # keep their first line and the list of options when Hydra gives one.
     if text and "Available options" in str(first):
@@ -118,6 +122,33 @@ def one_line(exc: BaseException) -> str:
         return (f"{text[0]}: add -m to sweep over the values, or write key=[a,b] for a list, "
                 "key='a,b' for one string")
     return text[0] if text else type(first).__name__
+
+
+_LEXER = "LexerNoViableAltException: "
+
+
+def _override_error(override: str, text: list[str]) -> str:
+    """Hydra's lexer and parser errors, which name neither the override (the parser's) nor what to do (both):
+    the override, the character Hydra's caret points at and its position (the lexer's), and the quoting that
+    reads the value as one string, ready to paste."""
+    head = f"Error parsing override {override!r}"
+    key, eq, value = override.partition("=")
+    if text[0].startswith(_LEXER) and len(text) > 1 and "^" in text[1]:
+        at = text[1].index("^") - len(_LEXER)  # the caret line lines up under the override after the prefix
+        if 0 <= at < len(override):
+            where = f"character {override[at]!r} at position {at + 1}"
+            if not eq or at < len(key):
+                return f"{head}: {where} is not allowed in a key (KEY=VALUE, a key such as logger.run_name)"
+            return f"{head}: {where} is not allowed in an unquoted value ({_quote_hint(key, value)})"
+    reason = "a character Hydra cannot read" if text[0].startswith(_LEXER) else text[0]
+    return f"{head}: {reason} ({_quote_hint(key, value) if eq else 'expected KEY=VALUE'})"
+
+
+def _quote_hint(key: str, value: str) -> str:
+    """Hydra's quotes inside the shell's, for this value when it has no quote or backslash of its own."""
+    if any(c in value for c in "'\"\\"):
+        return "a value with spaces or special characters needs quotes, inside the shell's: 'key=\"a value\"'"
+    return f"a value with spaces or special characters needs quotes, inside the shell's: '{key}=\"{value.strip()}\"'"
 
 
 def _allowed_keys(object_type: Any) -> str:

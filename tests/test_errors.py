@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import labbook, runs
+from tests.conftest import LABBOOK, kill_group, labbook, runs
 
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: trainer=gpu is no error here")
 CELLS = b"".join(b"%d,%d,%d\n" % (i, i, i) for i in range(40))
+# A column of values that float64 holds and float32 (what the rows are trained in) does not: its sum overflows.
+HUGE = b"alpha,huge\n" + b"".join(b"%d,%.0e\n" % (i, (i % 9 + 1) * 1e306) for i in range(40))
 
 # (name, overrides, file to write into the working dir or None, words the one line must contain): the key or
 # file, the value, and what is allowed.
@@ -54,6 +58,18 @@ CASES = [
     ("unknown label column", ["datamodule=tabular", "datamodule.path=ok.csv", "datamodule.label_column=species"],
      ("ok.csv", b"alpha,beta\n" + b"".join(b"%d,%d\n" % (i, 2 * i) for i in range(60))),
      ["ok.csv", "label_column 'species' is not a column", "columns are: alpha, beta"]),
+    ("two columns of one name", ["datamodule=tabular", "datamodule.path=twice.csv"],
+     ("twice.csv", b"alpha,beta,alpha\n" + CELLS), ["twice.csv", "columns 1 and 3 are both named 'alpha'"]),
+    ("values beyond float32", ["datamodule=tabular", "datamodule.path=huge.csv"], ("huge.csv", HUGE),
+     ["huge.csv", "row 2, column 'huge'", "'1e+306' is beyond float32's range"]),
+    ("non-ASCII value, unquoted", ["logger.experiment_name=実験"], None,
+     ["Error parsing override 'logger.experiment_name=実験'", "character '実' at position 24",
+      "needs quotes", """'logger.experiment_name="実験"'"""]),
+    ("value with spaces and a '!', unquoted", ["logger.run_name=two words!"], None,
+     ["Error parsing override 'logger.run_name=two words!'", "character '!' at position 26", "needs quotes",
+      """'logger.run_name="two words!"'"""]),
+    ("value with '=', unquoted", ["logger.run_name=a b=c"], None,
+     ["Error parsing override 'logger.run_name=a b=c'", "mismatched input '='", """'logger.run_name="a b=c"'"""]),
     ("bad date file line", ["experiment=seq2seq_dates", "datamodule.path=dates.txt"],
      ("dates.txt", b"%-29s_1993-02-10\n%-29s_2003-13-19\n" % (b"2/10/93", b"Aug 19, 2003")),
      ["dates.txt, line 2", "answer '2003-13-19' is not an ISO date"]),
@@ -88,3 +104,77 @@ def test_unknown_command_and_usage(tmp_path: Path) -> None:
     assert labbook("--help", cwd=tmp_path).stdout.startswith("usage: labbook")
     helptext = labbook("train", "--help", cwd=tmp_path)
     assert helptext.returncode == 0 and "== Config groups" in helptext.stdout and "experiment: " in helptext.stdout
+
+
+@pytest.mark.parametrize("standardize", ["true", "false"])
+def test_values_beyond_float32_are_one_line_without_numpy_warnings(tmp_path: Path, store: str, standardize: str) -> None:
+    (tmp_path / "huge.csv").write_bytes(HUGE)
+    # RuntimeWarnings shown, as a user sees them (numpy's overflow warnings are RuntimeWarnings).
+    out = labbook("train", "debug=quiet", "trainer.max_epochs=2", "datamodule=tabular", "datamodule.path=huge.csv",
+                  f"datamodule.standardize={standardize}", cwd=tmp_path,
+                  env={"PYTHONWARNINGS": "ignore,default::RuntimeWarning"})
+    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr[-3000:]
+    assert out.stderr.startswith("labbook: error: datamodule (datamodules.tabular.CSVDataModule): huge.csv: row 2, "
+                                 "column 'huge': '1e+306' is beyond float32's range"), out.stderr
+    assert not runs(store)
+
+
+def predict_env(**extra: str) -> dict[str, str]:
+    return {k: v for k, v in {**os.environ, "PYTHONWARNINGS": "ignore", **extra}.items() if k != "HYDRA_FULL_ERROR"}
+
+
+def test_predict_answers_each_input_once_and_checks_the_run_first(tmp_path: Path, store: str) -> None:
+    # One argv word holding a space (as a shell passes 'logger.run_name=two words'): Hydra reads it as one
+    # value, so this is no error.
+    trained = labbook("train", "debug=quiet", "trainer.max_epochs=2", "logger.run_name=two words", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    (run,) = runs(store)
+    assert run.info.run_name == "two words"
+    rid = run.info.run_id
+    good = labbook("predict", rid, "1,2", "3,4", cwd=tmp_path)
+    assert good.returncode == 0 and len(good.stdout.splitlines()) == 2, good.stderr
+
+    blank = labbook("predict", rid, "1,2", "", "3,4", cwd=tmp_path)
+    assert (blank.returncode, blank.stdout) == (1, ""), blank.stdout
+    assert blank.stderr.strip().splitlines() == [
+        "labbook: error: input 2 of 3 (an argument) is blank: each input needs a value, and gets one answer"]
+    piped = labbook("predict", rid, cwd=tmp_path, stdin="1,2\n \n3,4\n")
+    assert (piped.returncode, piped.stdout) == (1, "")
+    assert piped.stderr.strip().splitlines() == [
+        "labbook: error: stdin line 2 is blank: each input needs a value (one a line), and gets one answer"]
+    piped = labbook("predict", rid, cwd=tmp_path, stdin="1,2\n3,4\n")
+    assert piped.returncode == 0 and piped.stdout == good.stdout
+
+    # An unknown run with no inputs: the run is what is wrong, said before stdin is read (it stays open here).
+    unknown = "0123456789abcdef0123456789abcdef"
+    proc = subprocess.Popen([LABBOOK, "predict", unknown], cwd=tmp_path, env=predict_env(), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        code = proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        code = None
+    finally:
+        kill_group(proc.pid)
+        proc.stdin.close()
+    out, err = proc.stdout.read(), proc.stderr.read()
+    assert code == 1 and out == "", (code, err)
+    assert len(err.strip().splitlines()) == 1 and err.startswith(f"labbook: error: run {unknown!r} not found"), err
+    assert [r.info.run_id for r in runs(store)] == [rid]
+
+
+def test_predict_names_the_counts_when_a_datamodule_answers_another_number(tmp_path: Path, store: str) -> None:
+    (tmp_path / "miscount.py").write_text(
+        "from datamodules.tabular import BlobsDataModule\n\n\n"
+        "class OneAnswerShort(BlobsDataModule):\n"
+        "    def format_outputs(self, y):\n"
+        "        return super().format_outputs(y)[:-1]\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    trained = labbook("train", "debug=quiet", "trainer.max_epochs=2", "datamodule._target_=miscount.OneAnswerShort",
+                      cwd=tmp_path, env=env)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    (run,) = runs(store)
+    out = labbook("predict", run.info.run_id, "1,2", "3,4", "5,6", cwd=tmp_path, env=env)
+    assert (out.returncode, out.stdout) == (1, ""), out.stdout
+    assert out.stderr.strip().splitlines() == [(
+        "labbook: error: miscount.OneAnswerShort.format_outputs gave 2 answers for 3 inputs; predict prints exactly "
+        "one answer per input")]

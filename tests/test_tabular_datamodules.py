@@ -13,6 +13,7 @@ from datamodules.tabular import (
     BlobsDataModule,
     CSVDataModule,
     IrisDataModule,
+    TabularDataModule,
     make_blobs,
 )
 
@@ -128,6 +129,21 @@ def test_parse_inputs_and_format_outputs() -> None:
     with pytest.raises(ValueError, match=r"line 1: 'nan' is not a finite number"):
         dm.parse_inputs(["nan,1"])
     assert dm.format_outputs(torch.tensor([2, 0, 1])) == ["2", "0", "1"]
+    with pytest.raises(ValueError, match=r"line 2: '1e39' is beyond float32's range \(±3.4e\+38\)"):
+        dm.parse_inputs(["1,2", "1e39,2"])  # float32 would make it inf
+
+
+def test_a_subclass_value_beyond_float32_is_named_by_row_and_column() -> None:
+    class Huge(TabularDataModule):
+        source = "huge"
+
+        def _load(self) -> tuple[np.ndarray, None]:
+            X = np.ones((40, 3))
+            X[7, 1] = 2e38 * 10
+            return X, None
+
+    with pytest.raises(ValueError, match=r"^huge: row 8 of the data, column 2: 2e\+39 is beyond float32's range"):
+        Huge(standardize=True).setup("fit")
 
 
 # ---------------------------------------------------------------------- CSV

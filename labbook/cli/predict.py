@@ -24,19 +24,42 @@ USAGE = """\
 usage: labbook predict [--tracking-uri URI] RUN_ID [INPUT ...]
   Inputs come from stdin, one per line, when none are given. The store is URI, else $MLFLOW_TRACKING_URI,
   else sqlite:///mlflow.db in the working directory."""
-def load_run(run_id: str, uri: str, workdir: Path) -> tuple[dict, Path]:
-    """The run's resolved config and a local copy of its best (else last) checkpoint."""
+
+
+class NoInputs(UserError):
+    """Neither arguments nor stdin held an input: a usage error (exit 2)."""
+
+
+def read_inputs(given: Sequence[str]) -> list[str]:
+    """The inputs given as arguments, else stdin's lines; a blank one is a :class:`UserError` naming it (each
+    input gets exactly one answer, so none may be skipped), no input at all :class:`NoInputs`."""
+    for i, text in enumerate(given, start=1):
+        if not text.strip():
+            raise UserError(f"input {i} of {len(given)} (an argument) is blank: each input needs a value, and gets "
+                            "one answer")
+    if given:
+        return list(given)
+    lines = [line.rstrip("\r\n") for line in sys.stdin]
+    for i, text in enumerate(lines, start=1):
+        if not text.strip():
+            raise UserError(f"stdin line {i} is blank: each input needs a value (one a line), and gets one answer")
+    if not lines:
+        raise NoInputs("no inputs: give them as arguments or on stdin, one per line")
+    return lines
+
+
+def predict(run_id: str, given: Sequence[str], uri: str) -> list[str]:
+    """One answer per input, in order. The run is found first (a mistyped id is said before any input is read,
+    stdin included), then the inputs are read, then the checkpoint is loaded."""
     from labbook.store.read import open_reader
 
     reader = open_reader(uri)
     run = reader.find_run(run_id)
-    return reader.config(run), reader.checkpoint(run, (names.BEST_CHECKPOINT, names.LAST_CHECKPOINT), workdir, why=(
-        ": was it trained with logger.log_checkpoints=false, or did it fail before one was saved?"))
-
-
-def predict(run_id: str, inputs: Sequence[str], uri: str) -> list[str]:
+    inputs = read_inputs(given)
     with tempfile.TemporaryDirectory() as tmp:
-        config, ckpt = load_run(run_id, uri, Path(tmp))
+        config = reader.config(run)
+        ckpt = reader.checkpoint(run, (names.BEST_CHECKPOINT, names.LAST_CHECKPOINT), Path(tmp), why=(
+            ": was it trained with logger.log_checkpoints=false, or did it fail before one was saved?"))
         # Only now torch (~1.5 s): a mistyped run id or store is answered without it.
         import torch
         from hydra.utils import get_class, instantiate
@@ -57,11 +80,15 @@ def predict(run_id: str, inputs: Sequence[str], uri: str) -> list[str]:
     model.eval()
     with torch.no_grad():
         y = model.predict(x)
-    return list(datamodule.format_outputs(y))
+    answers = list(datamodule.format_outputs(y))
+    if len(answers) != len(inputs):  # printed, they would pair answers with the wrong inputs
+        raise UserError(f"{cfg.datamodule._target_}.format_outputs gave {len(answers)} answers for {len(inputs)} "
+                        "inputs; predict prints exactly one answer per input")
+    return answers
 
 
 def main(args: Sequence[str]) -> int:
-    from labbook.cli.console import run_command
+    from labbook.cli.console import fail, full_error, quiet_libraries
     from labbook.store.uri import resolve_tracking_uri
 
     args = list(args)
@@ -80,15 +107,14 @@ def main(args: Sequence[str]) -> int:
     if not args:
         print(f"labbook: error: no RUN_ID given\n{USAGE}", file=sys.stderr)
         return 2
-    run_id, inputs = args[0], list(args[1:])
-    if not inputs:
-        inputs = [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    if not inputs:
-        print("labbook: error: no inputs: give them as arguments or on stdin, one per line", file=sys.stderr)
+    run_id, given = args[0], list(args[1:])
+    quiet_libraries()
+    try:
+        answers = predict(run_id, given, resolve_tracking_uri(explicit_uri))
+    except NoInputs as exc:  # a usage error, as no RUN_ID is
+        fail(exc, full_error())
         return 2
-
-    def answer() -> None:
-        answers = predict(run_id, inputs, resolve_tracking_uri(explicit_uri))
-        sys.stdout.write("".join(f"{a}\n" for a in answers))
-
-    return run_command(answer)
+    except Exception as exc:  # noqa: BLE001 - one line, as every command ends
+        return fail(exc, full_error())
+    sys.stdout.write("".join(f"{a}\n" for a in answers))
+    return 0

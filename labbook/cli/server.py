@@ -5,7 +5,9 @@ unless ``--host`` says otherwise.
 Jobs on any machine then record into it with ``MLFLOW_TRACKING_URI=http://HOST:PORT`` (or
 ``logger.tracking_uri=``): runs, metrics and artifacts all travel over HTTP, so a job needs no database
 driver and no shared disk. To try it on one machine, ``--local-postgres DIR`` initialises (once) and starts a
-PostgreSQL cluster in DIR with Debian's binaries, and stops it again with the server.
+PostgreSQL cluster in DIR with Debian's binaries, and stops it again with the server. Ctrl-C, SIGTERM or SIGHUP
+stops it at any moment, start-up included: the MLflow server with every process it spawned, then the cluster
+(:mod:`labbook.cli.processes`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,11 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from labbook.cli.processes import Lifetime
+    from labbook.cli.ui import UIServer
 
 ENV_ADMIN_PASSWORD = "LABBOOK_ADMIN_PASSWORD"
 ENV_ADMIN_USER = "LABBOOK_ADMIN_USER"
@@ -69,43 +75,39 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(args: Sequence[str]) -> int:
-    from labbook.cli.console import fail, full_error, quiet_libraries
+    from labbook.cli.processes import run_server_command
 
     arguments = parser()
     options = arguments.parse_args(list(args))
     if (options.backend_store_uri is None) == (options.local_postgres is None):
         arguments.error("give one of --backend-store-uri URI (postgresql://...) and --local-postgres DIR")
-    quiet_libraries()
-    cluster = None
-    try:
-        from labbook.cli.ui import start_mlflow_server
-        from labbook.store.prepare import prepare_store
+    return run_server_command("server", lambda lifetime: start(lifetime, options))
 
-        uri = options.backend_store_uri
-        if options.local_postgres is not None:
-            from labbook.store.postgres import Cluster
 
-            cluster = Cluster(options.local_postgres, options.pg_port).start()
-            uri = cluster.database("mlflow")
-            print(f"labbook server: PostgreSQL in {cluster.directory} on 127.0.0.1:{cluster.port}", file=sys.stderr)
-        prepare_store(uri)
-        destination = Path(options.artifacts_destination).resolve()
-        destination.mkdir(parents=True, exist_ok=True)
-        extra, env = ["--serve-artifacts", "--artifacts-destination", str(destination)], {}
-        if options.auth:
-            extra, env = extra + ["--app-name", "basic-auth"], basic_auth(options.port)
-        server = start_mlflow_server(uri, options.host, options.port, extra, name="server", workers=options.workers,
-                                     env=env)
-    except BaseException as exc:  # noqa: BLE001 - the cluster we started must not outlive a failed start
-        if cluster is not None:
-            cluster.stop()
-        if isinstance(exc, KeyboardInterrupt):
-            return 130
-        return fail(exc, full_error()) if isinstance(exc, Exception) else 1
-    print(f"labbook server: jobs record here with MLFLOW_TRACKING_URI={server.url} (artifacts in {destination})",
-          file=sys.stderr, flush=True)
-    try:
-        return server.serve()
-    finally:
-        if cluster is not None:
-            cluster.stop()
+def start(lifetime: Lifetime, options: argparse.Namespace) -> UIServer:
+    """The local cluster (with ``--local-postgres``), the store prepared, ``mlflow server`` answering: each
+    stopped when ``lifetime`` ends, the server before the cluster."""
+    from labbook.cli.ui import start_mlflow_server
+    from labbook.store.prepare import prepare_store
+
+    uri = options.backend_store_uri
+    if options.local_postgres is not None:
+        from labbook.store.postgres import Cluster
+
+        cluster = Cluster(options.local_postgres, options.pg_port)
+        with lifetime.held():  # initdb and pg_ctl run to their end: an interrupted initdb would spoil DIR
+            lifetime.on_exit(cluster.stop)  # registered first: a pg_ctl stopped half-way may have started it
+            cluster.start()
+        uri = cluster.database("mlflow")
+        print(f"labbook server: PostgreSQL in {cluster.directory} on 127.0.0.1:{cluster.port}", file=sys.stderr)
+    prepare_store(uri)
+    destination = Path(options.artifacts_destination).resolve()
+    destination.mkdir(parents=True, exist_ok=True)
+    extra, env = ["--serve-artifacts", "--artifacts-destination", str(destination)], {}
+    if options.auth:
+        extra, env = extra + ["--app-name", "basic-auth"], basic_auth(options.port)
+    server = start_mlflow_server(lifetime, uri, options.host, options.port, extra, name="server",
+                                 workers=options.workers, env=env)
+    server.notes.append(f"labbook server: jobs record here with MLFLOW_TRACKING_URI={server.url} "
+                        f"(artifacts in {destination})")
+    return server

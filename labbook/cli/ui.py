@@ -4,16 +4,15 @@ this directory would use.
 The store is resolved as every command resolves it and created or upgraded first (so a UI started beside a
 first training run cannot race MLflow's table creation). The UI listens on 127.0.0.1 unless ``--host`` says
 otherwise — then everything in the store is open to whoever reaches the port, and a warning says so. It
-prints the URL of the newest experiment's runs table, opened in MLflow's "Model training" view, and stops
-on Ctrl-C (or SIGTERM) together with the server processes it started.
+prints the URL of the newest experiment's runs table, opened in MLflow's "Model training" view. Ctrl-C,
+SIGTERM or SIGHUP stops it at any moment, start-up included, together with every process the server spawned
+(:mod:`labbook.cli.processes`).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from labbook.cli.console import run_command, tracking_uri_option
+from labbook.cli.console import tracking_uri_option
+from labbook.cli.processes import Lifetime, ProcessTree, run_server_command
 from labbook.redact import redact_uri
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -47,46 +47,34 @@ def main(args: Sequence[str]) -> int:
     options = arguments.parse_args(list(args))
     if not 0 < options.port < 65536:
         arguments.error(f"--port={options.port} is not allowed: expected a port number 1-65535")
-    return run_command(lambda: start(options.tracking_uri, options.host, options.port).serve())
+    return run_server_command("ui", lambda lifetime: start(lifetime, options.tracking_uri, options.host, options.port))
 
 
 class UIServer:
-    """An ``mlflow server`` process group serving one store's UI."""
+    """An ``mlflow server`` process and everything it spawned, serving one store."""
 
-    def __init__(self, proc: subprocess.Popen, uri: str, url: str, log: Path, name: str) -> None:
-        self.proc, self.uri, self.url, self.log, self.name = proc, uri, url, log, name
+    def __init__(self, tree: ProcessTree, uri: str, url: str, log: Path, name: str) -> None:
+        self.tree, self.uri, self.url, self.log, self.name = tree, uri, url, log, name
+        self.notes: list[str] = []  # more lines to print once it answers
+
+    @property
+    def proc(self) -> subprocess.Popen:
+        return self.tree.proc
 
     def serve(self) -> int:
-        """Wait until Ctrl-C or SIGTERM (then stop the server) or until the server exits by itself."""
-        for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a shell's & starts us with it ignored
-            signal.signal(signum, _interrupt)
+        """Print its URL, then wait: until a signal (:class:`Interrupted`, which the command's lifetime
+        answers by stopping everything) or until the server exits by itself."""
         print(f"labbook {self.name}: {self.url}", flush=True)
-        print(f"labbook {self.name}: serving {self.uri} (server log: {self.log}); Ctrl-C stops it", file=sys.stderr, flush=True)
-        try:
-            code = self.proc.wait()
-        except KeyboardInterrupt:
-            self.stop()
-            print(f"labbook {self.name}: stopped", file=sys.stderr)
-            return 0
+        for note in self.notes:
+            print(note, file=sys.stderr, flush=True)
+        print(f"labbook {self.name}: serving {self.uri} (server log: {self.log}); Ctrl-C stops it", file=sys.stderr,
+              flush=True)
+        code = self.proc.wait()
         print(f"labbook: error: the MLflow server exited ({code}): {_last_line(self.log)}", file=sys.stderr)
         return 1
 
-    def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
 
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def start(tracking_uri: str | None, host: str, port: int) -> UIServer:
+def start(lifetime: Lifetime, tracking_uri: str | None, host: str, port: int) -> UIServer:
     """Resolve and prepare the store, check the port, start ``mlflow server`` and wait until it answers."""
     from labbook.errors import UserError
     from labbook.store.prepare import prepare_store
@@ -99,15 +87,16 @@ def start(tracking_uri: str | None, host: str, port: int) -> UIServer:
     db = sqlite_path(uri)
     # Artifacts of experiments created in the UI go beside the store, as labbook's own do.
     extra = ["--artifacts-destination", str(db.parent / "mlartifacts")] if db is not None else []
-    server = start_mlflow_server(uri, host, port, extra, name="ui")
+    server = start_mlflow_server(lifetime, uri, host, port, extra, name="ui")
     server.url = runs_url(server.url, uri)
     return server
 
 
-def start_mlflow_server(uri: str, host: str, port: int, extra: list[str], name: str,
+def start_mlflow_server(lifetime: Lifetime, uri: str, host: str, port: int, extra: list[str], name: str,
                         workers: int = 1, env: dict[str, str] | None = None) -> UIServer:
-    """``mlflow server`` on ``uri`` (already prepared), in a process group of its own, its output in
-    ``logs/NAME-PORT.log``; returns once it answers ``/health``."""
+    """``mlflow server`` on ``uri`` (already prepared), in a session of its own, its output in
+    ``logs/NAME-PORT.log``; returns once it answers ``/health``. It and everything it spawns are stopped when
+    ``lifetime`` ends, however it ends (a signal while it starts included)."""
     if host not in LOOPBACK:
         print(f"labbook: warning: --host {host}: the UI and everything in the store {redact_uri(uri)} (configs, "
               f"metrics, artifacts) are open to anyone who can reach this machine on port {port}",
@@ -119,17 +108,15 @@ def start_mlflow_server(uri: str, host: str, port: int, extra: list[str], name: 
         command += ["--allowed-hosts", "*"]
     log = Path.cwd() / "logs" / f"{name}-{port}.log"  # the server's own messages and access log
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as out:
+    with open(log, "w") as out, lifetime.held():  # no signal between its start and the cleanup that stops it
+        # A session of its own: a terminal's Ctrl-C reaches labbook alone, which stops the server itself.
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, env={**os.environ, **(env or {})})
+        tree = ProcessTree(proc)
+        lifetime.on_exit(tree.stop)
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
-    server = UIServer(proc, redact_uri(uri), base, log, name)
-    try:
-        _wait_until_up(proc, base, log)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    _wait_until_up(proc, base, log)
+    return UIServer(tree, redact_uri(uri), base, log, name)
 
 
 def runs_url(base: str, uri: str) -> str:

@@ -52,7 +52,10 @@ class Cluster:
         return f"postgresql://postgres@127.0.0.1:{self.port}"
 
     def _run(self, *command: str) -> None:
-        done = subprocess.run([*self._as, *command], capture_output=True, text=True, timeout=120)
+        # A session of its own: a terminal's Ctrl-C reaches the command that runs the cluster, which stops it
+        # in order, never a pg_ctl half-way through starting it.
+        done = subprocess.run([*self._as, *command], capture_output=True, text=True, timeout=120,
+                              start_new_session=True)
         if done.returncode != 0:
             last = (done.stderr or done.stdout).strip().splitlines()
             raise UserError(f"{Path(command[0]).name} failed: {last[-1] if last else done.returncode}")
