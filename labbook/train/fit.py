@@ -101,21 +101,7 @@ def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None
         return {"run_id": os.environ.get(ENV_RUN_ID), "metrics": {}, "headline": None}
 
     with tracked:
-        if resume is None:
-            tracked.log_config(resolved, overrides or [])
-        else:  # params stay as first logged (MLflow refuses new values); the stored config is the current one
-            tracked.log_config({**resolved, "ckpt_path": None}, resume.all_overrides, params=False)
-            tracked.log_text(resume_record(resume), names.RESUME_RECORD.format(number=resume.number))
-            tracked.set_tags({names.RESUMES: resume.number})
-        tracked.log_git(PACKAGE_ROOT)
-        tracked.log_environment()
-        if resume is None:
-            from labbook.run.datasets import dataset_entity, log_dataset
-
-            log_dataset(tracked, dataset_entity(resolved["datamodule"], job.datamodule_choice, datamodule))
-        if cfg.logger.get("system_metrics", MLflowConfig.system_metrics):  # after what rebuilds the run
-            tracked.monitor_system(cfg.logger.get("system_metrics_every_s", MLflowConfig.system_metrics_every_s),
-                                   resume=resume is not None)
+        _record_start(job, tracked, overrides or [], resume)
         # One queue, in order: the checkpoints' writes, the metrics' flushes and the checkpoints' copies.
         files = Background("labbook-store")
         upload = CheckpointUpload(tracked, cfg.logger.get("checkpoint_upload_every_s",
@@ -167,6 +153,27 @@ def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None
               for metric, _ in objectives_of(job.cfg, job.model)}
     return {"run_id": tracked.run_id, "metrics": metrics, "headline": headline, "uri": tracked.uri,
             "objectives": values, "pruned": _pruned(job)}
+
+
+def _record_start(job: Job, tracked: TrackedRun, overrides: list[str], resume: ResumePlan | None) -> None:
+    """What a run records before it trains: its config and overrides (a resume's appended), git state,
+    versions, its data, and from then on the machine's system metrics."""
+    cfg, resolved = job.cfg, job.resolved
+    if resume is None:
+        tracked.log_config(resolved, overrides)
+    else:  # params stay as first logged (MLflow refuses new values); the stored config is the current one
+        tracked.log_config({**resolved, "ckpt_path": None}, resume.all_overrides, params=False)
+        tracked.log_text(resume_record(resume), names.RESUME_RECORD.format(number=resume.number))
+        tracked.set_tags({names.RESUMES: resume.number})
+    tracked.log_git(PACKAGE_ROOT)
+    tracked.log_environment()
+    if resume is None:
+        from labbook.run.datasets import dataset_entity, log_dataset
+
+        log_dataset(tracked, dataset_entity(resolved["datamodule"], job.datamodule_choice, job.datamodule))
+    if cfg.logger.get("system_metrics", MLflowConfig.system_metrics):  # after what rebuilds the run
+        tracked.monitor_system(cfg.logger.get("system_metrics_every_s", MLflowConfig.system_metrics_every_s),
+                               resume=resume is not None)
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[Any], tracked: TrackedRun | None = None,
