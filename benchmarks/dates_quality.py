@@ -31,9 +31,9 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from datamodules.dates import DatesDataModule
-from lightning_modules.seq2seq import AttentionSeq2Seq
-from lightning_modules.transformer import Transformer
+from labbook.datamodules.dates import DatesDataModule
+from labbook.lightning_modules.seq2seq import AttentionSeq2Seq
+from labbook.lightning_modules.transformer import Transformer
 
 BOOK_FILE = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "dlfs2" / "date.txt"
 MODELS = {"seq2seq": AttentionSeq2Seq, "transformer": Transformer}

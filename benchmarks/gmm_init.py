@@ -39,8 +39,8 @@ import numpy as np  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 
-from datamodules.tabular import BlobsDataModule  # noqa: E402
-from lightning_modules.gmm import GaussianMixtureEM  # noqa: E402
+from labbook.datamodules.tabular import BlobsDataModule  # noqa: E402
+from labbook.lightning_modules.gmm import GaussianMixtureEM  # noqa: E402
 
 REACHED = -1e-3
 
@@ -57,7 +57,7 @@ def fit_sklearn(X: np.ndarray, k: int, ct: str, tol: float, seed: int) -> dict:
 
 def fit_ours(dm: BlobsDataModule, k: int, ct: str, tol: float, seed: int, init: str, n_init: int,
              lloyd: int | None = None) -> dict:
-    import lightning_modules.gmm as gmm
+    import labbook.lightning_modules.gmm as gmm
 
     default, gmm._KMEANS_MAX_ITER = gmm._KMEANS_MAX_ITER, lloyd or gmm._KMEANS_MAX_ITER
     try:

@@ -61,8 +61,8 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from datamodules.tabular import BlobsDataModule  # noqa: E402
-from lightning_modules.gmm import GaussianMixtureEM  # noqa: E402
+from labbook.datamodules.tabular import BlobsDataModule  # noqa: E402
+from labbook.lightning_modules.gmm import GaussianMixtureEM  # noqa: E402
 
 
 def _sklearn_fit(X: np.ndarray, start: GaussianMixtureEM, iters: int, threads: int = 2) -> tuple[float, object]:
@@ -164,7 +164,7 @@ def end_to_end(args: argparse.Namespace) -> None:
     import pandas as pd
     from sklearn.mixture import GaussianMixture
 
-    from datamodules.tabular import make_blobs
+    from labbook.datamodules.tabular import make_blobs
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="gmm-e2e-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -189,7 +189,7 @@ class Case:
         model = self.fresh_model()
         # The datamodule still points at the last Lightning run's trainer, whose fit loop counted the epoch it
         # stopped in (max_steps) as processed: a loader that takes its shuffle from the trainer's epoch
-        # (datamodules.sharding.ResumableLoader) would start this loop at epoch 1's order.
+        # (labbook.datamodules.sharding.ResumableLoader) would start this loop at epoch 1's order.
         self.datamodule.trainer = None
         loader = self.datamodule.train_dataloader()
         t0, c0 = time.perf_counter(), time.process_time()

@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from datamodules.sharding import sharded_loader
+from .sharding import sharded_loader
 
 
 class SineCurveDataModule(pl.LightningDataModule):
@@ -41,7 +41,7 @@ class SineCurveDataModule(pl.LightningDataModule):
         return {"n_features": 1}
 
     def _loader(self, shuffle: bool) -> DataLoader:
-        # Whole batches are gathered with one index (datamodules.sharding): fetching 2000 scalars one by one
+        # Whole batches are gathered with one index (labbook.datamodules.sharding): fetching 2000 scalars one by one
         # and collating them costs ~50x the gradient step itself.
         assert self.dataset is not None
         return sharded_loader(*self.dataset.tensors, batch_size=self.batch_size, shuffle=shuffle, seed=self.seed,

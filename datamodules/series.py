@@ -34,7 +34,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from datamodules.sharding import sharded_loader
+from .sharding import sharded_loader
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -153,7 +153,7 @@ class WindowedSeriesDataModule(pl.LightningDataModule):
                               num_workers=self.num_workers, trainer=self.trainer)
 
     def _eval_loader(self, ds: TensorDataset) -> DataLoader:
-        # Under DDP each process gets one contiguous, unpadded slice of the windows (datamodules.sharding):
+        # Under DDP each process gets one contiguous, unpadded slice of the windows (labbook.datamodules.sharding):
         # summed errors equal the single-process sums, and rank order is time order.
         return sharded_loader(*ds.tensors, batch_size=self.batch_size, num_workers=self.num_workers)
 

@@ -6,7 +6,7 @@ label y (−1 when unlabelled), split once into train/val/test by a permutation 
 
 The loaders cut each split into contiguous batches themselves (no per-row collation, which
 dominates the cost of large tabular batches) and partition rows across DDP processes without
-the duplicate padding of ``DistributedSampler`` (``datamodules.sharding``): every process gets a
+the duplicate padding of ``DistributedSampler`` (``labbook.datamodules.sharding``): every process gets a
 disjoint shard and the same number of batches, so sums over all processes are exactly the sums
 over the split.
 """
@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from datamodules.sharding import sharded_loader
+from .sharding import sharded_loader
 
 
 # Rows converted (gathered, standardised, narrowed to float32) or generated at a time: a few MB of temporaries.

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-from lightning_modules.char_seq2seq import CharSeq2SeqTask
+from .char_seq2seq import CharSeq2SeqTask
 
 
 class AttentionSeq2Seq(CharSeq2SeqTask):

@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from lightning_modules.char_seq2seq import CharSeq2SeqTask
+from .char_seq2seq import CharSeq2SeqTask
 
 
 def sinusoidal_encoding(n_positions: int, d_model: int) -> torch.Tensor:

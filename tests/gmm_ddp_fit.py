@@ -13,8 +13,8 @@ import warnings
 import numpy as np
 import pytorch_lightning as pl
 
-from datamodules.tabular import BlobsDataModule
-from lightning_modules.gmm import GaussianMixtureEM
+from labbook.datamodules.tabular import BlobsDataModule
+from labbook.lightning_modules.gmm import GaussianMixtureEM
 
 # Shared with test_gmm so the in-process single-device fit sees the same problem.
 DATA = dict(n_samples=3000, n_features=3, n_centers=4, batch_size=256, seed=3, cluster_std=2.5)

@@ -7,7 +7,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint as LightningModelCheckpo
 from torch.utils.data import DataLoader, TensorDataset
 
 from labbook.train.callbacks import ModelCheckpoint
-from lightning_modules.lstm import LSTMForecaster
+from labbook.lightning_modules.lstm import LSTMForecaster
 
 
 def fit(tmp_path, **checkpoint_kwargs) -> list[str]:

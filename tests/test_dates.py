@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.dates import (FIRST_DAY, LAST_DAY, PAD_ID, SRC_LEN, START_ID, TGT_LEN, DatesDataModule,
+from labbook.datamodules.dates import (FIRST_DAY, LAST_DAY, PAD_ID, SRC_LEN, START_ID, TGT_LEN, DatesDataModule,
                                book_split, generate_dates, read_date_file)
 
 

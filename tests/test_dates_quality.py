@@ -16,9 +16,9 @@ import yaml
 from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 
-from datamodules.dates import generate_dates
-from lightning_modules.seq2seq import AttentionSeq2Seq
-from lightning_modules.transformer import Transformer
+from labbook.datamodules.dates import generate_dates
+from labbook.lightning_modules.seq2seq import AttentionSeq2Seq
+from labbook.lightning_modules.transformer import Transformer
 from tests.conftest import labbook
 from tests.test_train_e2e import QUIET, artifacts, only_run
 

@@ -93,8 +93,8 @@ def test_the_other_schema_backed_yaml_files_restate_nothing(path: str) -> None:
 
 
 @pytest.mark.parametrize("schema, key, accepted", [
-    (schemas.GMMConfig, "covariance_type", "lightning_modules.gmm._COVARIANCE_TYPES"),
-    (schemas.GMMConfig, "compute_dtype", "lightning_modules.gmm._DTYPES"),
+    (schemas.GMMConfig, "covariance_type", "labbook.lightning_modules.gmm._COVARIANCE_TYPES"),
+    (schemas.GMMConfig, "compute_dtype", "labbook.lightning_modules.gmm._DTYPES"),
 ])
 def test_a_schema_enum_offers_exactly_what_the_constructor_accepts(schema: type, key: str, accepted: str) -> None:
     """String choices are enums in the schemas (Hydra refuses any other value at compose time); the enum

@@ -114,7 +114,7 @@ def test_values_beyond_float32_are_one_line_without_numpy_warnings(tmp_path: Pat
                   f"datamodule.standardize={standardize}", cwd=tmp_path,
                   env={"PYTHONWARNINGS": "ignore,default::RuntimeWarning"})
     assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr[-3000:]
-    assert out.stderr.startswith("labbook: error: datamodule (datamodules.tabular.CSVDataModule): huge.csv: row 2, "
+    assert out.stderr.startswith("labbook: error: datamodule (labbook.datamodules.tabular.CSVDataModule): huge.csv: row 2, "
                                  "column 'huge': '1e+306' is beyond float32's range"), out.stderr
     assert not runs(store)
 
@@ -164,7 +164,7 @@ def test_predict_answers_each_input_once_and_checks_the_run_first(tmp_path: Path
 
 def test_predict_names_the_counts_when_a_datamodule_answers_another_number(tmp_path: Path, store: str) -> None:
     (tmp_path / "miscount.py").write_text(
-        "from datamodules.tabular import BlobsDataModule\n\n\n"
+        "from labbook.datamodules.tabular import BlobsDataModule\n\n\n"
         "class OneAnswerShort(BlobsDataModule):\n"
         "    def format_outputs(self, y):\n"
         "        return super().format_outputs(y)[:-1]\n")

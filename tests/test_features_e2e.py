@@ -121,8 +121,8 @@ def test_artifacts_land_beside_the_sqlite_store(tmp_path: Path) -> None:
 
 def lstm_answers(ckpt: Path, windows: list[str]) -> list[str]:
     """What the LSTM in ``ckpt`` forecasts for ``windows``, computed in this process."""
-    from datamodules.series import SunspotsDataModule
-    from lightning_modules.lstm import LSTMForecaster
+    from labbook.datamodules.series import SunspotsDataModule
+    from labbook.lightning_modules.lstm import LSTMForecaster
 
     model = LSTMForecaster.load_from_checkpoint(str(ckpt), map_location="cpu")
     dm = SunspotsDataModule(window=20, batch_size=16)
@@ -164,8 +164,8 @@ def test_best_checkpoint_is_best_by_the_monitor_and_predict_falls_back_to_last(t
 
 
 def test_gmm_predict_gives_each_rows_component(tmp_path: Path, store: str) -> None:
-    from datamodules.tabular import IrisDataModule
-    from lightning_modules.gmm import GaussianMixtureEM
+    from labbook.datamodules.tabular import IrisDataModule
+    from labbook.lightning_modules.gmm import GaussianMixtureEM
 
     train(tmp_path, "experiment=gmm_iris")
     run = only_run(store)

@@ -15,8 +15,8 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture
 
-from datamodules.tabular import BlobsDataModule, make_blobs
-from lightning_modules.gmm import GaussianMixtureEM, adjusted_rand_index, matched_accuracy
+from labbook.datamodules.tabular import BlobsDataModule, make_blobs
+from labbook.lightning_modules.gmm import GaussianMixtureEM, adjusted_rand_index, matched_accuracy
 from tests.conftest import python_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,7 +128,7 @@ def test_statistics_stay_precise_far_from_the_origin() -> None:
 
 @pytest.mark.parametrize("covariance_type", ["full", "diag"])
 def test_row_chunking_inside_a_batch_changes_nothing(covariance_type: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import lightning_modules.gmm as gmm
+    import labbook.lightning_modules.gmm as gmm
 
     dm = _blobs()
     fits = []
@@ -589,7 +589,7 @@ def test_kmeans_init_is_sklearns_start_from_the_same_seeds(max_iter: int | None,
     GaussianMixture(init_params="kmeans") start when its KMeans starts from the same seeds. Run to convergence,
     and as it runs by default (3 passes: scikit-learn's KMeans(max_iter=2), whose labels are those of its last
     centres)."""
-    import lightning_modules.gmm as gmm
+    import labbook.lightning_modules.gmm as gmm
     from sklearn.cluster import KMeans
     from sklearn.mixture._gaussian_mixture import _estimate_gaussian_parameters
 

@@ -207,7 +207,7 @@ def test_a_signal_stops_between_two_batches_and_the_resumed_run_matches_one_that
         # each other. Everything else runs the same arithmetic on the same weights.
         import math
 
-        from datamodules.series import SunspotsDataModule
+        from labbook.datamodules.series import SunspotsDataModule
 
         dm = SunspotsDataModule(window=20, batch_size=4)  # the preset's window and this test's batch size
         dm.setup("fit")

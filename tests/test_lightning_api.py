@@ -52,13 +52,13 @@ def test_the_private_helpers_labbook_imports_exist() -> None:
 
 
 def test_the_progress_and_loader_state_a_mid_epoch_stop_relies_on() -> None:
-    """labbook.train.callbacks.StopOnSignal and datamodules.sharding.ResumableLoader read Lightning's loop
+    """labbook.train.callbacks.StopOnSignal and labbook.datamodules.sharding.ResumableLoader read Lightning's loop
     progress, and rely on the fit loop storing (and restoring mid-epoch) the state of training loaders that
     have state_dict/load_state_dict."""
     from lightning_fabric.utilities.types import _Stateful
     from pytorch_lightning.loops.fit_loop import _FitLoop
 
-    from datamodules.sharding import ResumableLoader
+    from labbook.datamodules.sharding import ResumableLoader
 
     fix = "Lightning's loop progress or loader-state API changed: update datamodules/sharding.py::ResumableLoader " \
           "and labbook/callbacks.py::StopOnSignal"

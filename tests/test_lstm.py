@@ -8,8 +8,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from datamodules.series import SineDataModule
-from lightning_modules.lstm import LSTMForecaster
+from labbook.datamodules.series import SineDataModule
+from labbook.lightning_modules.lstm import LSTMForecaster
 from tests.conftest import python_script
 
 
@@ -108,8 +108,8 @@ DDP_SCRIPT = """
 import json, sys, warnings
 warnings.filterwarnings("ignore")
 import numpy as np, pytorch_lightning as pl, torch
-from datamodules.series import SineDataModule
-from lightning_modules.lstm import LSTMForecaster
+from labbook.datamodules.series import SineDataModule
+from labbook.lightning_modules.lstm import LSTMForecaster
 
 out = sys.argv[1]
 dm = SineDataModule(length=207, window=10, batch_size=4)  # 31 test windows: uneven over 2 ranks

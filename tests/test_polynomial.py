@@ -5,8 +5,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from datamodules.polynomial import SineCurveDataModule
-from lightning_modules.polynomial import CubicPolynomial
+from labbook.datamodules.polynomial import SineCurveDataModule
+from labbook.lightning_modules.polynomial import CubicPolynomial
 
 
 @pytest.fixture(autouse=True)

@@ -13,8 +13,8 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
-from datamodules.dates import DatesDataModule
-from lightning_modules.seq2seq import AttentionSeq2Seq
+from labbook.datamodules.dates import DatesDataModule
+from labbook.lightning_modules.seq2seq import AttentionSeq2Seq
 from tests.conftest import python_script
 
 
@@ -182,8 +182,8 @@ DDP_SCORE = """
 import json, sys, warnings
 warnings.filterwarnings("ignore")
 import pytorch_lightning as pl, torch
-from datamodules.dates import DatesDataModule
-from lightning_modules.seq2seq import AttentionSeq2Seq
+from labbook.datamodules.dates import DatesDataModule
+from labbook.lightning_modules.seq2seq import AttentionSeq2Seq
 
 out = sys.argv[1]
 saved = torch.load(out + "/scored.pt")

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from datamodules.dates import DatesDataModule
-from lightning_modules.seq2seq import AttentionSeq2Seq
+from labbook.datamodules.dates import DatesDataModule
+from labbook.lightning_modules.seq2seq import AttentionSeq2Seq
 from tests.conftest import labbook
 from tests.test_train_e2e import artifacts, only_run
 

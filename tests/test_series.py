@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.series import (
+from labbook.datamodules.series import (
     SineDataModule,
     SunspotsDataModule,
     WindowedSeriesDataModule,

@@ -1,11 +1,11 @@
-"""datamodules.sharding: disjoint, unpadded, contiguous shards with equal step counts on every rank."""
+"""labbook.datamodules.sharding: disjoint, unpadded, contiguous shards with equal step counts on every rank."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from datamodules.sharding import RowsDataset, ShardedBatchSampler
+from labbook.datamodules.sharding import RowsDataset, ShardedBatchSampler
 
 
 @pytest.mark.parametrize("n_rows,batch_size,world", [(1000, 128, 2), (1001, 100, 2), (257, 128, 2), (10, 3, 3)])
@@ -55,7 +55,7 @@ def test_resumable_loader_orders_by_seed_and_epoch_and_skips_what_was_trained() 
 
     from torch.utils.data import TensorDataset
 
-    from datamodules.sharding import ResumableLoader, sharded_loader
+    from labbook.datamodules.sharding import ResumableLoader, sharded_loader
 
     def fake_trainer(epoch: int, batches_done: int) -> SimpleNamespace:
         progress = lambda **kw: SimpleNamespace(current=SimpleNamespace(**kw))  # noqa: E731

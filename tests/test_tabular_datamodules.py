@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.tabular import (
+from labbook.datamodules.tabular import (
     BlobsDataModule,
     CSVDataModule,
     IrisDataModule,

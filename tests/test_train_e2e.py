@@ -111,7 +111,7 @@ def test_gmm_on_a_csv_without_preset(tmp_path: Path, store: str) -> None:
     from sklearn.mixture import GaussianMixture
     from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky
 
-    from lightning_modules.gmm import GaussianMixtureEM
+    from labbook.lightning_modules.gmm import GaussianMixtureEM
 
     client = MlflowClient(store)
     model = GaussianMixtureEM.load_from_checkpoint(

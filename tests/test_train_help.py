@@ -23,14 +23,14 @@ def test_train_help_lists_groups_config_and_the_texts_of_conf(tmp_path: Path) ->
     assert listed.splitlines() == [f"{g}: {', '.join(o)}" for g, o in sorted(groups().items())]
     assert "model: gmm, lstm, polynomial, seq2seq, transformer" in listed and "schema/" not in text
     composed = yaml.safe_load(text.split("== Composed config (override with KEY=VALUE) ==\n", 1)[1].split("\n\n")[0])
-    assert composed["model"]["_target_"] == "lightning_modules.gmm.GaussianMixtureEM" and "hydra" not in composed
+    assert composed["model"]["_target_"] == "labbook.lightning_modules.gmm.GaussianMixtureEM" and "hydra" not in composed
     assert composed["paths"]["output_dir"] == "${hydra:runtime.output_dir}"  # unresolved, as Hydra shows it
 
 
 def test_train_help_composes_the_overrides(tmp_path: Path) -> None:
     out = labbook("train", "model=lstm", "model.hidden_size=7", "--help", cwd=tmp_path)
     composed = yaml.safe_load(out.stdout.split("(override with KEY=VALUE) ==\n", 1)[1].split("\n\n")[0])
-    assert composed["model"]["_target_"] == "lightning_modules.lstm.LSTMForecaster"
+    assert composed["model"]["_target_"] == "labbook.lightning_modules.lstm.LSTMForecaster"
     assert composed["model"]["hidden_size"] == 7
 
 

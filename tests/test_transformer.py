@@ -14,8 +14,8 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
-from datamodules.dates import DatesDataModule
-from lightning_modules.transformer import MultiHeadAttention, Transformer, sinusoidal_encoding
+from labbook.datamodules.dates import DatesDataModule
+from labbook.lightning_modules.transformer import MultiHeadAttention, Transformer, sinusoidal_encoding
 from tests.conftest import python_script
 
 REPO = Path(__file__).resolve().parents[1]
@@ -214,9 +214,9 @@ DDP_SCRIPT = textwrap.dedent('''
     import pytorch_lightning as pl
     import torch
     from torch.utils.data import DataLoader, TensorDataset
-    from datamodules.dates import DatesDataModule
-    from lightning_modules.seq2seq import AttentionSeq2Seq
-    from lightning_modules.transformer import Transformer
+    from labbook.datamodules.dates import DatesDataModule
+    from labbook.lightning_modules.seq2seq import AttentionSeq2Seq
+    from labbook.lightning_modules.transformer import Transformer
 
     def build(name, dims):
         torch.manual_seed(0)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from labbook import names
-from labbook.config.contract import data_traits, model_traits
+from labbook.config.contract import current_targets, data_traits, model_traits
 from labbook.errors import UserError
 
 # Read by hand in main (an input may itself start with "-"); tab completion offers FLAGS.
@@ -57,7 +57,7 @@ def predict(run_id: str, given: Sequence[str], uri: str) -> list[str]:
     run = reader.find_run(run_id)
     inputs = read_inputs(given)
     with tempfile.TemporaryDirectory() as tmp:
-        config = reader.config(run)
+        config = current_targets(reader.config(run))
         ckpt = reader.checkpoint(run, (names.BEST_CHECKPOINT, names.LAST_CHECKPOINT), Path(tmp), why=(
             ": was it trained with logger.log_checkpoints=false, or did it fail before one was saved?"))
         # Only now torch (~1.5 s): a mistyped run id or store is answered without it.

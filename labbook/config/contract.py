@@ -105,3 +105,18 @@ def constructor_arguments(target: Any, offered: Mapping[str, Any]) -> tuple[dict
         unused.append(f"datamodule dims key {key!r} is taken by no argument of {getattr(target, '__name__', target)}"
                       f"{hint}; it takes {', '.join(names)}")
     return taken, unused
+
+
+_MOVED = ("lightning_modules.", "datamodules.")  # top-level packages until labbook 0.1's wheel placed them inside
+
+
+def current_targets(config: Any) -> Any:
+    """A stored config (a run's ``config/config.yaml``) with every ``_target_`` naming where the class lives
+    now: runs recorded before the built-in models and datamodules moved into ``labbook`` name them
+    ``lightning_modules.gmm.…``, ``datamodules.tabular.…``."""
+    if isinstance(config, dict):
+        return {k: ("labbook." + v if k == "_target_" and isinstance(v, str) and v.startswith(_MOVED)
+                    else current_targets(v)) for k, v in config.items()}
+    if isinstance(config, list):
+        return [current_targets(v) for v in config]
+    return config

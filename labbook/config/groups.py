@@ -11,8 +11,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# The configs labbook composes: conf/ at the repository's top (the project's design card).
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+def _conf_dir() -> Path:
+    """labbook's own configs: ``labbook/conf`` in an installed wheel, ``conf/`` at the top of a checkout (the
+    project's design card keeps it there; pyproject.toml maps it into the package)."""
+    package = Path(__file__).resolve().parents[1]
+    packaged = package / "conf"
+    return packaged if packaged.is_dir() else package.parent / "conf"
+
+
+CONF_DIR = _conf_dir()
 
 
 def options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:

@@ -102,7 +102,7 @@ class TrainerConfig:
 
 @dataclass
 class GMMConfig:
-    _target_: str = "lightning_modules.gmm.GaussianMixtureEM"
+    _target_: str = "labbook.lightning_modules.gmm.GaussianMixtureEM"
     n_components: int = 4
     covariance_type: CovarianceType = CovarianceType.full
     tol: float = 1e-4  # stop once the mean train log-likelihood improves by less than this
@@ -125,13 +125,13 @@ class GMMConfig:
 
 @dataclass
 class PolynomialConfig:
-    _target_: str = "lightning_modules.polynomial.CubicPolynomial"
+    _target_: str = "labbook.lightning_modules.polynomial.CubicPolynomial"
     optimizer: Any = None
 
 
 @dataclass
 class Seq2SeqConfig:
-    _target_: str = "lightning_modules.seq2seq.AttentionSeq2Seq"
+    _target_: str = "labbook.lightning_modules.seq2seq.AttentionSeq2Seq"
     wordvec_size: int = 16
     hidden_size: int = 256
     optimizer: Any = None
@@ -146,7 +146,7 @@ class Seq2SeqConfig:
 
 @dataclass
 class TransformerConfig:
-    _target_: str = "lightning_modules.transformer.Transformer"
+    _target_: str = "labbook.lightning_modules.transformer.Transformer"
     d_model: int = 64
     n_heads: int = 4
     n_encoder_layers: int = 2
@@ -168,7 +168,7 @@ class TransformerConfig:
 
 @dataclass
 class LSTMConfig:
-    _target_: str = "lightning_modules.lstm.LSTMForecaster"
+    _target_: str = "labbook.lightning_modules.lstm.LSTMForecaster"
     hidden_size: int = 64
     num_layers: int = 1
     dropout: float = 0.0
@@ -203,7 +203,7 @@ class _TabularConfig:
 
 @dataclass
 class BlobsConfig(_TabularConfig):
-    _target_: str = "datamodules.tabular.BlobsDataModule"
+    _target_: str = "labbook.datamodules.tabular.BlobsDataModule"
     n_samples: int = 30000
     n_features: int = 2
     n_centers: int = 4
@@ -219,7 +219,7 @@ class BlobsConfig(_TabularConfig):
 
 @dataclass
 class SineCurveConfig:
-    _target_: str = "datamodules.polynomial.SineCurveDataModule"
+    _target_: str = "labbook.datamodules.polynomial.SineCurveDataModule"
     n_points: int = 2000
     batch_size: int = 2000
     num_workers: int = 0
@@ -232,7 +232,7 @@ class SineCurveConfig:
 
 @dataclass
 class DatesConfig:
-    _target_: str = "datamodules.dates.DatesDataModule"
+    _target_: str = "labbook.datamodules.dates.DatesDataModule"
     n_samples: int = 50000
     n_test: int = 5000
     val_fraction: float = 0.1
@@ -270,7 +270,7 @@ class _SeriesConfig:
 
 @dataclass
 class SineConfig(_SeriesConfig):
-    _target_: str = "datamodules.series.SineDataModule"
+    _target_: str = "labbook.datamodules.series.SineDataModule"
     length: int = 1000
     period: float = 50.0
     amplitude: float = 1.0
@@ -285,19 +285,19 @@ class SineConfig(_SeriesConfig):
 
 @dataclass
 class SunspotsConfig(_SeriesConfig):
-    _target_: str = "datamodules.series.SunspotsDataModule"
+    _target_: str = "labbook.datamodules.series.SunspotsDataModule"
 
 
 @dataclass
 class IrisConfig(_TabularConfig):
-    _target_: str = "datamodules.tabular.IrisDataModule"
+    _target_: str = "labbook.datamodules.tabular.IrisDataModule"
     batch_size: int = 64  # 150 rows: a few batches an epoch
     val_fraction: float = 0.2
 
 
 @dataclass
 class CSVConfig(_TabularConfig):
-    _target_: str = "datamodules.tabular.CSVDataModule"
+    _target_: str = "labbook.datamodules.tabular.CSVDataModule"
     path: str = "???"
     label_column: Optional[str] = None
     columns: Optional[list[str]] = None

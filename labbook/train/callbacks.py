@@ -119,7 +119,7 @@ class StopOnSignal(Callback):
     While training, the run's handler only records the signal (see ``TrackedRun.defer_signals``). At the end
     of the next training batch every process learns it (one broadcast from rank 0 per batch under DDP,
     as Lightning's own SIGTERM check does), all of them write ``last.ckpt`` together — model, optimizer,
-    loops, the loader's place in the epoch (:class:`datamodules.sharding.ResumableLoader`) and the model's
+    loops, the loader's place in the epoch (:class:`labbook.datamodules.sharding.ResumableLoader`) and the model's
     partial epoch sums — rank 0 stores it in the run and ends it KILLED, and the workers exit. ``resume=``
     continues from that batch. The last batch of an epoch is not a stopping point (the epoch's end, an EM
     model's M-step and validation, would then be skipped on resume); the stop comes one batch later, or at

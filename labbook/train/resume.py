@@ -76,13 +76,14 @@ def plan_resume(uri: str, run_id: str, new_overrides: list[str], compose: Callab
     written to the store but, last, this process's claim on the run (:func:`labbook.run.owners.claim`): a
     refused resume leaves the run as it was.
     """
+    from labbook.config.contract import current_targets
     from labbook.store.read import open_reader
 
     reader = open_reader(uri)
     try:
         run = reader.find_run(run_id)
         _check_resumable(reader, run)
-        config, old_overrides = reader.config(run), reader.overrides(run)
+        config, old_overrides = current_targets(reader.config(run)), reader.overrides(run)
     except UserError as exc:
         raise UserError(f"resume={run_id}: {exc}") from None
     composed, after, changes = _changes(run_id, config, old_overrides, new_overrides, compose)
@@ -221,7 +222,7 @@ class Position:
 
 def checkpoint_position(state: Mapping[str, Any]) -> Position:
     """The :class:`Position` of a Lightning checkpoint: from its fit loop's progress and, for one written in
-    the middle of an epoch, its training loader's state (:class:`datamodules.sharding.ResumableLoader`)."""
+    the middle of an epoch, its training loader's state (:class:`labbook.datamodules.sharding.ResumableLoader`)."""
     fit = state.get("loops", {}).get("fit_loop", {})
     epochs = fit.get("epoch_progress", {}).get("current", {})
     done = int(epochs.get("processed", int(state.get("epoch", -1)) + 1))
