@@ -22,7 +22,6 @@ from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
 
-
 @dataclass
 class PrunerConf:
     # median (default), successive_halving, hyperband, or none. A trial reports its objective after every

@@ -23,10 +23,12 @@ def version_line() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from labbook.config.groups import use_project
     from labbook.timing import mark
     from labbook.train.ranks import worker_config
 
     mark("main")
+    use_project()  # a project's configs and code, for this process and every one it starts
 
     worker = worker_config()
     if worker is not None:

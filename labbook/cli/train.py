@@ -30,6 +30,7 @@ def main(args: Sequence[str]) -> int:
     os.environ[ENV_USER_FULL_ERROR] = "1" if full_error else ""
     quiet_libraries()
     try:
+        args = project_config_dir(args)
         answer = _answer_before_hydra(args)
     except Exception as exc:  # noqa: BLE001
         return fail(exc, full_error)
@@ -40,7 +41,7 @@ def main(args: Sequence[str]) -> int:
 
 
 def _answer_before_hydra(args: Sequence[str]) -> str | None:
-    """What is checked or answered before Hydra starts: options of labbook's groups, a resume's overrides,
+    """What is checked or answered before Hydra starts: options of the config groups, a resume's overrides,
     ``--help`` and ``-sc``. Returns the text to print instead of training, if any."""
     check_group_options(args)
     check_resume_arguments(args)
@@ -59,10 +60,11 @@ def _run_hydra(args: Sequence[str], full_error: bool) -> int:
     from omegaconf import DictConfig
 
     from labbook.config import schemas
-    from labbook.config.compose import composed_once
+    from labbook.config.compose import composed_once, search_project_configs
     from labbook.sweep.parent import SweepOutcome
 
     schemas.register()
+    search_project_configs()
     failures: list[BaseException] = []
     outcome = SweepOutcome()
 
@@ -244,6 +246,27 @@ def _report(result: dict[str, Any]) -> dict[str, Any]:
         print(f"labbook: warning: optimized_metric {', '.join(missing)} was never logged by this run (it logged "
               f"{', '.join(sorted(result['metrics']))})", file=sys.stderr, flush=True)
     return {"objectives": list(result["objectives"].values()), "pruned": result["pruned"], "run_id": result["run_id"]}
+
+
+def project_config_dir(args: Sequence[str]) -> list[str]:
+    """``--config-dir DIR`` (``-cd DIR``, Hydra's flag): the project's config folder, which labbook puts before
+    its own (Hydra would put it after); the other arguments as they are."""
+    args, rest = list(args), []
+    while args:
+        arg = args.pop(0)
+        flag, eq, value = arg.partition("=")
+        if flag in ("--config-dir", "-cd"):
+            from labbook.config.groups import use_project
+            from labbook.errors import UserError
+
+            if not eq:
+                if not args:
+                    raise UserError(f"{flag} needs a folder of configs (conf/ of your project)")
+                value = args.pop(0)
+            use_project(value)
+            continue
+        rest.append(arg)
+    return rest
 
 
 def own_help(args: Sequence[str]) -> str | None:

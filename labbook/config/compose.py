@@ -16,6 +16,27 @@ def task_overrides(hydra_config: Any) -> list[str]:
     return [str(o) for o in OmegaConf.to_container(hydra_config.overrides.task, resolve=False)]
 
 
+def search_project_configs() -> None:
+    """Put the project's config folders (:func:`labbook.config.groups.project_dirs`) into Hydra's search path
+    before labbook's own, wherever labbook composes: a project's options join labbook's, one of the same name
+    wins. Hydra's own ``--config-dir`` puts a folder after the primary one, where labbook's would win."""
+    from hydra.core.config_search_path import ConfigSearchPath, SearchPathQuery
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.search_path_plugin import SearchPathPlugin
+
+    class ProjectConfigs(SearchPathPlugin):
+        def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+            from labbook.config.groups import project_dirs
+
+            for folder in project_dirs():  # each before labbook's own ("main"), in order: the first wins
+                search_path.prepend(provider="labbook-project", path=f"file://{folder}",
+                                    anchor=SearchPathQuery(provider="main"))
+
+    plugins = Plugins.instance()
+    if not any(c.__name__ == "ProjectConfigs" for c in plugins.discover(SearchPathPlugin)):
+        plugins.register(ProjectConfigs)
+
+
 @contextlib.contextmanager
 def hydra_for_train() -> Iterator[Any]:
     """Hydra set up on ``conf/`` with labbook's schemas registered; yields its ``Hydra`` object (its
@@ -27,6 +48,7 @@ def hydra_for_train() -> Iterator[Any]:
     from labbook.config.groups import CONF_DIR
 
     schemas.register()
+    search_project_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="train"):
         hydra = GlobalHydra.instance().hydra

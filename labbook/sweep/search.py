@@ -76,10 +76,10 @@ def search_space(config: Any) -> Space:
 def _check_key(config: Any, key: str) -> None:
     from omegaconf import OmegaConf
 
-    from labbook.config.groups import CONF_DIR
+    from labbook.config.groups import options
 
     bare = key.lstrip("+~")
-    if "." not in bare and (CONF_DIR / bare).is_dir():
+    if "." not in bare and options(bare):
         return  # a config group: model=choice(gmm,lstm)
     if key.startswith("+") or OmegaConf.select(config, bare, default=_ABSENT) is not _ABSENT:
         return
