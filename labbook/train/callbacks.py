@@ -7,6 +7,7 @@ import functools
 import math
 import os
 import signal
+import sys
 import time
 from typing import Any, Callable
 
@@ -19,6 +20,13 @@ from labbook.config.contract import model_traits
 from labbook.config.schemas import CheckpointConfig
 from labbook.errors import ConfigValueError, RunInterrupted
 from labbook.timing import mark, now
+
+
+# Words in a metric's name that say lower or higher is better, for a monitor labbook chooses (ModelCheckpoint);
+# the first list wins (neg_log_likelihood), and a name in neither is taken as a loss.
+LOWER_IS_BETTER = ("loss", "err", "nll", "neg", "mse", "mae", "perplexity", "distance")
+HIGHER_IS_BETTER = ("acc", "f1", "auc", "precision", "recall", "match", "ari", "r2", "iou", "dice", "score",
+                    "likelihood")
 
 
 class ModelCheckpoint(_LightningModelCheckpoint):
@@ -47,6 +55,31 @@ class ModelCheckpoint(_LightningModelCheckpoint):
     def __init__(self, *args: Any, last_every_s: float = CheckpointConfig.last_every_s, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.last_every_s = last_every_s
+        # Neither the config nor the model names a monitor: one is chosen from the first validation's metrics.
+        self.chosen_monitor = self.monitor is None and self.save_top_k != 0
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.chosen_monitor and self.monitor is None and not trainer.sanity_checking:
+            self._choose_monitor(trainer)
+        super().on_validation_end(trainer, pl_module)
+
+    def _choose_monitor(self, trainer: Any) -> None:
+        """``val/loss`` (or ``val_loss``) when the model logs it, else the first validation metric; the
+        highest is best for a metric named like a score (accuracy, F1, AUC...), else the lowest. Said once,
+        on rank 0, and recorded with the run (tag ``checkpoint.monitor``)."""
+        logged = [k for k in trainer.callback_metrics if k.startswith(("val/", "val_")) and not k.endswith("_step")]
+        if not logged:
+            return
+        monitor = next((k for k in ("val/loss", "val_loss") if k in logged), logged[0])
+        name = monitor.rsplit("/", 1)[-1].lower()
+        higher = not any(w in name for w in LOWER_IS_BETTER) and any(w in name for w in HIGHER_IS_BETTER)
+        mode = "max" if higher else "min"
+        self.monitor = monitor
+        self._ModelCheckpoint__init_monitor_mode(mode)  # Lightning's own: mode, and the worst value to beat
+        if trainer.is_global_zero:
+            print(f"labbook: the model names no monitor: the best checkpoint is the one with the "
+                  f"{'highest' if mode == 'max' else 'lowest'} {monitor} (callbacks.checkpoint.monitor=... and "
+                  "callbacks.checkpoint.mode=min|max choose another)", file=sys.stderr, flush=True)
 
     @functools.cached_property
     def state_key(self) -> str:

@@ -142,8 +142,12 @@ def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None
         traits = model_traits(model)
         if traits.reports:
             tracked.log_report(model.report())
-        headline_key = traits.headline_metric
+        # The model's own headline, else its first test metric.
+        headline_key = traits.headline_metric or next((k for k in metrics if k.startswith("test")), None)
         headline = (headline_key, metrics.get(headline_key)) if headline_key in metrics else None
+        if objective_of(cfg, model) is None and checkpoints.get("monitor"):  # the monitor chosen while it trained
+            tracked.set_tags({names.OBJECTIVE: checkpoints["monitor"],
+                              names.OBJECTIVE_DIRECTION: "maximize" if checkpoints["mode"] == "max" else "minimize"})
         tracked.set_tags({**timing, **({names.HEADLINE: headline_key} if headline else {})})
         if _trial_report(job) is not None:
             tracked.set_tags({names.TRIAL_STATE: "PRUNED" if _pruned(job) else "COMPLETE"})
@@ -203,7 +207,7 @@ def _checkpoint_state(trainer: Any) -> dict[str, Any]:
     if cb is None:
         return {}
     score = cb.best_model_score
-    return {"best": cb.best_model_path, "last": cb.last_model_path, "monitor": cb.monitor,
+    return {"best": cb.best_model_path, "last": cb.last_model_path, "monitor": cb.monitor, "mode": cb.mode,
             "score": float(score) if score is not None else None}
 
 

@@ -21,7 +21,6 @@ from pytorch_lightning.callbacks.progress.tqdm_progress import convert_inf
 from labbook.config.contract import model_traits
 
 REFRESH_S = 0.25  # four redraws a second read as live; fewer would look stuck
-MAX_METRICS = 5  # an epoch line stays one readable line
 
 
 class TimedProgressBar(TQDMProgressBar):
@@ -117,23 +116,25 @@ class EpochLines(Callback):
         ended, self._ended = self._ended, None
         if ended is None or not trainer.is_global_zero:
             return
-        print(epoch_line(ended[0], trainer.max_epochs, trainer.callback_metrics, ended[1],
-                         model_traits(pl_module).monitor), file=self.stream or sys.stdout, flush=True)
+        monitor = getattr(trainer.checkpoint_callback, "monitor", None) or model_traits(pl_module).monitor
+        print(epoch_line(ended[0], trainer.max_epochs, trainer.callback_metrics, ended[1], monitor),
+              file=self.stream or sys.stdout, flush=True)
 
 
 def epoch_line(epoch: int, max_epochs: int | None, metrics: dict[str, Any], seconds: float,
                monitor: str | None = None) -> str:
-    """The epoch's line: its number; the model's monitor, its training counterpart (``train/loss`` for
-    ``val/loss``), the other validation metrics, then the other training ones, :data:`MAX_METRICS` at most;
-    and how long the epoch took."""
+    """The epoch's line: its number; every metric logged for the epoch (whatever a model calls them: ``val/loss``
+    or ``val_loss``), the monitor first, then its training counterpart (``train/loss`` for ``val/loss``), the
+    other validation metrics, then the rest; and how long the epoch took. Test metrics and per-step values
+    (``…_step``) are not an epoch's."""
     counterpart = "train/" + monitor.split("/", 1)[-1] if monitor else "train/loss"
 
     def rank(key: str) -> tuple[int, str]:
-        order = 0 if key == monitor else 1 if key == counterpart else 2 if key.startswith("val/") else 3
+        order = 0 if key == monitor else 1 if key == counterpart else 2 if key.startswith("val") else 3
         return order, key
 
-    shown = sorted((k for k in metrics if k.startswith(("train/", "val/")) and not k.endswith("_step")), key=rank)
-    values = "  ".join(f"{k}={float(metrics[k]):.6g}" for k in shown[:MAX_METRICS])
+    shown = sorted((k for k in metrics if not k.startswith("test") and not k.endswith("_step")), key=rank)
+    values = "  ".join(f"{k}={float(metrics[k]):.6g}" for k in shown)
     total = f"/{max_epochs}" if max_epochs and max_epochs > 0 else ""
     return f"epoch {epoch}{total}  {values}  ({seconds:.1f} s)".replace("    ", "  ")
 
