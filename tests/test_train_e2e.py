@@ -37,6 +37,14 @@ def only_run(uri: str):
 
 
 def test_gmm_on_blobs_records_everything(tmp_path: Path, store: str) -> None:
+    # The run is started in a project of the user's, a git repository with a committed file and a new model
+    # file not yet added: its git state is the project's, labbook's own is recorded apart.
+    project = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    project("init", "-q")
+    (tmp_path / "README.md").write_text("a project\n")
+    project("add", "README.md")
+    project("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "first")
+    (tmp_path / "new_model.py").write_text("class NewModel:\n    pass\n")  # untracked: counted, and in the patch
     out = labbook("train", "experiment=gmm_blobs", "trainer.max_epochs=8", QUIET, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     run = only_run(store)
@@ -63,15 +71,13 @@ def test_gmm_on_blobs_records_everything(tmp_path: Path, store: str) -> None:
     tags = run.data.tags
     repo = Path(__file__).resolve().parents[1]
     git = lambda *a: subprocess.run(["git", *a], cwd=repo, capture_output=True, text=True).stdout.strip()  # noqa: E731
-    assert tags["git.commit"] == git("rev-parse", "HEAD")
-    assert tags["git.dirty"] == ("true" if git("status", "--porcelain", "--untracked-files=no") else "false")
+    assert tags["git.commit"] == project("rev-parse", "HEAD") and tags["git.dirty"] == "true"
+    assert tags["labbook.installed_from"] == str(repo) and tags["labbook.git.commit"] == git("rev-parse", "HEAD")
     assert tags["command"] == "labbook train experiment=gmm_blobs trainer.max_epochs=8 debug=quiet"
     assert tags["host"] and tags["mlflow.user"]
-    if tags["git.dirty"] == "true":  # the patch is the working tree's diff, so the run can be rebuilt
-        patch = Path(client.download_artifacts(run.info.run_id, "git/diff.patch", str(tmp_path))).read_text()
-        assert patch.strip() == git("diff", "HEAD")
-    else:
-        assert "git/diff.patch" not in stored
+    patch = Path(client.download_artifacts(run.info.run_id, "git/diff.patch", str(tmp_path / "got"))).read_text()
+    assert "+++ b/new_model.py" in patch and "+class NewModel:" in patch  # the new file, so the run can be rebuilt
+    assert "mlflow.db" not in patch and "mlartifacts" not in patch  # labbook's own files are no code
     import yaml
 
     config = yaml.safe_load(Path(client.download_artifacts(run.info.run_id, "config/config.yaml", str(tmp_path))).read_text())

@@ -48,11 +48,21 @@ def _param_text(value: Any) -> str:
     return text
 
 
-def git_state(repo: Path) -> dict[str, str]:
-    """Commit, dirty flag and diff of the repository the code was run from ('' when not a git repo)."""
+# Untracked files that count as a project's code (a new model file not yet added), in the diff artifact too;
+# what labbook itself writes beside them (its store, its outputs) never does.
+SOURCE_SUFFIXES = (".py", ".pyx", ".yaml", ".yml", ".toml", ".cfg", ".ini", ".json", ".sh", ".ipynb")
+NOT_SOURCE = ("mlartifacts/", "logs/", "outputs/", "multirun/", ".venv/", "venv/")
+MAX_UNTRACKED_BYTES = 1 << 20  # a bigger untracked file is named in the diff, not copied into it
 
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=20).stdout
+
+def git_state(folder: Path) -> dict[str, str]:
+    """Commit, dirty flag and diff of the git repository holding ``folder`` — the user's project, where the
+    run was started ('' when it is in none). Untracked source files (:data:`SOURCE_SUFFIXES`) count as
+    changes and are in the diff, as new files."""
+
+    def git(*args: str, ok: tuple[int, ...] = (0,)) -> str:
+        done = subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, timeout=20)
+        return done.stdout if done.returncode in ok else ""
 
     try:
         commit = git("rev-parse", "HEAD").strip()
@@ -60,8 +70,28 @@ def git_state(repo: Path) -> dict[str, str]:
         commit = ""
     if not commit:
         return {"commit": "", "dirty": "", "diff": ""}
-    status = git("status", "--porcelain", "--untracked-files=no").strip()
-    return {"commit": commit, "dirty": "true" if status else "false", "diff": git("diff", "HEAD") if status else ""}
+    top = Path(git("rev-parse", "--show-toplevel").strip() or folder)
+    tracked = git("status", "--porcelain", "--untracked-files=no").strip()
+    untracked = [f for f in git("ls-files", "--others", "--exclude-standard", "--full-name", str(top)).splitlines()
+                 if f.endswith(SOURCE_SUFFIXES) and not f.startswith(NOT_SOURCE)]
+    diff = git("diff", "HEAD") if tracked else ""
+    for name in untracked:
+        path = top / name
+        if path.stat().st_size > MAX_UNTRACKED_BYTES:
+            diff += f"# untracked, not copied ({path.stat().st_size} bytes): {name}\n"
+        else:  # exit code 1: the files differ, as a new file always does
+            diff += git("-C", str(top), "diff", "--no-index", "--", "/dev/null", name, ok=(0, 1))
+    return {"commit": commit, "dirty": "true" if tracked or untracked else "false", "diff": diff}
+
+
+def labbook_source() -> dict[str, str]:
+    """Where this labbook was installed from: its folder, and the commit when that is a git checkout (an
+    editable install), as tags apart from the project's own git state."""
+    from labbook.config.groups import CONF_DIR
+
+    where = CONF_DIR.parent
+    state = git_state(where) if (where / ".git").exists() else {"commit": ""}
+    return {names.LABBOOK_FROM: str(where), **({names.LABBOOK_COMMIT: state["commit"]} if state["commit"] else {})}
 
 
 @functools.lru_cache(maxsize=1)
@@ -153,8 +183,11 @@ class Recorder:
         self.log_text(yaml.safe_dump(resolved, sort_keys=False), names.CONFIG)
         self.log_text(yaml.safe_dump(overrides), names.OVERRIDES)
 
-    def log_git(self, repo: Path) -> None:
-        state = git_state(repo)
+    def log_git(self, folder: Path) -> None:
+        """The project's git state (:func:`git_state` of ``folder``, where the run was started), and where
+        labbook itself came from."""
+        self.set_tags(labbook_source())
+        state = git_state(folder)
         tags = {names.GIT_COMMIT: state["commit"] or "unknown", names.GIT_DIRTY: state["dirty"] or "unknown"}
         if state["commit"]:
             tags[names.SOURCE_GIT_COMMIT] = state["commit"]

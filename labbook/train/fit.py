@@ -39,8 +39,6 @@ from labbook.train.progress import TimedProgressBar, progress_callbacks
 from labbook.train.ranks import ENV_RUN_ID, hand_off, process_group
 from labbook.train.resume import ResumePlan, resume_record
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
-
 
 def open_run(job: Job, uri: str, resume: ResumePlan | None = None, sweep: SweepJob | None = None,
              overrides: Sequence[str] = ()) -> TrackedRun:
@@ -169,7 +167,7 @@ def _record_start(job: Job, tracked: TrackedRun, overrides: list[str], resume: R
         tracked.log_config({**resolved, "ckpt_path": None}, resume.all_overrides, params=False)
         tracked.log_text(resume_record(resume), names.RESUME_RECORD.format(number=resume.number))
         tracked.set_tags({names.RESUMES: resume.number})
-    tracked.log_git(PACKAGE_ROOT)
+    tracked.log_git(Path.cwd())  # the user's project, not labbook's install folder
     tracked.log_environment()
     if resume is None:
         from labbook.run.datasets import dataset_entity, log_dataset
