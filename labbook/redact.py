@@ -28,8 +28,19 @@ def redact_uri(uri: str) -> str:
 def secret_values() -> list[str]:
     """Values of this process's secret-named environment variables (longest first; short ones, which would
     mask ordinary text, are left alone)."""
-    values = {v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= 6}
+    values = {v for k, v in _environment().items() if _SECRET_NAME.search(k) and len(v) >= 6}
     return sorted(values, key=len, reverse=True)
+
+
+def _environment() -> dict[str, str]:
+    """A copy of the environment, taken while other threads may change it (MLflow's telemetry sets and
+    deletes variables of its own): a variable gone between listing and reading is retried, not a crash."""
+    for _ in range(10):
+        try:
+            return dict(os.environ)
+        except (KeyError, RuntimeError):
+            continue
+    return dict(os.environ)
 
 
 def redact(text: str) -> str:

@@ -8,12 +8,9 @@ Answers go to stdout, one line per input and nothing else; errors are one line o
 from __future__ import annotations
 
 import sys
-import tempfile
-from pathlib import Path
 from typing import Sequence
 
-from labbook import names
-from labbook.config.contract import current_targets, data_traits, model_traits
+from labbook.config.contract import data_traits, model_traits
 from labbook.errors import UserError
 
 # Read by hand in main (an input may itself start with "-"); tab completion offers FLAGS.
@@ -56,28 +53,22 @@ def predict(run_id: str, given: Sequence[str], uri: str) -> list[str]:
     reader = open_reader(uri)
     run = reader.find_run(run_id)
     inputs = read_inputs(given)
-    with tempfile.TemporaryDirectory() as tmp:
-        config = current_targets(reader.config(run))
-        ckpt = reader.checkpoint(run, (names.BEST_CHECKPOINT, names.LAST_CHECKPOINT), Path(tmp), why=(
-            ": was it trained with logger.log_checkpoints=false, or did it fail before one was saved?"))
-        # Only now torch (~1.5 s): a mistyped run id or store is answered without it.
-        import torch
-        from hydra.utils import get_class, instantiate
-        from omegaconf import OmegaConf
+    from labbook.train.stored import rebuild
 
-        cfg = OmegaConf.create(config)
-        model_cls = get_class(cfg.model._target_)
-        model = model_cls.load_from_checkpoint(str(ckpt), map_location="cpu")
-    datamodule = instantiate(cfg.datamodule)
-    data = data_traits(datamodule)
-    if not (data.parses_inputs and data.formats_outputs and model_traits(model).predicts):
-        raise UserError(f"{cfg.datamodule._target_} or {cfg.model._target_} does not support predict "
-                        "(needs datamodule.parse_inputs/format_outputs and model.predict)")
+    stored = rebuild(reader, run)
+    model, datamodule, cfg = stored.model, stored.datamodule, stored.config
+    lacks = [f"{cfg.model._target_} has no predict(x)" if not model_traits(model).predicts else "",
+             *(f"{cfg.datamodule._target_} has no {m}" for m, ok in (
+                 ("parse_inputs(lines)", data_traits(datamodule).parses_inputs),
+                 ("format_outputs(y)", data_traits(datamodule).formats_outputs)) if not ok)]
+    if any(lacks):
+        raise UserError(f"{'; '.join(x for x in lacks if x)}, which labbook predict calls (docs/contract.md)")
+    import torch
+
     try:
         x = datamodule.parse_inputs(list(inputs))
     except ValueError as exc:
         raise UserError(f"input: {exc}") from exc
-    model.eval()
     with torch.no_grad():
         y = model.predict(x)
     answers = list(datamodule.format_outputs(y))

@@ -54,8 +54,9 @@ def _answer_before_hydra(args: Sequence[str]) -> str | None:
     return None
 
 
-def _run_hydra(args: Sequence[str], full_error: bool) -> int:
-    """Hydra composes the config and runs the job (or the sweep's jobs); how it ended is the exit code."""
+def _run_hydra(args: Sequence[str], full_error: bool, results: list[dict[str, Any]] | None = None) -> int:
+    """Hydra composes the config and runs the job (or the sweep's jobs); how it ended is the exit code. Each
+    job that ran in this process and trained adds its result to ``results`` (the Python API's answer)."""
     import hydra
     from omegaconf import DictConfig
 
@@ -70,7 +71,7 @@ def _run_hydra(args: Sequence[str], full_error: bool) -> int:
 
     @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
     def task(cfg: DictConfig) -> Any:
-        return run_job(cfg, failures, full_error)
+        return run_job(cfg, failures, full_error, results)
 
     sys.argv = [sys.argv[0], *args]
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us, so we decide how they are shown
@@ -118,7 +119,8 @@ def _ended_early(exc: BaseException, outcome: Any, full_error: bool) -> int:
     return fail(exc, full_error)
 
 
-def run_job(cfg: Any, failures: list[BaseException], full_error: bool) -> Any:
+def run_job(cfg: Any, failures: list[BaseException], full_error: bool,
+            results: list[dict[str, Any]] | None = None) -> Any:
     """One job, as Hydra runs it: a single run, or one job of a sweep (in this process or a launcher's).
     Returns what a sweeper learns of the job; an error is recorded in ``failures`` (and, in a sweep, said at
     once, so that the sweep goes on with its other jobs)."""
@@ -149,6 +151,8 @@ def run_job(cfg: Any, failures: list[BaseException], full_error: bool) -> Any:
         if hc.mode == RunMode.MULTIRUN:
             fail(exc, full_error, prefix=f"job {hc.job.num} ({' '.join(task_overrides(hc))}): ")
         return None
+    if result is not None and results is not None:
+        results.append(result)
     return None if result is None else _report(result)
 
 

@@ -21,7 +21,6 @@ from labbook.config.schemas import CheckpointConfig
 from labbook.errors import ConfigValueError, RunInterrupted
 from labbook.timing import mark, now
 
-
 # Words in a metric's name that say lower or higher is better, for a monitor labbook chooses (ModelCheckpoint);
 # the first list wins (neg_log_likelihood), and a name in neither is taken as a loss.
 LOWER_IS_BETTER = ("loss", "err", "nll", "neg", "mse", "mae", "perplexity", "distance")
