@@ -99,18 +99,17 @@ from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from hydra.utils import get_class, instantiate  # noqa: E402
 
 from labbook.config import schemas  # noqa: E402
-from labbook.train.callbacks import ModelCheckpoint, build_callbacks  # noqa: E402
+from labbook.config.contract import constructor_arguments  # noqa: E402
 from labbook.config.groups import CONF_DIR  # noqa: E402
-from labbook.store.prepare import prepare_store  # noqa: E402
-from labbook.run.lifecycle import TrackedRun  # noqa: E402
-from labbook.train.progress import TimedProgressBar  # noqa: E402
 from labbook.config.schemas import MLflowConfig  # noqa: E402
 from labbook.run.background import Background  # noqa: E402
-from labbook.run.checkpoints import BackgroundCheckpointIO  # noqa: E402
-from labbook.run.checkpoints import CheckpointUpload  # noqa: E402
-from labbook.config.contract import constructor_arguments
-from labbook.train.job import build_data_and_model
-from labbook.train.fit import build_trainer
+from labbook.run.checkpoints import BackgroundCheckpointIO, CheckpointUpload  # noqa: E402
+from labbook.run.lifecycle import TrackedRun  # noqa: E402
+from labbook.store.prepare import prepare_store  # noqa: E402
+from labbook.train.callbacks import ModelCheckpoint, build_callbacks  # noqa: E402
+from labbook.train.fit import build_trainer  # noqa: E402
+from labbook.train.job import build_data_and_model  # noqa: E402
+from labbook.train.progress import TimedProgressBar  # noqa: E402
 
 
 def _lstm_loss(model: Any, batch: Any) -> torch.Tensor:  # LSTMForecaster.training_step without self.log

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime
 import string
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pytorch_lightning as pl
@@ -147,21 +147,23 @@ class DatesDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        n_samples: int = 50000,
-        n_test: int = 5000,
-        val_fraction: float = 0.1,
+        n_samples: Annotated[int, ">= 2"] = 50000,
+        n_test: Annotated[int, ">= 1"] = 5000,
+        val_fraction: Annotated[float, ">= 0", "< 1"] = 0.1,
         seed: int = 0,
-        batch_size: int = 128,
-        num_workers: int = 0,
+        batch_size: Annotated[int, ">= 1"] = 128,
+        num_workers: Annotated[int, ">= 0"] = 0,
         reverse_input: bool = True,
-        path: str | None = None,
-        split: str = "random",
+        path: str | None = None,  # a file in the book's date.txt layout instead of generated data
+        split: Literal["random", "book"] = "random",  # book: the book's seed-1984 split
     ) -> None:
         super().__init__()
         if split not in ("random", "book"):
-            raise ValueError(f"split must be 'random' or 'book', got {split!r}")
+            raise ValueError(f"split={split!r} is not allowed: expected one of 'random', 'book'")
         if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+            raise ValueError(f"val_fraction={val_fraction!r} is not allowed: expected a number ≥ 0 and < 1")
+        if path is None and not n_test < n_samples:
+            raise ValueError(f"n_test={n_test!r} is not allowed: expected fewer than n_samples={n_samples}")
         self.save_hyperparameters()
         self.n_samples, self.n_test, self.val_fraction = n_samples, n_test, val_fraction
         self.seed, self.batch_size, self.num_workers = seed, batch_size, num_workers

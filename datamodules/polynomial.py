@@ -12,7 +12,7 @@ Batches are ``(x, y)``, both (B,) float32.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any
 
 import pytorch_lightning as pl
 import torch
@@ -22,7 +22,8 @@ from .sharding import sharded_loader
 
 
 class SineCurveDataModule(pl.LightningDataModule):
-    def __init__(self, n_points: int = 2000, batch_size: int = 2000, num_workers: int = 0, seed: int = 0) -> None:
+    def __init__(self, n_points: Annotated[int, ">= 4"] = 2000, batch_size: Annotated[int, ">= 1"] = 2000,
+                 num_workers: Annotated[int, ">= 0"] = 0, seed: int = 0) -> None:
         super().__init__()
         if n_points < 4:
             raise ValueError(f"n_points must be >= 4 to determine a cubic, got {n_points}")

@@ -27,7 +27,7 @@ Batches are ``(x, y)`` with x: (B, window, 1) and y: (B, horizon), both scaled.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -68,12 +68,12 @@ class WindowedSeriesDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        window: int = 20,
-        horizon: int = 1,
-        val_fraction: float = 0.15,
-        test_fraction: float = 0.15,
-        batch_size: int = 32,
-        num_workers: int = 0,
+        window: Annotated[int, ">= 1"] = 20,
+        horizon: Annotated[int, ">= 1"] = 1,
+        val_fraction: Annotated[float, "> 0", "< 1"] = 0.15,
+        test_fraction: Annotated[float, "> 0", "< 1"] = 0.15,
+        batch_size: Annotated[int, ">= 1"] = 32,
+        num_workers: Annotated[int, ">= 0"] = 0,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -203,16 +203,16 @@ class SineDataModule(WindowedSeriesDataModule):
 
     def __init__(
         self,
-        length: int = 1000,
-        period: float = 50.0,
+        length: Annotated[int, ">= 10"] = 1000,
+        period: Annotated[float, "> 0"] = 50.0,
         amplitude: float = 1.0,
-        noise_std: float = 0.1,
-        window: int = 20,
-        horizon: int = 1,
-        val_fraction: float = 0.15,
-        test_fraction: float = 0.15,
-        batch_size: int = 32,
-        num_workers: int = 0,
+        noise_std: Annotated[float, ">= 0"] = 0.1,
+        window: Annotated[int, ">= 1"] = 20,
+        horizon: Annotated[int, ">= 1"] = 1,
+        val_fraction: Annotated[float, "> 0", "< 1"] = 0.15,
+        test_fraction: Annotated[float, "> 0", "< 1"] = 0.15,
+        batch_size: Annotated[int, ">= 1"] = 32,
+        num_workers: Annotated[int, ">= 0"] = 0,
         seed: int = 0,
     ) -> None:
         super().__init__(window, horizon, val_fraction, test_fraction, batch_size, num_workers, seed)

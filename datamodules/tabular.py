@@ -19,7 +19,7 @@ import io
 import math
 import os
 import warnings
-from typing import Any, Iterator, Sequence
+from typing import Annotated, Any, Iterator, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -28,7 +28,6 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from .sharding import sharded_loader
-
 
 # Rows converted (gathered, standardised, narrowed to float32) or generated at a time: a few MB of temporaries.
 _BLOCK_ROWS = 65536
@@ -72,11 +71,11 @@ class TabularDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        batch_size: int = 8192,
-        num_workers: int = 0,
+        batch_size: Annotated[int, ">= 1"] = 8192,
+        num_workers: Annotated[int, ">= 0"] = 0,
         seed: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
+        val_fraction: Annotated[float, ">= 0", "< 1"] = 0.1,
+        test_fraction: Annotated[float, ">= 0", "< 1"] = 0.2,
         standardize: bool = False,
         shuffle: bool = False,
     ) -> None:
@@ -277,17 +276,17 @@ class BlobsDataModule(TabularDataModule):
 
     def __init__(
         self,
-        batch_size: int = 8192,
-        num_workers: int = 0,
+        batch_size: Annotated[int, ">= 1"] = 8192,
+        num_workers: Annotated[int, ">= 0"] = 0,
         seed: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
+        val_fraction: Annotated[float, ">= 0", "< 1"] = 0.1,
+        test_fraction: Annotated[float, ">= 0", "< 1"] = 0.2,
         standardize: bool = False,
         shuffle: bool = False,
-        n_samples: int = 30_000,
-        n_features: int = 2,
-        n_centers: int = 4,
-        cluster_std: float = 1.0,
+        n_samples: Annotated[int, ">= 10"] = 30_000,
+        n_features: Annotated[int, ">= 1"] = 2,
+        n_centers: Annotated[int, ">= 1"] = 4,
+        cluster_std: Annotated[float, "> 0"] = 1.0,
     ) -> None:
         super().__init__(batch_size, num_workers, seed, val_fraction, test_fraction, standardize, shuffle)
         if n_samples < 1 or n_features < 1 or n_centers < 1 or cluster_std <= 0:
@@ -432,11 +431,11 @@ class IrisDataModule(TabularDataModule):
 
     def __init__(
         self,
-        batch_size: int = 64,
-        num_workers: int = 0,
+        batch_size: Annotated[int, ">= 1"] = 64,  # 150 rows: a few batches an epoch
+        num_workers: Annotated[int, ">= 0"] = 0,
         seed: int = 0,
-        val_fraction: float = 0.2,
-        test_fraction: float = 0.2,
+        val_fraction: Annotated[float, ">= 0", "< 1"] = 0.2,
+        test_fraction: Annotated[float, ">= 0", "< 1"] = 0.2,
         standardize: bool = False,
         shuffle: bool = False,
     ) -> None:
@@ -485,11 +484,11 @@ class CSVDataModule(TabularDataModule):
     def __init__(
         self,
         path: str,
-        batch_size: int = 8192,
-        num_workers: int = 0,
+        batch_size: Annotated[int, ">= 1"] = 8192,
+        num_workers: Annotated[int, ">= 0"] = 0,
         seed: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
+        val_fraction: Annotated[float, ">= 0", "< 1"] = 0.1,
+        test_fraction: Annotated[float, ">= 0", "< 1"] = 0.2,
         standardize: bool = True,
         shuffle: bool = False,
         label_column: str | None = None,

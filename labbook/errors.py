@@ -60,6 +60,12 @@ def check_range(key: str, value: Any, *, low: float | None = None, high: float |
         raise ConfigValueError(key, value, f"expected {kind} {' and '.join(p for p in (left, right) if p)}")
 
 
+def required(key: str) -> str:
+    """How a missing required value is said, wherever it is found."""
+    return f"{key} is required and has no value: add {key}=VALUE" + (
+        " (the CSV file to read)" if key == "datamodule.path" else "")
+
+
 def one_line(exc: BaseException) -> str:
     """Reduce an exception from Hydra/OmegaConf/our code to the one line a user needs."""
     from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -83,8 +89,7 @@ def one_line(exc: BaseException) -> str:
                 hint = f" (allowed keys: {allowed})" if allowed else ""
                 return f"{key}: unknown config key{hint}"
             if type(err).__name__ == "MissingMandatoryValue":
-                return f"{key} is required and has no value: add {key}=VALUE" + (
-                    " (the CSV file to read)" if key == "datamodule.path" else "")
+                return required(key)
             if isinstance(err, ValidationError):
                 value = getattr(err, "value", None)
                 if msg.startswith("Invalid value") and "expected one of [" in msg:  # an enum's choices

@@ -41,7 +41,7 @@ that, but needs a [B, K, D] weighted outer product per batch instead of the sing
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Annotated, Any, Literal, Sequence, get_args
 
 import numpy as np
 import pytorch_lightning as pl
@@ -50,9 +50,14 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-_COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
-_INITS = ("kmeans", "kmeans++", "random")
-_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+# The allowed values, declared once: the config reads the Literal (labbook/config/signature.py), the constructor
+# checks against its values.
+CovarianceType = Literal["full", "diag", "spherical", "tied"]
+Init = Literal["kmeans", "kmeans++", "random"]  # kmeans: 3 Lloyd passes from k-means++ seeds
+ComputeDtype = Literal["float64", "float32"]  # float32: a faster E-step, float64 sums
+_COVARIANCE_TYPES = get_args(CovarianceType)
+_INITS = get_args(Init)
+_DTYPES = dict(zip(get_args(ComputeDtype), (torch.float64, torch.float32)))
 # A component whose total responsibility is below this (in units of samples) has no data to
 # estimate a mean or a covariance from.
 _EMPTY_MASS = 1e-8
@@ -226,19 +231,19 @@ class GaussianMixtureEM(pl.LightningModule):
     def __init__(
         self,
         n_features: int,
-        n_components: int = 4,
-        covariance_type: str = "full",
-        tol: float = 1e-4,
-        reg_covar: float = 1e-6,
-        init: str = "kmeans",
-        n_init: int = 12,
+        n_components: Annotated[int, ">= 1"] = 4,
+        covariance_type: CovarianceType = "full",
+        tol: Annotated[float, ">= 0"] = 1e-4,  # stop once the mean train log-likelihood improves by less
+        reg_covar: Annotated[float, ">= 0"] = 1e-6,
+        init: Init = "kmeans",
+        n_init: Annotated[int, ">= 1"] = 12,  # starts; the best of the seeding sample is fitted
         n_classes: int | None = None,
         feature_mean: Sequence[float] | None = None,
         feature_std: Sequence[float] | None = None,
         seed: int = 0,
         means_init: Sequence[Sequence[float]] | np.ndarray | Tensor | None = None,
-        compute_dtype: str = "float64",
-        init_samples: int = 100_000,
+        compute_dtype: ComputeDtype = "float64",
+        init_samples: Annotated[int, ">= 1"] = 100_000,  # the seeding runs over at most this many rows
     ) -> None:
         super().__init__()
         if covariance_type not in _COVARIANCE_TYPES:

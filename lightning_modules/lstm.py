@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -43,9 +43,9 @@ class LSTMForecaster(pl.LightningModule):
         self,
         horizon: int = 1,
         n_features: int = 1,
-        hidden_size: int = 64,
-        num_layers: int = 1,
-        dropout: float = 0.0,
+        hidden_size: Annotated[int, ">= 1"] = 64,
+        num_layers: Annotated[int, ">= 1"] = 1,
+        dropout: Annotated[float, ">= 0", "< 1"] = 0.0,
         target_mean: float = 0.0,
         target_std: float = 1.0,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,

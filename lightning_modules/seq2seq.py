@@ -12,11 +12,12 @@ Trained with teacher forcing (cross-entropy over the answer characters), decoded
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Annotated, Callable
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
 from .char_seq2seq import CharSeq2SeqTask
 
 
@@ -30,13 +31,13 @@ class AttentionSeq2Seq(CharSeq2SeqTask):
         start_id: int,
         src_len: int = 29,
         tgt_len: int = 10,
-        wordvec_size: int = 16,
-        hidden_size: int = 256,
+        wordvec_size: Annotated[int, ">= 1"] = 16,
+        hidden_size: Annotated[int, ">= 1"] = 256,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         one_cycle: bool = True,
         itos: list[str] | None = None,
         src_reversed: bool = False,
-        n_report: int = 3,
+        n_report: Annotated[int, ">= 0"] = 3,
     ) -> None:
         """``optimizer``: partial of a torch optimizer (default Adam, lr 1e-2); with ``one_cycle`` its lr
         is the peak of a OneCycle schedule over the whole run. ``itos``/``src_reversed`` only label plots.

@@ -2,7 +2,6 @@
 checkpoints into the run keep their order, are all done when ``flush``/``wait`` return, never copy a
 file before it is written or while it is rewritten, and a failure is raised, not lost."""
 
-import threading
 import time
 
 import pytest

@@ -6,8 +6,8 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint as LightningModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
-from labbook.train.callbacks import ModelCheckpoint
 from labbook.lightning_modules.lstm import LSTMForecaster
+from labbook.train.callbacks import ModelCheckpoint
 
 
 def fit(tmp_path, **checkpoint_kwargs) -> list[str]:

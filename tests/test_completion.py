@@ -21,9 +21,11 @@ from tests.conftest import LABBOOK, labbook
 
 # The candidates, exact. bash gets them cut to the part of the word it replaces (after "=" and ":", which
 # split its words), zsh whole; both: no space after a word that goes on ("=", ".", "/").
-LSTM_KEYS = ["model._target_=", "model.dropout=", "model.hidden_size=", "model.num_layers=", "model.optimizer."]
+# The LSTM's keys are its constructor's arguments (a nested one, the optimizer, goes on with ".").
+LSTM_KEYS = ["model._target_=", "model.dropout=", "model.hidden_size=", "model.horizon=", "model.n_features=",
+             "model.num_layers=", "model.optimizer.", "model.target_mean=", "model.target_std=", "model.window="]
 CASES = [
-    ("labbook ", ["compare", "completion", "diff", "predict", "reap", "server", "train", "ui"]),
+    ("labbook ", ["compare", "completion", "diff", "new", "predict", "reap", "server", "train", "ui"]),
     ("labbook tr", ["train"]),
     ("labbook -", ["--help", "--version"]),
     ("labbook completion ", ["bash", "zsh"]),

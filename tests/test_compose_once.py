@@ -10,8 +10,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from labbook.config import schemas
-from labbook.config.compose import composed_once
+from labbook.config.compose import composed_once, search_project_configs
 from labbook.config.groups import CONF_DIR
+from labbook.config.signature import complete
 
 
 def _as_hydra_runs_it(overrides: list[str], conf: Path = CONF_DIR, name: str = "train") -> tuple[Any, int]:
@@ -24,6 +25,7 @@ def _as_hydra_runs_it(overrides: list[str], conf: Path = CONF_DIR, name: str = "
     from hydra.types import RunMode
 
     schemas.register()
+    search_project_configs()  # labbook's search path: a model's and datamodule's keys are their constructors'
     GlobalHydra.instance().clear()
     hydra = Hydra.create_main_hydra2(name, create_config_search_path(str(conf)))
     calls: list[Any] = []
@@ -36,6 +38,7 @@ def _as_hydra_runs_it(overrides: list[str], conf: Path = CONF_DIR, name: str = "
         if mode == RunMode.MULTIRUN:
             return None, len(calls)
         cfg = hydra.compose_config(name, overrides, run_mode=RunMode.RUN)
+        complete(cfg)  # as labbook completes every composition (idempotent)
         container = OmegaConf.to_container(cfg)
         container["hydra"]["runtime"].pop("cwd")
         return container, len(calls)

@@ -11,9 +11,18 @@ import numpy as np
 import pytest
 import torch
 
-from labbook.datamodules.dates import (FIRST_DAY, LAST_DAY, PAD_ID, SRC_LEN, START_ID, TGT_LEN, DatesDataModule,
-                               book_split, generate_dates, read_date_file)
-
+from labbook.datamodules.dates import (
+    FIRST_DAY,
+    LAST_DAY,
+    PAD_ID,
+    SRC_LEN,
+    START_ID,
+    TGT_LEN,
+    DatesDataModule,
+    book_split,
+    generate_dates,
+    read_date_file,
+)
 
 # An independent parser (not the generator's tables) so a wrong table in the generator shows up.
 MONTHS = "january february march april may june july august september october november december".split()

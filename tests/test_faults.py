@@ -8,11 +8,9 @@ import collections
 import contextlib
 import json
 import os
-import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,7 +18,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import LABBOOK, kill_group, labbook, python_script, run_process, runs
+from tests.conftest import LABBOOK, kill_group, labbook, python_script, runs
 from tests.test_train_e2e import QUIET
 
 HERE = Path(__file__).resolve().parent

@@ -73,9 +73,9 @@ def test_early_stopping_without_any_monitor_is_a_config_error() -> None:
     from hydra.core.global_hydra import GlobalHydra
 
     from labbook.config import schemas
-    from labbook.train.callbacks import build_callbacks
     from labbook.config.groups import CONF_DIR
     from labbook.errors import ConfigValueError
+    from labbook.train.callbacks import build_callbacks
 
     schemas.register()
     GlobalHydra.instance().clear()

@@ -589,9 +589,10 @@ def test_kmeans_init_is_sklearns_start_from_the_same_seeds(max_iter: int | None,
     GaussianMixture(init_params="kmeans") start when its KMeans starts from the same seeds. Run to convergence,
     and as it runs by default (3 passes: scikit-learn's KMeans(max_iter=2), whose labels are those of its last
     centres)."""
-    import labbook.lightning_modules.gmm as gmm
     from sklearn.cluster import KMeans
     from sklearn.mixture._gaussian_mixture import _estimate_gaussian_parameters
+
+    import labbook.lightning_modules.gmm as gmm
 
     if max_iter is not None:
         monkeypatch.setattr(gmm, "_KMEANS_MAX_ITER", max_iter)

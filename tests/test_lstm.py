@@ -13,7 +13,6 @@ from labbook.lightning_modules.lstm import LSTMForecaster
 from tests.conftest import python_script
 
 
-
 @pytest.fixture(autouse=True)
 def one_thread():
     # Two cores shared with other jobs: intra-op threads on tiny tensors spin and make each step ~10x slower.

@@ -278,8 +278,8 @@ def test_each_search_preset_composes_a_valid_search(preset: str) -> None:
 
     import hydra_plugins.labbook_optuna_sweeper.optuna_sweeper  # noqa: F401 - registers hydra/sweeper=optuna
     from labbook.config import schemas
-    from labbook.sweep import search
     from labbook.config.groups import CONF_DIR
+    from labbook.sweep import search
 
     schemas.register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from labbook.config.groups import groups
-from labbook.config.groups import CONF_DIR
+from labbook.config.groups import CONF_DIR, groups
 from tests.conftest import labbook
 
 

@@ -26,6 +26,8 @@ commands:
                              MLflow's UI on this store (127.0.0.1:5000 by default); Ctrl-C stops it
   server (--backend-store-uri postgresql://... | --local-postgres DIR) [--port P] [--host H]
                              a team's tracking server: runs in PostgreSQL, artifacts served by it
+  new DIR                    a project of one's own in DIR: a model, a datamodule, their configs, an experiment
+                             preset and a test; `labbook train experiment=NAME` and `pytest` run in it at once
   completion bash|zsh        the script that makes <TAB> complete subcommands, flags and train's overrides:
                              eval "$(labbook completion bash)" in ~/.bashrc (zsh: in ~/.zshrc)
 
@@ -37,4 +39,4 @@ else sqlite:///mlflow.db in the working directory.
 # The subcommands: each a module of this package whose ``main(args) -> int`` parses its own arguments (and
 # whose ``parser()``, where it has one, tab completion reads). Imported only when its command runs.
 COMMANDS: dict[str, str] = {name: f"labbook.cli.{name}" for name in
-                            ("train", "predict", "reap", "compare", "diff", "ui", "server", "completion")}
+                            ("train", "predict", "reap", "compare", "diff", "ui", "server", "new", "completion")}

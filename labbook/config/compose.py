@@ -17,22 +17,28 @@ def task_overrides(hydra_config: Any) -> list[str]:
 
 
 def search_project_configs() -> None:
-    """Put the project's config folders (:func:`labbook.config.groups.project_dirs`) into Hydra's search path
-    before labbook's own, wherever labbook composes: a project's options join labbook's, one of the same name
-    wins. Hydra's own ``--config-dir`` puts a folder after the primary one, where labbook's would win."""
+    """Hydra's search path, wherever labbook composes: the project's config folders
+    (:func:`labbook.config.groups.project_dirs`), then labbook's own, each read by
+    :class:`labbook.config.source.SignatureConfigSource` (a model's and a datamodule's keys are its
+    constructor's). A project's options join labbook's, one of the same name wins. (Hydra's own
+    ``--config-dir`` puts a folder after the primary one, where labbook's would win.)"""
     from hydra.core.config_search_path import ConfigSearchPath, SearchPathQuery
     from hydra.core.plugins import Plugins
     from hydra.plugins.search_path_plugin import SearchPathPlugin
 
+    from labbook.config.source import SCHEME, SignatureConfigSource, register_schemas
+
     class ProjectConfigs(SearchPathPlugin):
         def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
-            from labbook.config.groups import project_dirs
-
-            for folder in project_dirs():  # each before labbook's own ("main"), in order: the first wins
-                search_path.prepend(provider="labbook-project", path=f"file://{folder}",
+            for folder in config_dirs():  # each before Hydra's "main" (labbook's, as plain files): first wins
+                search_path.prepend(provider="labbook", path=f"{SCHEME}://{folder}",
                                     anchor=SearchPathQuery(provider="main"))
 
+    from labbook.config.groups import config_dirs
+
+    register_schemas(config_dirs())
     plugins = Plugins.instance()
+    plugins.register(SignatureConfigSource)
     if not any(c.__name__ == "ProjectConfigs" for c in plugins.discover(SearchPathPlugin)):
         plugins.register(ProjectConfigs)
 
@@ -61,7 +67,11 @@ def compose_train(hydra: Any, overrides: Sequence[str]) -> Any:
     the command line (``from_shell``: the same messages as a run's)."""
     from hydra.types import RunMode
 
-    return hydra.compose_config("train", overrides=list(overrides), run_mode=RunMode.RUN, from_shell=True)
+    from labbook.config.signature import complete
+
+    cfg = hydra.compose_config("train", overrides=list(overrides), run_mode=RunMode.RUN, from_shell=True)
+    complete(cfg)  # the model's and datamodule's keys and defaults, from their constructors
+    return cfg
 
 
 @contextlib.contextmanager
@@ -76,6 +86,8 @@ def composed_once() -> Iterator[None]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.types import RunMode
     from omegaconf import OmegaConf
+
+    from labbook.config.signature import complete
 
     original = ConfigLoaderImpl.load_configuration
     first: dict[str, Any] = {}
@@ -100,6 +112,7 @@ def composed_once() -> Iterator[None]:
                 cfg.hydra.overrides.hydra.append(added[0])
         else:
             cfg = original(self, config_name, overrides, run_mode, from_shell, validate_sweep_overrides)
+            complete(cfg)  # the model's and datamodule's keys and defaults, from their constructors
         first.clear()  # handed over at most once: the job goes on to change its config
         if run_mode == RunMode.MULTIRUN and not validate_sweep_overrides:  # Hydra's get_mode
             first.update(call=(config_name, from_shell), overrides=tuple(overrides), cfg=cfg)

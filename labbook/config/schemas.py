@@ -1,12 +1,12 @@
-"""Typed schemas for every config group, registered in Hydra's ConfigStore.
+"""Typed schemas for labbook's own config groups (trainer, logger, callbacks, paths, the root), registered in
+Hydra's ConfigStore; a model's and a datamodule's are their constructors' (:mod:`labbook.config.signature`).
 
 Each YAML option in ``conf/<group>/`` starts its defaults list with ``/schema/<group>/<name>@_here_``
 so Hydra merges it into one of these dataclasses: a misspelled key, a wrong type or a choice that does not
-exist fails at compose time. String choices are enums (``str`` enums: a constructor gets the plain string,
-``to_container(..., enum_to_str=True)`` wherever the config is resolved); those whose values are not Python
-names (``kmeans++``, Lightning's ``bf16-mixed``) stay strings checked by ``__post_init__``, which also
-checks ranges when :func:`validate` turns the composed config into objects, still before anything is
-built or any run is opened.
+exist fails at compose time. String choices are enums (``str`` enums: ``to_container(..., enum_to_str=True)``
+wherever the config is resolved); those whose values are not Python names (Lightning's ``bf16-mixed``) stay
+strings checked by ``__post_init__``, which also checks ranges when :func:`validate` turns the composed
+config into objects, still before anything is built or any run is opened.
 """
 
 from __future__ import annotations
@@ -18,23 +18,6 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 
 from labbook.errors import ConfigValueError, check_choice, check_range
-
-
-class CovarianceType(str, Enum):
-    full = "full"
-    diag = "diag"
-    spherical = "spherical"
-    tied = "tied"
-
-
-class ComputeDtype(str, Enum):
-    float64 = "float64"
-    float32 = "float32"
-
-
-class DatesSplit(str, Enum):
-    random = "random"
-    book = "book"  # the book's seed-1984 split
 
 
 class Mode(str, Enum):
@@ -96,212 +79,9 @@ class TrainerConfig:
                 check_range(f"trainer.{key}", value, low=0)
 
 
-# --------------------------------------------------------------------------------------------- models
-# `optimizer` fields take a `_partial_: true` torch optimizer config, or null for the model's default.
-
-
-@dataclass
-class GMMConfig:
-    _target_: str = "labbook.lightning_modules.gmm.GaussianMixtureEM"
-    n_components: int = 4
-    covariance_type: CovarianceType = CovarianceType.full
-    tol: float = 1e-4  # stop once the mean train log-likelihood improves by less than this
-    reg_covar: float = 1e-6
-    init: str = "kmeans"  # kmeans (3 Lloyd passes from k-means++ seeds) | kmeans++ | random; a string: "kmeans++" is no Python name for an enum
-    n_init: int = 12  # starts; the one with the best log-likelihood of the seeding sample is fitted
-    seed: int = 0
-    means_init: Optional[list[list[float]]] = None  # [K, D] initial means; overrides init
-    compute_dtype: ComputeDtype = ComputeDtype.float64  # float32: a faster E-step; statistics stay float64
-    init_samples: int = 100_000  # the seeding runs over at most this many training points
-
-    def __post_init__(self) -> None:
-        check_range("model.n_components", self.n_components, low=1, integer=True)
-        check_range("model.tol", self.tol, low=0)
-        check_range("model.reg_covar", self.reg_covar, low=0)
-        check_choice("model.init", self.init, ("kmeans", "kmeans++", "random"))
-        check_range("model.n_init", self.n_init, low=1, integer=True)
-        check_range("model.init_samples", self.init_samples, low=1, integer=True)
-
-
-@dataclass
-class PolynomialConfig:
-    _target_: str = "labbook.lightning_modules.polynomial.CubicPolynomial"
-    optimizer: Any = None
-
-
-@dataclass
-class Seq2SeqConfig:
-    _target_: str = "labbook.lightning_modules.seq2seq.AttentionSeq2Seq"
-    wordvec_size: int = 16
-    hidden_size: int = 256
-    optimizer: Any = None
-    one_cycle: bool = True  # the optimizer's lr is the peak of a one-cycle schedule over the whole run
-    n_report: int = 3
-
-    def __post_init__(self) -> None:
-        check_range("model.wordvec_size", self.wordvec_size, low=1, integer=True)
-        check_range("model.hidden_size", self.hidden_size, low=1, integer=True)
-        check_range("model.n_report", self.n_report, low=0, integer=True)
-
-
-@dataclass
-class TransformerConfig:
-    _target_: str = "labbook.lightning_modules.transformer.Transformer"
-    d_model: int = 64
-    n_heads: int = 4
-    n_encoder_layers: int = 2
-    n_decoder_layers: int = 2
-    d_ff: int = 256
-    dropout: float = 0.0  # each question is seen once: nothing to regularise against
-    optimizer: Any = None
-    one_cycle: bool = True
-    n_report: int = 3
-
-    def __post_init__(self) -> None:
-        for key in ("d_model", "n_heads", "n_encoder_layers", "n_decoder_layers", "d_ff"):
-            check_range(f"model.{key}", getattr(self, key), low=1, integer=True)
-        if self.d_model % self.n_heads:
-            raise ConfigValueError("model.n_heads", self.n_heads, f"must divide model.d_model={self.d_model}")
-        check_range("model.dropout", self.dropout, low=0, high=1, high_inclusive=False)
-        check_range("model.n_report", self.n_report, low=0, integer=True)
-
-
-@dataclass
-class LSTMConfig:
-    _target_: str = "labbook.lightning_modules.lstm.LSTMForecaster"
-    hidden_size: int = 64
-    num_layers: int = 1
-    dropout: float = 0.0
-    optimizer: Any = None
-
-    def __post_init__(self) -> None:
-        check_range("model.hidden_size", self.hidden_size, low=1, integer=True)
-        check_range("model.num_layers", self.num_layers, low=1, integer=True)
-        check_range("model.dropout", self.dropout, low=0, high=1, high_inclusive=False)
-
-
-# ---------------------------------------------------------------------------------------- datamodules
-@dataclass
-class _TabularConfig:
-    batch_size: int = 8192
-    num_workers: int = 0
-    seed: int = 0
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    standardize: bool = False
-    shuffle: bool = False
-
-    def __post_init__(self) -> None:
-        check_range("datamodule.batch_size", self.batch_size, low=1, integer=True)
-        check_range("datamodule.num_workers", self.num_workers, low=0, integer=True)
-        check_range("datamodule.val_fraction", self.val_fraction, low=0, high=1, high_inclusive=False)
-        check_range("datamodule.test_fraction", self.test_fraction, low=0, high=1, high_inclusive=False)
-        if self.val_fraction + self.test_fraction >= 1:
-            raise ConfigValueError("datamodule.val_fraction+test_fraction", self.val_fraction + self.test_fraction,
-                                   "expected a sum below 1 so that a training split remains")
-
-
-@dataclass
-class BlobsConfig(_TabularConfig):
-    _target_: str = "labbook.datamodules.tabular.BlobsDataModule"
-    n_samples: int = 30000
-    n_features: int = 2
-    n_centers: int = 4
-    cluster_std: float = 1.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_range("datamodule.n_samples", self.n_samples, low=10, integer=True)
-        check_range("datamodule.n_features", self.n_features, low=1, integer=True)
-        check_range("datamodule.n_centers", self.n_centers, low=1, integer=True)
-        check_range("datamodule.cluster_std", self.cluster_std, low=0, low_inclusive=False)
-
-
-@dataclass
-class SineCurveConfig:
-    _target_: str = "labbook.datamodules.polynomial.SineCurveDataModule"
-    n_points: int = 2000
-    batch_size: int = 2000
-    num_workers: int = 0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_range("datamodule.n_points", self.n_points, low=4, integer=True)
-        check_range("datamodule.batch_size", self.batch_size, low=1, integer=True)
-
-
-@dataclass
-class DatesConfig:
-    _target_: str = "labbook.datamodules.dates.DatesDataModule"
-    n_samples: int = 50000
-    n_test: int = 5000
-    val_fraction: float = 0.1
-    seed: int = 0
-    batch_size: int = 128
-    num_workers: int = 0
-    reverse_input: bool = True
-    path: Optional[str] = None  # a file in the book's date.txt layout instead of generated data
-    split: DatesSplit = DatesSplit.random
-
-    def __post_init__(self) -> None:
-        check_range("datamodule.n_samples", self.n_samples, low=2, integer=True)
-        check_range("datamodule.n_test", self.n_test, low=1, high=self.n_samples - 1, integer=True)
-        check_range("datamodule.val_fraction", self.val_fraction, low=0, high=1, high_inclusive=False)
-        check_range("datamodule.batch_size", self.batch_size, low=1, integer=True)
-
-
-@dataclass
-class _SeriesConfig:
-    window: int = 20
-    horizon: int = 1
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    batch_size: int = 32
-    num_workers: int = 0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_range("datamodule.window", self.window, low=1, integer=True)
-        check_range("datamodule.horizon", self.horizon, low=1, integer=True)
-        check_range("datamodule.val_fraction", self.val_fraction, low=0, high=1, low_inclusive=False, high_inclusive=False)
-        check_range("datamodule.test_fraction", self.test_fraction, low=0, high=1, low_inclusive=False, high_inclusive=False)
-        check_range("datamodule.batch_size", self.batch_size, low=1, integer=True)
-
-
-@dataclass
-class SineConfig(_SeriesConfig):
-    _target_: str = "labbook.datamodules.series.SineDataModule"
-    length: int = 1000
-    period: float = 50.0
-    amplitude: float = 1.0
-    noise_std: float = 0.1
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_range("datamodule.length", self.length, low=10, integer=True)
-        check_range("datamodule.period", self.period, low=0, low_inclusive=False)
-        check_range("datamodule.noise_std", self.noise_std, low=0)
-
-
-@dataclass
-class SunspotsConfig(_SeriesConfig):
-    _target_: str = "labbook.datamodules.series.SunspotsDataModule"
-
-
-@dataclass
-class IrisConfig(_TabularConfig):
-    _target_: str = "labbook.datamodules.tabular.IrisDataModule"
-    batch_size: int = 64  # 150 rows: a few batches an epoch
-    val_fraction: float = 0.2
-
-
-@dataclass
-class CSVConfig(_TabularConfig):
-    _target_: str = "labbook.datamodules.tabular.CSVDataModule"
-    path: str = "???"
-    label_column: Optional[str] = None
-    columns: Optional[list[str]] = None
-    standardize: bool = True  # a user's columns come in any units; EM's covariances are better conditioned
+# ------------------------------------------------------------------------------ models and datamodules
+# Their schemas are their constructors' signatures (labbook/config/signature.py): each default is written
+# once, in the constructor, and a project's classes are checked as labbook's own are.
 
 
 # --------------------------------------------------------------------------------------------- logger
@@ -412,10 +192,6 @@ class TrainConfig:
 
 GROUP_SCHEMAS: dict[str, dict[str, type]] = {
     "trainer": {"default": TrainerConfig},
-    "model": {"gmm": GMMConfig, "polynomial": PolynomialConfig, "seq2seq": Seq2SeqConfig,
-              "transformer": TransformerConfig, "lstm": LSTMConfig},
-    "datamodule": {"blobs": BlobsConfig, "iris": IrisConfig, "tabular": CSVConfig, "sine_curve": SineCurveConfig,
-                   "dates": DatesConfig, "sine": SineConfig, "sunspots": SunspotsConfig},
     "logger": {"mlflow": MLflowConfig},
     "callbacks": {"default": CallbacksConfig},
     "paths": {"default": PathsConfig},
@@ -432,10 +208,21 @@ def register(extra: dict[str, dict[str, type]] | None = None) -> None:
 
 
 def validate(cfg: Any) -> None:
-    """Run every group's range and choice checks (``__post_init__``) on the composed config."""
+    """Run every group's range and choice checks on the composed config: labbook's own groups'
+    (``__post_init__``), and the model's and datamodule's against their constructors' signatures
+    (:mod:`labbook.config.signature`, which also fills in their defaults)."""
     from omegaconf import OmegaConf
 
     from labbook.config.objective import one_or_list
+    from labbook.config.signature import complete
+    from labbook.errors import UserError, required
+
+    complete(cfg)
+    node = cfg.get("datamodule")
+    if node is not None and OmegaConf.get_type(node) not in (dict, None):  # the datamodule's must be set now
+        gaps = [k for k in node if OmegaConf.is_missing(node, k)]
+        if gaps:
+            raise UserError(required(f"datamodule.{gaps[0]}"))
 
     if cfg.get("threads") is not None:
         check_range("threads", cfg.threads, low=1, integer=True)
@@ -450,7 +237,7 @@ def validate(cfg: Any) -> None:
         if direction not in DIRECTIONS:
             raise ConfigValueError("direction", direction, f"one of {', '.join(DIRECTIONS)} (null: the monitor's "
                                    "mode), or a list of them, one per objective")
-    for group in ("trainer", "model", "datamodule", "logger", "callbacks"):
+    for group in ("trainer", "logger", "callbacks"):
         node = cfg.get(group)
         if node is not None and OmegaConf.get_type(node) not in (dict, None):
             OmegaConf.to_object(node)

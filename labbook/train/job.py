@@ -20,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from labbook.config.contract import constructor_arguments, data_dims
 from labbook.config.experiment import experiment_name
 from labbook.config.schemas import validate
-from labbook.errors import ConfigValueError, UserError
+from labbook.config.signature import GROUPS, MISSING, MISSING_ARGUMENT, arguments, constructor_error
+from labbook.errors import ConfigValueError, UserError, required
 from labbook.timing import mark
 from labbook.train.callbacks import PruneTrial, build_callbacks
 from labbook.train.ranks import is_rank_zero
@@ -41,23 +42,35 @@ def check_hardware(trainer_cfg: Mapping[str, Any]) -> None:
 
 
 def build_data_and_model(cfg: DictConfig) -> tuple[Any, Any]:
-    """Instantiate and set up the datamodule, then the model with the datamodule's ``dims``."""
+    """Instantiate and set up the datamodule, then the model with the datamodule's ``dims`` (the arguments
+    the data decides: a config value for one is refused when it differs, a required argument neither gives
+    is one line)."""
+    from hydra.utils import get_class
+
     try:
         datamodule = instantiate(cfg.datamodule)
         datamodule.prepare_data()
         datamodule.setup("fit")
     except Exception as exc:  # noqa: BLE001 - bad user data gets one line, not a traceback
-        raise UserError(f"datamodule ({cfg.datamodule._target_}): {_root_message(exc)}") from exc
-    from hydra.utils import get_class
-
-    dims, unused = constructor_arguments(get_class(cfg.model._target_), data_dims(datamodule))
+        raise UserError(constructor_error("datamodule", cfg.datamodule._target_, _root_message(exc))) from exc
+    target = str(cfg.model._target_)
+    dims, unused = constructor_arguments(get_class(target), data_dims(datamodule))
     if is_rank_zero():
         for line in unused:  # reported, not silently dropped: a misspelt key would leave a default in place
             print(f"labbook: warning: {line}", file=sys.stderr, flush=True)
+    declared = arguments(target)
+    for key, value in dims.items():
+        given = cfg.model.get(key, MISSING)
+        if given not in (MISSING, value) and given != declared.get(key, MISSING_ARGUMENT).default:
+            raise UserError(f"model.{key}={given!r} is not allowed: the data decides it (the datamodule's dims say "
+                            f"{value!r}); leave it out")
+    lacking = [k for k, a in declared.items() if a.default == MISSING and k not in cfg.model and k not in dims]
+    if lacking and "**" not in declared:
+        raise UserError(required(f"model.{lacking[0]}") + " (or have the datamodule's dims give it)")
     try:
         model = instantiate(cfg.model, **dims)
     except Exception as exc:  # noqa: BLE001
-        raise UserError(f"model ({cfg.model._target_}): {_root_message(exc)}") from exc
+        raise UserError(constructor_error("model", target, _root_message(exc))) from exc
     return datamodule, model
 
 
@@ -85,6 +98,9 @@ def prepare(cfg: DictConfig, choices: Mapping[str, Any] | None = None) -> Job:
     if is_rank_zero() and cfg.logger.get("experiment_name") is None:
         cfg.logger.experiment_name = experiment_name(cfg, choices)
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    for group in GROUPS:  # an argument still missing is the data's to give (a model's dims): never recorded as ???
+        if isinstance(resolved.get(group), dict):
+            resolved[group] = {k: v for k, v in resolved[group].items() if v != MISSING}
     cfg = OmegaConf.create(resolved)
 
     import pytorch_lightning as pl
