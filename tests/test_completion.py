@@ -74,9 +74,10 @@ def bash_words(line: str) -> list[str]:
     return words + [""] if not line or line[-1].isspace() else words
 
 
-def bash_complete(line: str) -> tuple[list[str], bool]:
+def bash_complete(line: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> tuple[list[str], bool]:
     """(``COMPREPLY``, whether the function asked for no space after the word), from the function that
-    ``complete -p labbook`` names, called with the variables bash sets."""
+    ``complete -p labbook`` names, called with the variables bash sets; ``env``: the shell's (default: this
+    checkout's ``labbook`` first on PATH)."""
     words = bash_words(line)
     quoted = " ".join("'" + w.replace("'", "'\\''") + "'" for w in words)
     script = f"""
@@ -87,7 +88,8 @@ COMP_WORDS=({quoted}); COMP_CWORD={len(words) - 1}; COMP_LINE={_sq(line)}; COMP_
 "$function" labbook "${{COMP_WORDS[COMP_CWORD]}}" "${{COMP_WORDS[COMP_CWORD-1]}}"
 printf '%s\\n' "${{COMPREPLY[@]}}"
 """
-    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=shell_env(), timeout=60)
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env or shell_env(), cwd=cwd,
+                         timeout=60)
     assert out.returncode == 0, out.stderr
     return [w for w in out.stdout.split("\n") if w], "compopt -o nospace" in out.stderr
 

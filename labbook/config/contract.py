@@ -113,10 +113,31 @@ _MOVED = ("lightning_modules.", "datamodules.")  # top-level packages until labb
 def current_targets(config: Any) -> Any:
     """A stored config (a run's ``config/config.yaml``) with every ``_target_`` naming where the class lives
     now: runs recorded before the built-in models and datamodules moved into ``labbook`` name them
-    ``lightning_modules.gmm.…``, ``datamodules.tabular.…``."""
+    ``lightning_modules.gmm.…``, ``datamodules.tabular.…``. A project's own ``datamodules.wave.…`` that
+    imports stays as it is."""
     if isinstance(config, dict):
-        return {k: ("labbook." + v if k == "_target_" and isinstance(v, str) and v.startswith(_MOVED)
-                    else current_targets(v)) for k, v in config.items()}
+        return {k: (_moved(v) if k == "_target_" and isinstance(v, str) else current_targets(v))
+                for k, v in config.items()}
     if isinstance(config, list):
         return [current_targets(v) for v in config]
     return config
+
+
+def _moved(target: str) -> str:
+    """``target`` at labbook's place for it, unless it names another module that imports (a project's own)."""
+    if not target.startswith(_MOVED):
+        return target
+    module = target.rpartition(".")[0]
+    theirs, ours = _origin(module), _origin(f"labbook.{module}")
+    return f"labbook.{target}" if ours is not None and theirs in (None, ours) else target
+
+
+def _origin(module: str) -> str | None:
+    """The file ``module`` would be imported from (None: it does not import)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    return spec.origin if spec is not None else None

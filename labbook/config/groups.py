@@ -2,9 +2,9 @@
 
 The folders are a project's own (``conf/`` in the working directory, or ``--config-dir DIR``, or
 ``$LABBOOK_CONFIG_DIR``), then labbook's: a project's options join labbook's, and one of the same name wins
-(a team's own ``conf/logger/mlflow.yaml``). Hydra searches them in that order (labbook's search-path plugin,
-``hydra_plugins/labbook_project``, reads :data:`ENV_CONFIG_DIR`), and every `labbook` process makes the
-project's code importable (:func:`use_project`).
+(a team's own ``conf/logger/mlflow.yaml``). Hydra searches them in that order (the search path that
+:func:`labbook.config.compose.search_project_configs` sets up, from :func:`config_dirs`), and every `labbook`
+process makes the project's code importable (:func:`use_project`).
 
 Read from the file system, without Hydra: Hydra's own listing builds a config repository per group, each
 deep-copying the ConfigStore (where labbook's typed schemas live), which took seconds for ``--help``.
