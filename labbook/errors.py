@@ -123,6 +123,11 @@ def one_line(exc: BaseException) -> str:
         else:
             hint = "a value with spaces or special characters needs quotes: key='a value'"
         return f"{text[0]}: {reason} ({hint})"
+    if text and text[0].startswith("Could not override '") and "No match in the defaults list" in text[0]:
+        group = text[0].split("'")[1]  # a group nothing composes yet (a project's own): Hydra wants it added
+        added = next((t.split(" use ", 1)[1].strip() for t in text[1:] if " use +" in t), f"+{group}=OPTION")
+        return (f"{added[1:]}: the group {group} is not in the defaults list (conf/train.yaml's or a preset's): "
+                f"add it with {added}")
     if text and text[0].startswith("Ambiguous value for argument"):  # Hydra's advice follows on 3 lines
         return (f"{text[0]}: add -m to sweep over the values, or write key=[a,b] for a list, "
                 "key='a,b' for one string")

@@ -188,10 +188,6 @@ class _Regression(pl.LightningModule):
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
 
-    def predict(self, x):
-        with torch.no_grad():
-            return self(x)
-
 
 class MLP(_Regression):
     def __init__(self, n_features: int, hidden: Annotated[int, ">= 1"] = 16, lr: Annotated[float, "> 0"] = 0.02):
@@ -202,8 +198,12 @@ class MLP(_Regression):
     def forward(self, x):
         return self.net(x).squeeze(-1)
 
+    def predict(self, x):
+        with torch.no_grad():
+            return self(x)
 
-class Linear(_Regression):
+
+class Linear(_Regression):  # no predict(): labbook predict says so
     def __init__(self, n_features: int, lr: float = 0.05):
         super().__init__()
         self.save_hyperparameters()
@@ -279,6 +279,12 @@ CONFIGS = {
             params:
               model.hidden: range(2, 9)
         """,
+    # A group of the project's own, which nothing composes until a command line adds it.
+    "schedule/short.yaml": """\
+        # @package _global_
+        trainer:
+          max_epochs: 1
+        """,
     # A team's default in place of labbook's own option of the same name.
     "logger/mlflow.yaml": """\
         defaults:
@@ -332,7 +338,9 @@ def test_a_project_of_ones_own(venv: Venv, project: Path) -> None:
     # The same checks as for labbook's own models.
     for override, line in (("model.hidden=0", "model.hidden=0 is not allowed: expected an integer ≥ 1"),
                            ("model.hiden=3", "model.hiden: unknown config key (allowed keys: n_features, hidden, lr)"),
-                           ("model=nope", "model='nope' is not an option of the model group")):
+                           ("model=nope", "model='nope' is not an option of the model group"),
+                           ("schedule=short", "schedule=short: the group schedule is not in the defaults list "
+                                              "(conf/train.yaml's or a preset's): add it with +schedule=short")):
         bad = venv.labbook("train", "experiment=wave", override, cwd=project, ok=False)
         assert bad.returncode != 0 and line in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
     assert not only_new(uri, seen)
@@ -368,21 +376,27 @@ def test_a_project_of_ones_own(venv: Venv, project: Path) -> None:
     history = client.get_metric_history(linear_after.info.run_id, "train/loss")
     assert client.get_run(linear_after.info.run_id).info.status == "FINISHED" and len(history) == 3
 
-    # Answers from the stored run, as many as inputs.
-    answers = venv.labbook("predict", short, "0.5,0.25", "-1,1", cwd=project).stdout.split()
+    # Answers from a stored run, as many as inputs; a model without predict() is one line naming what it lacks.
+    mlp = next(r for r in children if r.data.params["model._target_"] == "models.nets.MLP").info.run_id[:8]
+    answers = venv.labbook("predict", mlp, "0.5,0.25", "-1,1", cwd=project).stdout.split()
     assert len(answers) == 2 and all(abs(float(a)) < 10 for a in answers)
-    again = venv.labbook("predict", short, cwd=project, stdin="0.5,0.25\n-1,1\n").stdout.split()
+    again = venv.labbook("predict", mlp, cwd=project, stdin="0.5,0.25\n-1,1\n").stdout.split()
     assert again == answers
+    lacking = venv.labbook("predict", short, "0.5,0.25", cwd=project, ok=False)
+    assert lacking.returncode != 0 and lacking.stderr.strip().splitlines() == [
+        "labbook: error: models.nets.Linear has no predict(x), which labbook predict calls (docs/contract.md)"]
 
 
 def test_configs_elsewhere_by_flag_or_environment(venv: Venv, project: Path, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    venv.labbook("train", "--config-dir", str(project / "conf"), "experiment=wave", *QUIET, cwd=tmp_path)
+    venv.labbook("train", "--config-dir", str(project / "conf"), "experiment=wave", "+schedule=short", "debug=quiet",
+                 cwd=tmp_path)
     venv.labbook("train", "experiment=wave", "model=linear", *QUIET, cwd=tmp_path,
                  env=venv.env(LABBOOK_CONFIG_DIR=str(project / "conf")))
     found = runs(uri)
     assert sorted(r.data.params["model._target_"] for r in found) == ["models.nets.Linear", "models.nets.MLP"]
     assert all(r.info.status == "FINISHED" and r.data.tags["team"] == "wave-lab" for r in found)
+    assert sorted(r.data.params["trainer.max_epochs"] for r in found) == ["1", "2"]  # +schedule=short: 1
     missing = venv.labbook("train", "--config-dir", str(tmp_path / "nowhere"), cwd=tmp_path, ok=False)
     assert missing.returncode != 0 and "--config-dir" in missing.stderr and "no such folder" in missing.stderr
 
