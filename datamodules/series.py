@@ -207,15 +207,10 @@ class SineDataModule(WindowedSeriesDataModule):
         period: Annotated[float, "> 0"] = 50.0,
         amplitude: float = 1.0,
         noise_std: Annotated[float, ">= 0"] = 0.1,
-        window: Annotated[int, ">= 1"] = 20,
-        horizon: Annotated[int, ">= 1"] = 1,
-        val_fraction: Annotated[float, "> 0", "< 1"] = 0.15,
-        test_fraction: Annotated[float, "> 0", "< 1"] = 0.15,
-        batch_size: Annotated[int, ">= 1"] = 32,
-        num_workers: Annotated[int, ">= 0"] = 0,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(window, horizon, val_fraction, test_fraction, batch_size, num_workers, seed)
+        """``kwargs``: the window and the split, :class:`WindowedSeriesDataModule`'s (their defaults are there)."""
+        super().__init__(**kwargs)
         self.length = length
         self.period = period
         self.amplitude = amplitude

@@ -25,14 +25,28 @@ def target(group: str, name: str) -> str:
     return yaml.safe_load((CONF / group / f"{name}.yaml").read_text())["_target_"]
 
 
+def parameters(cls: type) -> dict[str, inspect.Parameter]:
+    """The constructor's parameters, and where it hands ``**kwargs`` on, its base classes' in turn."""
+    found: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = list(inspect.signature(klass.__init__).parameters.values())[1:]
+        for p in params:
+            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                found.setdefault(p.name, p)
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            return found
+    return found
+
+
 @pytest.mark.parametrize("group, name", OPTIONS, ids=IDS)
 def test_the_signature_read_from_the_source_is_the_constructors(group: str, name: str) -> None:
     """What the config offers (read without importing) is what Python calls: every argument, every plain
     default, required exactly where the constructor has no default."""
     cls = get_class(target(group, name))
     read = arguments(target(group, name))
-    real = {n: p for n, p in inspect.signature(cls.__init__).parameters.items()
-            if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    real = parameters(cls)
     assert set(read) == set(real), f"{cls.__name__}: read {sorted(read)}, the constructor takes {sorted(real)}"
     for key, param in real.items():
         if param.default is param.empty:
@@ -92,3 +106,12 @@ def test_a_choice_is_checked_before_anything_is_built() -> None:
     cfg.model.n_init = 3
     complete(cfg)
     assert cfg.model.n_components == 4 and OmegaConf.is_missing(cfg.model, "n_features")
+
+
+def test_keyword_arguments_handed_to_a_base_class_are_its_keys() -> None:
+    """``SineDataModule(length, ..., **kwargs)`` hands the window and split on to its base class: those are keys
+    too, with the base's defaults and bounds, written there once."""
+    read = arguments("labbook.datamodules.series.SineDataModule")
+    assert list(read)[:4] == ["length", "period", "amplitude", "noise_std"] and "**" not in read
+    assert read["window"].default == 20 and read["window"].bounds == (">= 1",)
+    assert read["val_fraction"].bounds == ("> 0", "< 1")

@@ -12,6 +12,9 @@ a bad key, type or value is one line before anything is built. What a type hint 
 * a name given one of these at the top of the module (``CovarianceType = Literal["full", "diag"]``), so the
   constructor's own check can use the same values (``typing.get_args(CovarianceType)``).
 
+``**kwargs`` handed whole to ``super().__init__`` of a base class in the same module adds that class's
+arguments (a subclass restates no default of its base's); any other ``**kwargs`` takes any key, unchecked.
+
 An argument without a default is required: a model's may come from its datamodule's ``dims`` (checked when
 the model is built); a datamodule's must be in the config. A default that is not a plain value (a call, a
 name) is left to the constructor: the key may be set, and is not filled in.
@@ -78,15 +81,39 @@ def arguments(target: str) -> dict[str, Argument]:
     classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
     aliases = {t.id: n.value for n in tree.body if isinstance(n, ast.Assign) and isinstance(n.value, ast.Subscript)
                for t in n.targets if isinstance(t, ast.Name)}
+    found = _read(classes, name, aliases)
+    return found if found is not None else _imported(target)
+
+
+def _read(classes: dict[str, ast.ClassDef], name: str, aliases: dict[str, ast.expr]) -> dict[str, Argument] | None:
+    """The arguments of class ``name`` from the module's source: its own ``__init__``'s, followed by those of a
+    base class of the same module it hands ``**kwargs`` to (``super().__init__(**kwargs)``, so a base's
+    defaults are written once); None when its ``__init__`` is another module's."""
     cls = classes.get(name)
     while cls is not None:
-        init = next((n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
-        if init is not None:
-            return _from_source(init, aliases)
-        # Inherited from a class of the same module (one base): read that one; from elsewhere: import.
         bases = [b.id for b in cls.bases if isinstance(b, ast.Name)]
-        cls = classes.get(bases[0]) if len(cls.bases) == 1 and bases else None
-    return _imported(target)
+        base = bases[0] if len(cls.bases) == 1 and bases else None  # one base, of this module when in classes
+        init = next((n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
+        if init is None:
+            cls = classes.get(base) if base else None
+            continue
+        own = _from_source(init, aliases)
+        inherited = _read(classes, base, aliases) if base in classes and _passes_kwargs(init) else None
+        if inherited is None:
+            return own
+        del own["**"]
+        return {**own, **{k: v for k, v in inherited.items() if k not in own}}
+    return None
+
+
+def _passes_kwargs(init: ast.FunctionDef) -> bool:
+    """Whether ``__init__`` takes ``**kwargs`` and hands them on whole to ``super().__init__``."""
+    kwarg = init.args.kwarg.arg if init.args.kwarg else None
+    return kwarg is not None and any(
+        isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "__init__"
+        and isinstance(node.func.value, ast.Call) and getattr(node.func.value.func, "id", "") == "super"
+        and any(k.arg is None and getattr(k.value, "id", "") == kwarg for k in node.keywords)
+        for node in ast.walk(init))
 
 
 def _from_source(init: ast.FunctionDef, aliases: dict[str, ast.expr]) -> dict[str, Argument]:
