@@ -49,6 +49,23 @@ def setup() -> None:
     STAMP.write_text(want)
 
 
+def show_hydra_plugins() -> None:
+    """Hydra finds plugins (labbook's ``hydra/sweeper=optuna``) by listing the ``hydra_plugins`` namespace with
+    ``pkgutil``, which cannot list what setuptools' editable install serves through its import hook (the
+    package-dir mapping in pyproject.toml makes it use one; hydra#3252). A link to the checkout's
+    ``hydra_plugins/``, on ``sys.path`` by a ``.pth`` file, makes it listable; the wheel needs none of this."""
+    shown = VENV / "labbook-hydra-plugins"
+    link = shown / "hydra_plugins"
+    if not link.exists():
+        shown.mkdir(exist_ok=True)
+        link.symlink_to(ROOT / "hydra_plugins", target_is_directory=True)
+    purelib = subprocess.run([str(PY), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    pth = Path(purelib) / "labbook-hydra-plugins.pth"
+    if not pth.exists() or pth.read_text().strip() != str(shown):
+        pth.write_text(f"{shown}\n")
+
+
 def compile_sources() -> None:
     """Byte-compile labbook's own packages, as a non-editable install would. An editable install is compiled
     by Python on first import, unless PYTHONDONTWRITEBYTECODE is set (as in CI here): then every command
@@ -65,6 +82,7 @@ def main(argv: list[str]) -> int:
     except subprocess.CalledProcessError as exc:
         print(f"dev.py: set-up failed: {' '.join(map(str, exc.cmd))} exited {exc.returncode}", file=sys.stderr)
         return 1
+    show_hydra_plugins()
     compile_sources()
     command, rest = argv[0], argv[1:]
     if command == "setup":

@@ -278,10 +278,12 @@ def test_each_search_preset_composes_a_valid_search(preset: str) -> None:
 
     import hydra_plugins.labbook_optuna_sweeper.optuna_sweeper  # noqa: F401 - registers hydra/sweeper=optuna
     from labbook.config import schemas
+    from labbook.config.compose import search_project_configs
     from labbook.config.groups import CONF_DIR
     from labbook.sweep import search
 
     schemas.register()
+    search_project_configs()  # a model's keys are its constructor's, as in every labbook command
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         config = compose("train", overrides=[f"hparams_search={preset}"], return_hydra_config=True)
     assert config.hydra.mode.name == "MULTIRUN" and config.hydra.sweeper._target_.endswith("OptunaSweeper")

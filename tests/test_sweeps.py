@@ -83,9 +83,8 @@ def test_a_sweep_is_one_parent_with_named_children_and_a_summary(tmp_path: Path,
 def test_a_preset_multirun_and_a_failed_job_make_a_failed_parent(tmp_path: Path, store: str) -> None:
     """hydra.mode=MULTIRUN (what a preset sets) is a sweep too; a job whose config is refused before it can
     open a run still counts: the parent is FAILED and says how many jobs failed and which."""
-    # n_components=0 composes (a value of the right type) and is refused by the schema's range check, in its job;
-    # a value outside an enum (covariance_type=bogus) is refused while composing, before any job starts.
-    out = labbook("train", "hydra.mode=MULTIRUN", *GMM, "model.n_components=3,0", QUIET, cwd=tmp_path)
+    # n_features=5 composes (an integer, in bounds) and is refused in its job: the data decides it (2 here)
+    out = labbook("train", "hydra.mode=MULTIRUN", *GMM, "model.n_features=2,5", QUIET, cwd=tmp_path)
     assert out.returncode == 1
     parent, children = parent_and_children(store)
     assert [c.info.status for c in children] == ["FINISHED"]
@@ -93,11 +92,29 @@ def test_a_preset_multirun_and_a_failed_job_make_a_failed_parent(tmp_path: Path,
     assert parent.data.tags["sweep.failed"] == "1" and parent.data.tags["sweep.failed_jobs"] == "1"
     assert parent.data.tags["error"] == "SweepFailed: 1 of 2 jobs did not finish: job 1 (FAILED)"
     rows = summary_rows(store, parent.info.run_id, tmp_path / "s")
-    assert [(r["name"], r["status"]) for r in rows] == [("n_components=3", "FINISHED"), ("n_components=0", "FAILED")]
+    assert [(r["name"], r["status"]) for r in rows] == [("n_features=2", "FINISHED"), ("n_features=5", "FAILED")]
     lines = out.stderr.strip().splitlines()
-    assert any(line.startswith("labbook: error: job 1 (") and "model.n_components=0 is not allowed" in line
-               for line in lines)
+    assert any(line.startswith("labbook: error: job 1 (") and "model.n_features=5 is not allowed: the data decides"
+               in line for line in lines)
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (("model.n_components=3,0",), "model.n_components=0 is not allowed: expected an integer ≥ 1"),
+    (("model.n_components=range(0,3)",), "model.n_components=0 is not allowed: expected an integer ≥ 1"),
+    (("model.tol=1e-3,abc",), "model.tol='abc' is not allowed: Value 'abc' of type 'str' could not be converted"),
+    (("model.covariance_type=full,bogus",), "model.covariance_type='bogus' is not allowed: expected one of 'full'"),
+    (("hydra/sweeper=optuna", "model.tol=interval(-1, 1)"), "model.tol=-1.0 is not allowed: expected a number ≥ 0"),
+], ids=["choice", "range", "type", "literal", "interval"])
+def test_a_sweep_value_no_job_could_take_is_refused_before_any_run(tmp_path: Path, store: str, args: tuple,
+                                                                   message: str) -> None:
+    """Each swept value is checked against the constructor's type hint (type, Literal, bounds) before the
+    parent run is opened: one line, no run, no job trained."""
+    out = labbook("train", "-m", *GMM, *args, QUIET, cwd=tmp_path)
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"labbook: error: {message}"), out.stderr[-2000:]
+    assert not runs(store)
 
 
 def test_a_test_metric_is_refused_as_the_objective(tmp_path: Path, store: str) -> None:

@@ -93,7 +93,10 @@ def _git(run: RunRecord) -> tuple[str, str]:
 def git_lines(reader: Reader, a: RunRecord, b: RunRecord) -> list[str]:
     (commit_a, dirty_a), (commit_b, dirty_b) = _git(a), _git(b)
     lines = [f"  A: {commit_a} ({dirty_a})", f"  B: {commit_b} ({dirty_b})"]
-    if commit_a != commit_b:
+    unknown = [label for label, commit in (("A", commit_a), ("B", commit_b)) if commit == "unknown"]
+    if unknown:  # trained outside a git repository: nothing to compare, least of all "the same commit"
+        lines.append(f"  code not comparable: {' and '.join(unknown)} ran outside a git repository")
+    elif commit_a != commit_b:
         lines.append("  different commits")
     elif dirty_a == dirty_b == "dirty":
         # same commit, both with uncommitted changes: the stored patches tell whether the code was the same

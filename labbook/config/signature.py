@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import importlib.util
 import inspect
+import itertools
 from pathlib import Path
 from typing import Any, Optional
 
@@ -245,6 +246,32 @@ def complete(cfg: Any) -> None:
         for name, arg in found.items():
             if not OmegaConf.is_missing(cfg[group], name) and not _interpolation(cfg[group], name):
                 arg.check(f"{group}.{name}", cfg[group][name])
+
+
+def check_sweep_values(cfg: Any, overrides: list[str], most: int = 10_000) -> None:
+    """Each value a sweep override gives a model's or datamodule's argument (``model.n_components=3,0``,
+    ``range(..)``, an ``interval(..)``'s ends) checked against its ``Literal`` and bounds, as :func:`complete`
+    checks one value, and of the argument's type: a sweep with a value no job could take is refused before
+    its parent run is opened. ``cfg`` is the sweep's own composition (completed)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    for override in OverridesParser.create().parse_overrides(overrides):
+        group, _, name = override.get_key_element().lstrip("+~").partition(".")
+        node = cfg.get(group) if group in GROUPS else None
+        if not override.is_sweep_override() or "." in name or node is None or "_target_" not in node:
+            continue
+        arg = arguments(str(node._target_)).get(name)
+        if arg is None:
+            continue  # an unknown key: the job's composition names it
+        if override.is_discrete_sweep():
+            values = list(itertools.islice(override.sweep_iterator(), most))
+        else:
+            values = [override.value().start, override.value().end]
+        typed = OmegaConf.structured({group: schema(str(node._target_))})
+        for value in values:
+            value = OmegaConf.merge(typed, {group: {name: value}})[group][name]  # converted, or refused as a job's
+            arg.check(f"{group}.{name}", value)
 
 
 def _interpolation(node: Any, key: str) -> bool:

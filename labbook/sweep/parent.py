@@ -141,8 +141,10 @@ class Sweep(Callback):
 def _open(config: Any) -> OpenSweep:
     """Resolve and prepare the store, open (or continue) the parent run, and name it in the environment that
     every job inherits."""
+    from labbook.config.compose import task_overrides
     from labbook.config.experiment import experiment_name
     from labbook.config.objective import one_or_list
+    from labbook.config.signature import check_sweep_values
     from labbook.run.owners import reap_own_host
     from labbook.store.prepare import prepare_store
     from labbook.store.uri import ENV_URI, resolve_tracking_uri
@@ -151,6 +153,7 @@ def _open(config: Any) -> OpenSweep:
         from labbook.sweep.search import check
 
         check(config)
+    check_sweep_values(config, task_overrides(config.hydra))  # model.n_components=3,0: no job could take 0
     uri = resolve_tracking_uri(config.logger.get("tracking_uri"))
     prepare_store(uri)
     os.environ[ENV_URI] = uri
