@@ -58,6 +58,12 @@ def _min_rows(val_fraction: float, test_fraction: float) -> int:
         n += 1
     return n
 
+# The bounds of the arguments every tabular datamodule shares, written once (a subclass with other defaults
+# restates the default, never the bound); labbook reads them as the config keys' checks.
+BatchSize = Annotated[int, ">= 1"]
+Workers = Annotated[int, ">= 0"]
+Fraction = Annotated[float, ">= 0", "< 1"]
+
 
 class TabularDataModule(pl.LightningDataModule):
     """Base class: subclasses implement ``_load() -> (X [N, D] float, y [N] int or None)``.
@@ -71,11 +77,11 @@ class TabularDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        batch_size: Annotated[int, ">= 1"] = 8192,
-        num_workers: Annotated[int, ">= 0"] = 0,
+        batch_size: BatchSize = 8192,
+        num_workers: Workers = 0,
         seed: int = 0,
-        val_fraction: Annotated[float, ">= 0", "< 1"] = 0.1,
-        test_fraction: Annotated[float, ">= 0", "< 1"] = 0.2,
+        val_fraction: Fraction = 0.1,
+        test_fraction: Fraction = 0.2,
         standardize: bool = False,
         shuffle: bool = False,
     ) -> None:
@@ -276,19 +282,13 @@ class BlobsDataModule(TabularDataModule):
 
     def __init__(
         self,
-        batch_size: Annotated[int, ">= 1"] = 8192,
-        num_workers: Annotated[int, ">= 0"] = 0,
-        seed: int = 0,
-        val_fraction: Annotated[float, ">= 0", "< 1"] = 0.1,
-        test_fraction: Annotated[float, ">= 0", "< 1"] = 0.2,
-        standardize: bool = False,
-        shuffle: bool = False,
         n_samples: Annotated[int, ">= 10"] = 30_000,
         n_features: Annotated[int, ">= 1"] = 2,
         n_centers: Annotated[int, ">= 1"] = 4,
         cluster_std: Annotated[float, "> 0"] = 1.0,
+        **kwargs: Any,  # TabularDataModule's: batch_size, seed, the fractions, ...
     ) -> None:
-        super().__init__(batch_size, num_workers, seed, val_fraction, test_fraction, standardize, shuffle)
+        super().__init__(**kwargs)
         if n_samples < 1 or n_features < 1 or n_centers < 1 or cluster_std <= 0:
             raise ValueError("n_samples, n_features, n_centers and cluster_std must be positive")
         self.n_samples, self.n_centers, self.cluster_std = int(n_samples), int(n_centers), float(cluster_std)
@@ -431,15 +431,11 @@ class IrisDataModule(TabularDataModule):
 
     def __init__(
         self,
-        batch_size: Annotated[int, ">= 1"] = 64,  # 150 rows: a few batches an epoch
-        num_workers: Annotated[int, ">= 0"] = 0,
-        seed: int = 0,
-        val_fraction: Annotated[float, ">= 0", "< 1"] = 0.2,
-        test_fraction: Annotated[float, ">= 0", "< 1"] = 0.2,
-        standardize: bool = False,
-        shuffle: bool = False,
+        batch_size: BatchSize = 64,  # 150 rows: a few batches an epoch
+        val_fraction: Fraction = 0.2,
+        **kwargs: Any,  # TabularDataModule's others
     ) -> None:
-        super().__init__(batch_size, num_workers, seed, val_fraction, test_fraction, standardize, shuffle)
+        super().__init__(batch_size=batch_size, val_fraction=val_fraction, **kwargs)
         self._n_features = 4
         self.class_names: list[str] = ["setosa", "versicolor", "virginica"]
 
@@ -484,17 +480,12 @@ class CSVDataModule(TabularDataModule):
     def __init__(
         self,
         path: str,
-        batch_size: Annotated[int, ">= 1"] = 8192,
-        num_workers: Annotated[int, ">= 0"] = 0,
-        seed: int = 0,
-        val_fraction: Annotated[float, ">= 0", "< 1"] = 0.1,
-        test_fraction: Annotated[float, ">= 0", "< 1"] = 0.2,
-        standardize: bool = True,
-        shuffle: bool = False,
+        standardize: bool = True,  # a user's columns come in any units
         label_column: str | None = None,
         columns: Sequence[str] | None = None,
+        **kwargs: Any,  # TabularDataModule's others
     ) -> None:
-        super().__init__(batch_size, num_workers, seed, val_fraction, test_fraction, standardize, shuffle)
+        super().__init__(standardize=standardize, **kwargs)
         self.path = os.fspath(path)
         self.source = self.path
         self.label_column = label_column
