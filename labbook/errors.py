@@ -112,7 +112,11 @@ def one_line(exc: BaseException) -> str:
             if not t.strip() or "search path" in t:
                 break
             options.append(t.strip())
-        return f"{text[0]} Available options: {', '.join(options)}"
+        line = f"{text[0]} Available options: {', '.join(options)}"
+        if "'hydra/sweeper/optuna'" in text[0]:  # labbook's own plugin, unseen by Hydra's scan (hydra#3252)
+            line += (" (labbook's Optuna sweeper is installed but Hydra's plugin scan cannot list an editable "
+                     "install's hydra_plugins: set up the checkout with python3 dev.py setup)")
+        return line
     if text and text[0].startswith("Error parsing override") and len(text) > 1 and "hydra.cc" not in text[1]:
         # Hydra's reason is on the second line ("empty choice is not legal"); the third is a link.
         reason = text[1].split(": ", 1)[-1]

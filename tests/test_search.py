@@ -290,3 +290,22 @@ def test_each_search_preset_composes_a_valid_search(preset: str) -> None:
     search.check(config)
     space = search.search_space(config)
     assert len(space.distributions) >= 2 and all(not m.startswith("test/") for m, _ in search.objectives(config))
+
+
+def test_an_editable_install_whose_plugin_hydra_cannot_list_says_how_to_set_up(tmp_path: Path) -> None:
+    """setuptools' editable install serves hydra_plugins through an import hook, which Hydra's plugin scan
+    (pkgutil) cannot list (hydra#3252): dev.py puts a link to the checkout's hydra_plugins on sys.path. Without
+    it (the link's path taken out), hydra/sweeper=optuna is one line saying how to set up."""
+    import sys
+
+    hidden = ("import sys; sys.path = [p for p in sys.path if 'labbook-hydra-plugins' not in p]; "
+              "from labbook.cli.commands import main; "
+              "sys.argv = ['labbook', 'train', '-m', 'hydra/sweeper=optuna', 'experiment=polynomial']; sys.exit(main())")
+    if "labbook-hydra-plugins" not in " ".join(sys.path):
+        pytest.skip("labbook installed without dev.py's link (a wheel): Hydra lists its plugin as it is")
+    out = subprocess.run([sys.executable, "-c", hidden], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        "labbook: error: In 'hydra/config': Could not find 'hydra/sweeper/optuna' Available options: basic "
+        "(labbook's Optuna sweeper is installed but Hydra's plugin scan cannot list an editable install's "
+        "hydra_plugins: set up the checkout with python3 dev.py setup)"]
