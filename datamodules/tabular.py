@@ -68,9 +68,9 @@ Fraction = Annotated[float, ">= 0", "< 1"]
 class TabularDataModule(pl.LightningDataModule):
     """Base class: subclasses implement ``_load() -> (X [N, D] float, y [N] int or None)``.
 
-    ``dims`` = ``{"n_features": D, "n_classes": C or None, "feature_mean": …, "feature_std": …}``. With
-    ``standardize`` every feature is shifted and scaled by the mean and standard deviation of the training
-    split, and ``dims`` hands those on (None without).
+    ``dims`` = ``{"n_features": D, "n_classes": C or None, "n_train": rows of the training split,
+    "feature_mean": …, "feature_std": …}``. With ``standardize`` every feature is shifted and scaled by the
+    mean and standard deviation of the training split, and ``dims`` hands those on (None without).
     """
 
     source = "data"
@@ -189,14 +189,18 @@ class TabularDataModule(pl.LightningDataModule):
 
     @property
     def dims(self) -> dict[str, Any]:
-        """``n_features``, ``n_classes`` and, with ``standardize``, the per-feature ``feature_mean`` and
-        ``feature_std`` the rows were standardised with (z = (x − mean) / std), so that a model can report
-        what it measures in the data's own units; both None without standardisation."""
+        """``n_features``, ``n_classes``, ``n_train`` (the training split's rows: a model can refuse, before any
+        run is opened, what the data cannot support, e.g. more mixture components than rows) and, with
+        ``standardize``, the per-feature ``feature_mean`` and ``feature_std`` the rows were standardised with
+        (z = (x − mean) / std), so that a model can report what it measures in the data's own units; both None
+        without standardisation."""
         self.setup("fit")
+        assert self._splits is not None
         scaled = self.standardize and self.mean is not None and self.std is not None
         return {
             "n_features": self._n_features,
             "n_classes": self._n_classes,
+            "n_train": int(self._splits["train"][0].shape[0]),
             "feature_mean": [float(v) for v in self.mean] if scaled else None,
             "feature_std": [float(v) for v in self.std] if scaled else None,
         }

@@ -184,6 +184,9 @@ class GaussianMixtureEM(pl.LightningModule):
         n_init: the number of starts made; the one with the best log-likelihood of the seeding
             sample (at most 20,000 of its rows) is fitted.
         n_classes: number of label classes (datamodule ``dims``); enables ``accuracy``/``ari``.
+        n_train: the number of training rows (datamodule ``dims``), or None when unknown. Fewer than
+            ``n_components`` is refused here, before any fit (and before labbook opens a run): K means
+            need K distinct rows to start from.
         feature_mean, feature_std: the standardisation z = (x − mean) / std the datamodule applied
             to the rows the model is fed (datamodule ``dims``), or None. Used only in what the model
             reports: every log-likelihood, BIC and AIC is of the rows in their own units,
@@ -238,6 +241,7 @@ class GaussianMixtureEM(pl.LightningModule):
         init: Init = "kmeans",
         n_init: Annotated[int, ">= 1"] = 12,  # starts; the best of the seeding sample is fitted
         n_classes: int | None = None,
+        n_train: int | None = None,
         feature_mean: Sequence[float] | None = None,
         feature_std: Sequence[float] | None = None,
         seed: int = 0,
@@ -257,6 +261,11 @@ class GaussianMixtureEM(pl.LightningModule):
         if int(n_init) != n_init or n_init < 1:
             raise ValueError(f"n_init must be an integer >= 1, got {n_init!r}")
         n_init = int(n_init)
+        if n_train is not None and int(n_train) < max(n_components, 2):
+            raise ValueError(
+                f"n_components={n_components} needs at least {max(n_components, 2)} training rows (each "
+                f"component starts from its own row), but the data has {int(n_train)} training rows"
+            )
         # Plain lists of floats, as means_init below: checkpoints stay loadable with weights_only=True.
         scaling = {}
         for name, value in (("feature_mean", feature_mean), ("feature_std", feature_std)):

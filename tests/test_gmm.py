@@ -467,6 +467,12 @@ def test_contract_attributes() -> None:
         GaussianMixtureEM(n_features=2, covariance_type="banana")
     with pytest.raises(ValueError):
         GaussianMixtureEM(n_features=2, n_components=3, means_init=[[0.0, 0.0]])
+    # The datamodule's n_train (its training rows) refuses more components than rows, before any fit.
+    dm = _blobs(n_samples=40)
+    assert dm.dims["n_train"] == len(dm.split("train")[0]) == 28
+    with pytest.raises(ValueError, match="n_components=29 needs at least 29 training rows.* 28 training rows"):
+        GaussianMixtureEM(n_components=29, **dm.dims)
+    assert GaussianMixtureEM(n_components=28, **dm.dims).hparams.n_train == 28
 
 
 def test_ddp_two_processes_match_one(tmp_path: Path) -> None:
