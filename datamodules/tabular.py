@@ -428,6 +428,37 @@ def make_blobs(
     return X[order], source.labels(order)
 
 
+def make_overlapping(
+    n_samples: int, n_features: int, n_components: int, separation: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """X [n_samples, n_features] float64 and y [n_samples] int64: rows of a Gaussian mixture whose components
+    overlap, where EM's start decides which local optimum it ends in (``benchmarks/gmm_vs_sklearn.py --mode fit``).
+
+    Weights π ~ Dirichlet(5, …, 5); means μ_k ~ N(0, separation² I_D); covariances Σ_k = R_k diag(s_k²) R_kᵀ with
+    a Haar-random rotation R_k and scales s_k ~ U(0.5, 1.5)^D. A component spreads about 1 in every direction and
+    two means lie about separation·√(2D) apart, so with separation ≈ 1.5–3 neighbours overlap (``make_blobs``
+    spreads its centres apart on purpose). Sizes are multinomial(n, π); y is the component of each row; the rows
+    come in a random order.
+    """
+    if min(n_samples, n_features, n_components) < 1 or not separation > 0:
+        raise ValueError("n_samples, n_features, n_components and separation must be positive")
+    rng = np.random.default_rng(seed)
+    weights = rng.dirichlet(np.full(n_components, 5.0))
+    means = rng.normal(scale=separation, size=(n_components, n_features))
+    q, r = np.linalg.qr(rng.normal(size=(n_components, n_features, n_features)))
+    rot = q * np.sign(np.diagonal(r, axis1=1, axis2=2))[:, None, :]  # Haar-distributed, as make_blobs
+    scales = rng.uniform(0.5, 1.5, size=(n_components, n_features))
+    counts = rng.multinomial(n_samples, weights)
+    X = np.empty((n_samples, n_features))
+    y = np.repeat(np.arange(n_components, dtype=np.int64), counts)
+    a = 0
+    for k, c in enumerate(counts):
+        X[a : a + c] = means[k] + (rng.normal(size=(c, n_features)) * scales[k]) @ rot[k].T
+        a += c
+    order = rng.permutation(n_samples)
+    return X[order], y[order]
+
+
 class IrisDataModule(TabularDataModule):
     """scikit-learn's bundled iris data (150 × 4, 3 classes); nothing is downloaded."""
 
