@@ -56,6 +56,7 @@ def test_every_group_has_options() -> None:
 @pytest.mark.parametrize("override,key", [
     ("model.n_components=0", "model.n_components"),
     ("model.n_init=0", "model.n_init"),
+    ("model.init_iter=-1", "model.init_iter"),
     ("trainer.max_epochs=-1", "trainer.max_epochs"),
     ("trainer.precision=8", "trainer.precision"),
     ("datamodule.val_fraction=1.5", "datamodule.val_fraction"),
