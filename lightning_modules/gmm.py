@@ -69,15 +69,22 @@ _REPORT_SAMPLE = 2000
 # fewest passes to scikit-learn's log-likelihood, with n_init=12: benchmarks/gmm_init.py).
 _KMEANS_TOL = 1e-4
 _KMEANS_MAX_ITER = 3
-# The screening of the n_init starts (``_screen``) runs on every j-th row of the seeding sample, about this many rows
-# per free parameter of the mixture (and at least _SCREEN_MIN_ROWS): with fewer (10 a parameter, measured) the
-# likelihoods on the rows rank the starts' optima worse; the rows cost the screening in proportion.
-_SCREEN_ROWS_PER_PARAMETER = 20
+# The screening of the n_init starts (``_screen``, the class docstring): EM of all starts at once on every j-th row of
+# the seeding sample, about _SCREEN_ROWS_PER_PARAMETER rows per free parameter of the mixture (``n_parameters``), at
+# least _SCREEN_MIN_ROWS, all of the sample when smaller. The rows must rank the starts as the training set would, and
+# the screening costs in proportion to them. 10 a parameter: on the 6 data sets of benchmarks/gmm_vs_sklearn.py
+# --mode fit all 24 default fits (4 seeds each) reached the best of 4 scikit-learn fits within 0.01 nats a row (with
+# 20, 23 of 24: one missed by 0.0196), and the fits took 20–45 % less time where the screening dominates (many
+# parameters, few rows); 5 a parameter missed in 2 of 24 (2026-12-03; docs/models.md, docs/benchmarks.md).
+# The floor keeps a small mixture (D=2, K=3: 17 parameters) from being ranked on a few hundred rows (not measured).
+_SCREEN_ROWS_PER_PARAMETER = 10
 _SCREEN_MIN_ROWS = 2_000
-# Its rounds, as fractions of init_iter and of n_init: after init_iter/4 iterations the best third go on, after
-# init_iter/2 the best twelfth, after init_iter the best one (docs/models.md has the measurement behind them).
+# The screening's rounds, (fraction of init_iter, fraction of n_init kept): after ⌈init_iter/4⌉ iterations the best
+# third of the starts go on, after ⌈init_iter/2⌉ the best twelfth, after init_iter the best one is chosen. Successive
+# halving: where EM ends shows late, so most starts get a few iterations and few get many (48 starts, init_iter=40:
+# 720 start-iterations instead of 1,920). Measured with n_init and init_iter in benchmarks/gmm_screening.py.
 _SCREEN_ROUNDS = ((1 / 4, 1 / 3), (1 / 2, 1 / 12), (1, 0))
-# The screening's floor on log-responsibility ratios (see _screen_e_step).
+# The screening's floor on a row's log-responsibility ratios, log r_nk − log max_j r_nj (see _screen_e_step).
 _SCREEN_FLOOR = -50.0
 
 
@@ -227,15 +234,15 @@ class GaussianMixtureEM(pl.LightningModule):
     Biernacki, Celeux & Govaert (2003, Comput. Stat. Data Anal. 41:561), run as successive
     halving (Jamieson & Talwalkar 2016): where EM ends depends on far more than a start's own
     likelihood, so every start is judged by where some EM iterations take it, and only the
-    promising ones get more. R, every j-th row of X, holds about 20 rows per free parameter
+    promising ones get more. R, every j-th row of X, holds about 10 rows per free parameter
     (``n_parameters``, at least 2,000; all of X when smaller); all S starts run EM on R at once
     (one GEMM per chunk for all S·K components, float32 arithmetic with float64 sums: it chooses,
     the EM that follows fits); after t_1 = ⌈init_iter/4⌉ iterations the ⌈S/3⌉ with the highest
     mean log-likelihood of R go on, after t_2 = ⌈init_iter/2⌉ the ⌈S/12⌉, after init_iter the best
     is chosen (a round ends early once no start gains ``tol``). The chosen start then runs EM on
     the whole of X in ``compute_dtype`` until it gains less than ``tol`` (at most init_iter
-    iterations), which moves it from R's optimum to near the training set's at a fraction of the
-    cost of training epochs, and the fit goes on from there. Every process holds the same X and
+    iterations), which moves it from R's optimum to near the training set's without Lightning's
+    per-epoch costs (and, past ``init_samples`` rows, on a sample), and the fit goes on from there. Every process holds the same X and
     makes the same choice; no pass over the training set is made for it. scikit-learn instead
     fits every start to convergence on all rows and keeps the best, at ``n_init`` times the
     passes. docs/models.md has the measurements behind the numbers.

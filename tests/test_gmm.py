@@ -661,9 +661,10 @@ def test_screening_is_each_starts_em_on_the_rows_keeping_the_best(covariance_typ
 
     def sklearn_em(start: tuple, iterations: int) -> GaussianMixture:
         P = model._precision_cholesky(start[2], covariance_type)[0].numpy()
+        precisions = P @ np.swapaxes(P, -1, -2) if covariance_type in ("full", "tied") else P**2
         return GaussianMixture(4, covariance_type=covariance_type, weights_init=start[0].numpy(),
                                means_init=start[1].numpy(), tol=0, max_iter=iterations, reg_covar=1e-6,
-                               precisions_init=P @ np.swapaxes(P, -1, -2) if covariance_type in ("full", "tied") else P**2).fit(X)
+                               precisions_init=precisions).fit(X)
 
     after = {t: [sklearn_em(s, t) for s in starts] for t in (1, 7)}
     for rounds, survivors in (([(1, 2), (7, 1)], np.argsort([-g.score(X) for g in after[1]], kind="stable")[:2]),
