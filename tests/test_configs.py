@@ -67,6 +67,14 @@ def test_range_checks_name_the_key(override: str, key: str) -> None:
     assert err.value.key == key and key in str(err.value)
 
 
+def test_the_gmm_keys_come_from_its_signature() -> None:
+    """What `labbook train model=gmm --cfg job` shows: the start's init_iter with the constructor's default, and
+    n_train, which the datamodule's dims give (None until then)."""
+    model = _compose(["model=gmm"]).model
+    assert (model.init, model.n_init, model.init_iter) == ("kmeans++", 48, 40)
+    assert "n_train" in model and model.n_train is None
+
+
 def test_a_choice_outside_its_literal_fails_when_composing() -> None:
     from labbook.errors import one_line
 
