@@ -1,4 +1,24 @@
-"""Time GaussianMixtureEM against scikit-learn's GaussianMixture, per EM iteration, end to end, and at scale.
+"""GaussianMixtureEM against scikit-learn's GaussianMixture: where the default fit ends and how long it takes, per EM
+iteration, end to end, and at scale.
+
+``--mode fit``: labbook's default fit against scikit-learn's default fit with ``--seeds`` seeds (4), on generated
+data sets of overlapping full-covariance components (``make_overlapping``; ``--sets "N,D,K,SEPARATION[,DATA_SEED]
+;…"``), side by side in one process. Each data set goes through the CSV datamodule's own split and
+standardisation (70/10/20 from seed 0, float32 rows standardised by the training split's mean and std, batches
+of 8,192): labbook's ``GaussianMixtureEM(n_components=K, seed=s, **dims)`` (its defaults otherwise) is fitted by a
+Lightning ``Trainer`` (no validation pass, at most ``--max-iter`` epochs, by default ``labbook train``'s own
+``trainer.max_epochs``, 10) on the training split, scikit-learn's
+``GaussianMixture(K, covariance_type="full", random_state=s).fit`` (its defaults otherwise: k-means start,
+``tol=1e-3``, ``max_iter=100``) on the very same training rows in their own units, both with ``--threads`` BLAS
+and torch threads::
+
+    python benchmarks/gmm_vs_sklearn.py --mode fit [--threads 1] [--sets "500000,8,12,2;…"]
+
+Per seed it prints both sides' mean log-likelihood of the training rows (in the data's units), their EM
+iterations, fit times, labbook's difference from the best scikit-learn seed and scikit-learn's median fit time
+over labbook's; per data set whether every labbook seed reached the best scikit-learn seed within 0.01 nats a
+row and was at least 3 times faster than scikit-learn's median fit. ``overlap`` is the share of training rows
+that the generating mixture (estimated from the labels) assigns to another component than their own.
 
 ``--mode iterations`` (the default): both fit the same data from the same start (weights, means,
 precisions) for the same number of EM iterations with convergence checks disabled, each limited to 2
@@ -12,21 +32,24 @@ On a loaded machine scikit-learn's OpenBLAS can be much slower with 2 threads th
 scikit-learn's ``fit`` also runs one extra E-step after its last iteration (to make
 ``fit_predict`` consistent); that is part of its fit time and is about 1/(2·iters) of it.
 
-``--mode e2e``: as a user runs both on a file. A CSV of ``--n`` blobs rows (``--cluster-std``; no label column)
-is written to disk; then, ``--repeats`` times, side by side: the command
-``labbook train datamodule=tabular datamodule.path=FILE model.n_components=K model.covariance_type=T
-model.tol=TOL trainer.max_epochs=MAX`` (a fresh store each time; its defaults otherwise: standardised,
-70/10/20 split, test pass, checkpoints, report) in its own process, and, in this process, pandas reading the
-file and ``GaussianMixture(K, covariance_type=T, tol=TOL, max_iter=MAX).fit`` on all its rows, with
-scikit-learn's default initialisation (k-means) and ``random_state=--seed``::
+``--mode e2e``: as a user runs both on a file. A CSV of ``--n`` rows (``--data overlapping``: ``make_overlapping``
+with ``--separation``; ``--data blobs``: ``make_blobs`` with ``--cluster-std``; no label column) is written to disk;
+then, ``--repeats`` times, side by side, two whole processes: the command
+``labbook train datamodule=tabular datamodule.path=FILE model.n_components=K model.covariance_type=T``
+(``trainer.max_epochs=MAX`` only with ``--max-iter``; a fresh store each time; its defaults otherwise:
+standardised, 70/10/20 split, ``model.tol=1e-4``, at most 10 epochs, test pass, checkpoints, report), and a Python process that imports pandas and scikit-learn,
+reads the file with ``pandas.read_csv``, fits ``GaussianMixture(K, covariance_type=T, random_state=--seed)``
+(scikit-learn's defaults otherwise: k-means start, ``tol=1e-3``, ``max_iter=100``) on all its rows with
+``--sklearn-threads`` BLAS threads, and prints its score. ``--tol`` gives both the same tolerance::
 
-    python benchmarks/gmm_vs_sklearn.py --mode e2e [--n 500000 --d 8 --k 12 --tol 1e-4 --cluster-std 3]
+    python benchmarks/gmm_vs_sklearn.py --mode e2e [--n 500000 --d 8 --k 12 --separation 2]
 
 It prints, as medians: the labbook process's wall time and peak memory (its maximum RSS, from GNU time), the
 run's duration as MLflow recorded it (start to end: EM passes, the test pass, artifacts) and the reading of
-the CSV before it (``timing.build_s``), scikit-learn's fit time; the EM iterations each needed (labbook:
-epochs, plus its initialisation's passes); the mean log-likelihoods of both fitted mixtures on the same rows
-(the whole file and labbook's test rows), in the file's units.
+the CSV before it (``timing.build_s``); the scikit-learn process's wall time and, inside it, its reading and
+fit times; the EM iterations each needed (labbook: epochs, plus its initialisation's passes and iterations on
+the seeding sample); the mean log-likelihoods of both fitted mixtures on the same rows (the whole file and
+labbook's test rows), in the file's units.
 
 ``--mode scale``: ``labbook train datamodule=blobs`` with ``--d`` features and ``--k`` full components for 5 EM
 epochs (``model.tol=0``) on each of ``--sizes`` rows, one process each: wall time, run duration, data
@@ -48,6 +71,8 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -61,7 +86,8 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from labbook.datamodules.tabular import BlobsDataModule  # noqa: E402
+from labbook.config.schemas import TrainerConfig  # noqa: E402
+from labbook.datamodules.tabular import BlobsDataModule, TabularDataModule  # noqa: E402
 from labbook.lightning_modules.gmm import GaussianMixtureEM  # noqa: E402
 
 
@@ -131,7 +157,7 @@ def run_labbook(args: list[str], workdir: Path) -> dict:
     exps = client.search_experiments()
     (run,) = client.search_runs([e.experiment_id for e in exps])
     history = {k: [m.value for m in client.get_metric_history(run.info.run_id, k)]
-               for k in ("train/n_iter", "train/init_passes")}
+               for k in ("train/n_iter", "train/init_passes", "train/init_iterations")}
     params = None
     if "parameters.npz" in {a.path for a in client.list_artifacts(run.info.run_id)}:
         with np.load(client.download_artifacts(run.info.run_id, "parameters.npz", str(workdir))) as data:
@@ -142,7 +168,9 @@ def run_labbook(args: list[str], workdir: Path) -> dict:
         "test": float(run.data.tags.get("timing.test_s", "nan")), "metrics": run.data.metrics,
         "em": int(history["train/n_iter"][-1]) if history["train/n_iter"] else 0,
         "epochs": len(history["train/n_iter"]),
-        "init_passes": int(history["train/init_passes"][0]) if history["train/init_passes"] else 0, "params": params,
+        "init_passes": int(history["train/init_passes"][0]) if history["train/init_passes"] else 0,
+        "init_iterations": int(history["train/init_iterations"][0]) if history["train/init_iterations"] else 0,
+        "params": params,
     }
 
 
@@ -160,65 +188,216 @@ def _mixture(params: dict, covariance_type: str) -> object:
     return g
 
 
-def end_to_end(args: argparse.Namespace) -> None:
+# The scikit-learn side of ``--mode e2e``: a whole process, as a user would write it.
+_SKLEARN_PROCESS = """
+import json, sys, time
+started = time.perf_counter()
+import numpy as np, pandas as pd
+from sklearn.mixture import GaussianMixture
+from threadpoolctl import threadpool_limits
+path, k, covariance_type, seed, threads, tol, out = sys.argv[1:8]
+imported = time.perf_counter()
+X = pd.read_csv(path).to_numpy(dtype=np.float64)
+read = time.perf_counter()
+kw = {} if tol == "default" else {"tol": float(tol)}
+with threadpool_limits(limits=int(threads)):
+    g = GaussianMixture(int(k), covariance_type=covariance_type, random_state=int(seed), **kw).fit(X)
+fitted = time.perf_counter()
+print(g.score(X))
+np.savez(out, weights=g.weights_, means=g.means_, covariances=g.covariances_)
+print(json.dumps({"import": imported - started, "read": read - imported, "fit": fitted - read, "n_iter": int(g.n_iter_)}))
+"""
+
+
+def _write_csv(args: argparse.Namespace, path: Path) -> np.ndarray:
     import pandas as pd
-    from sklearn.mixture import GaussianMixture
 
-    from labbook.datamodules.tabular import make_blobs
+    from labbook.datamodules.tabular import make_blobs, make_overlapping
 
+    if args.data == "blobs":
+        X, _ = make_blobs(args.n, args.d, args.k, args.cluster_std, args.seed)
+        what = f"blobs (cluster_std {args.cluster_std:g})"
+    else:
+        X, _ = make_overlapping(args.n, args.d, args.k, args.separation, args.seed)
+        what = f"overlapping components (make_overlapping, separation {args.separation:g})"
+    pd.DataFrame(X, columns=[f"x{i}" for i in range(args.d)]).to_csv(path, index=False, float_format="%.6f")
+    print(f"e2e: {path} ({path.stat().st_size / 1e6:.1f} MB): {args.n} x {args.d}, {what}, {args.k} "
+          f"{args.covariance_type} components; {args.repeats} repeats, medians", flush=True)
+    return pd.read_csv(path).to_numpy(dtype=np.float64)  # the rows as both read them
+
+
+def end_to_end(args: argparse.Namespace) -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="gmm-e2e-"))
     work.mkdir(parents=True, exist_ok=True)
     csv = work / "data.csv"
-    X, _ = make_blobs(args.n, args.d, args.k, args.cluster_std, args.seed)
-    pd.DataFrame(X, columns=[f"x{i}" for i in range(args.d)]).to_csv(csv, index=False, float_format="%.6f")
-    print(f"e2e: {csv} ({csv.stat().st_size / 1e6:.1f} MB): {args.n} x {args.d} blobs (cluster_std {args.cluster_std:g}), "
-          f"{args.k} {args.covariance_type} components, tol {args.tol:g}, max_iter {args.max_iter}; "
-          f"{args.repeats} repeats, medians", flush=True)
+    data = _write_csv(args, csv)
     command = ["datamodule=tabular", f"datamodule.path={csv}", f"model.n_components={args.k}",
-               f"model.covariance_type={args.covariance_type}", f"model.tol={args.tol}",
-               f"trainer.max_epochs={args.max_iter}", *args.extra]
+               f"model.covariance_type={args.covariance_type}",
+               *([f"trainer.max_epochs={args.max_iter}"] if args.max_iter is not None else []),
+               *([f"model.tol={args.tol}"] if args.tol is not None else []), *args.extra]
+    tol = "default" if args.tol is None else repr(args.tol)
     print("labbook train " + " ".join(command) + " debug=quiet")
-    ours, theirs, reads = [], [], []
-    g = None
+    print(f"python -c SCRIPT {csv} {args.k} {args.covariance_type} {args.seed} {args.sklearn_threads} {tol}: "
+          f"pandas.read_csv, GaussianMixture({args.k}, covariance_type={args.covariance_type!r}, "
+          f"random_state={args.seed}{'' if args.tol is None else f', tol={args.tol:g}'}).fit, print its score")
+    ours, theirs = [], []
     for rep in range(args.repeats):  # interleaved, so that a slow phase of a shared machine hits both
         ours.append(run_labbook(command, work / f"labbook-{rep}"))
+        out = work / f"sklearn-{rep}.npz"
         started = time.perf_counter()
-        data = pd.read_csv(csv).to_numpy(dtype=np.float64)
-        reads.append(time.perf_counter() - started)
-        g = GaussianMixture(args.k, covariance_type=args.covariance_type, tol=args.tol, max_iter=args.max_iter,
-                            random_state=args.seed)
-        started = time.perf_counter()
-        with threadpool_limits(limits=args.sklearn_threads):
-            g.fit(data)
-        theirs.append(time.perf_counter() - started)
-        o = ours[-1]
+        proc = subprocess.run([sys.executable, "-c", _SKLEARN_PROCESS, str(csv), str(args.k), args.covariance_type,
+                               str(args.seed), str(args.sklearn_threads), tol, str(out)],
+                              capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        wall = time.perf_counter() - started
+        if proc.returncode:
+            raise SystemExit(f"the scikit-learn process failed: {proc.stderr[-3000:]}")
+        lines = proc.stdout.strip().splitlines()
+        theirs.append({"wall": wall, "score": float(lines[0]), **json.loads(lines[1]), "params": dict(np.load(out))})
+        o, t = ours[-1], theirs[-1]
         print(f"  repeat {rep + 1}: labbook process {o['wall']:.2f} s (peak {o['peak_mb']:.0f} MB; CSV read "
-              f"{o['build']:.2f} s, run {o['run']:.2f} s: fit {o['fit']:.2f} s, test {o['test']:.2f} s), "
-              f"scikit-learn fit {theirs[-1]:.2f} s (pandas read {reads[-1]:.2f} s)", flush=True)
-    assert g is not None
-    med = lambda key: statistics.median(o[key] for o in ours)  # noqa: E731
+              f"{o['build']:.2f} s, run {o['run']:.2f} s: fit {o['fit']:.2f} s, test {o['test']:.2f} s); "
+              f"scikit-learn process {t['wall']:.2f} s (imports {t['import']:.2f} s, pandas read {t['read']:.2f} s, "
+              f"fit {t['fit']:.2f} s)", flush=True)
+    med = lambda rows, key: statistics.median(r[key] for r in rows)  # noqa: E731
     n = args.n
     n_test = int(round(n * 0.2))
     test_rows = data[np.random.default_rng(0).permutation(n)[n - n_test:]]  # labbook's test split (seed 0)
     mine = _mixture(ours[-1]["params"], args.covariance_type)
-    t_sk = statistics.median(theirs)
-    print(f"labbook train, whole process: {med('wall'):.2f} s, peak memory {med('peak_mb'):.0f} MB")
-    print(f"  the run (MLflow start to end): {med('run'):.2f} s (fit {med('fit'):.2f} s, test {med('test'):.2f} s); "
-          f"reading the CSV before it: {med('build'):.2f} s; run + reading: {med('run') + med('build'):.2f} s")
-    print(f"  EM iterations: {ours[-1]['em']} (epochs {ours[-1]['epochs']}; initialisation passes "
-          f"{ours[-1]['init_passes']}), on the training split ({n - n_test - int(round(n * 0.1))} rows)")
-    print(f"scikit-learn GaussianMixture.fit: {t_sk:.2f} s ({args.sklearn_threads} BLAS threads), "
-          f"EM iterations {g.n_iter_}, on all {n} rows; pandas read_csv before it {statistics.median(reads):.2f} s")
-    paired = lambda f: statistics.median(t / f(o) for t, o in zip(theirs, ours))  # noqa: E731
-    print(f"  scikit-learn's fit time over labbook's, median of the {len(ours)} side-by-side repeats: run + CSV reading "
-          f"{paired(lambda o: o['run'] + o['build']):.2f}x; run alone {paired(lambda o: o['run']):.2f}x; "
-          f"whole process {paired(lambda o: o['wall']):.2f}x")
+    g = _mixture(theirs[-1]["params"], args.covariance_type)
+    print(f"labbook train, whole process: {med(ours, 'wall'):.2f} s, peak memory {med(ours, 'peak_mb'):.0f} MB")
+    print(f"  the run (MLflow start to end): {med(ours, 'run'):.2f} s (fit {med(ours, 'fit'):.2f} s, test "
+          f"{med(ours, 'test'):.2f} s); reading the CSV before it: {med(ours, 'build'):.2f} s; run + reading: "
+          f"{statistics.median(o['run'] + o['build'] for o in ours):.2f} s")
+    print(f"  EM: {ours[-1]['em']} epochs on the training split ({n - n_test - int(round(n * 0.1))} rows), after "
+          f"{ours[-1]['init_passes']} initialisation pass(es) and {ours[-1]['init_iterations']} EM iterations on the "
+          f"seeding sample")
+    print(f"scikit-learn, whole process: {med(theirs, 'wall'):.2f} s (imports {med(theirs, 'import'):.2f} s, pandas "
+          f"read {med(theirs, 'read'):.2f} s, fit {med(theirs, 'fit'):.2f} s with {args.sklearn_threads} BLAS "
+          f"thread(s), {theirs[-1]['n_iter']} EM iterations on all {n} rows)")
+    ratio = lambda a, b: statistics.median(x / y for x, y in zip(a, b))  # noqa: E731
+    print(f"  scikit-learn's time over labbook's, medians of the {len(ours)} side-by-side repeats: its fit over "
+          f"labbook's run + CSV reading {ratio([t['fit'] for t in theirs], [o['run'] + o['build'] for o in ours]):.2f}x; "
+          f"its fit over labbook's fit {ratio([t['fit'] for t in theirs], [o['fit'] for o in ours]):.2f}x; "
+          f"its whole process over labbook's whole process {ratio([t['wall'] for t in theirs], [o['wall'] for o in ours]):.2f}x")
     for name, rows in (("all rows", data), ("labbook's test rows", test_rows)):
         a, b = mine.score(rows), g.score(rows)
         print(f"  mean log-likelihood on {name} ({len(rows)}): labbook {a:.5f}, scikit-learn {b:.5f} "
               f"(labbook − scikit-learn {a - b:+.5f})")
     print(f"  labbook's recorded test/log_likelihood {ours[-1]['metrics']['test/log_likelihood']:.5f} "
-          f"(the same, read from its store)")
+          f"(the same, read from its store); scikit-learn's printed score {theirs[-1]['score']:.5f}")
+
+
+# The data sets of ``--mode fit``: rows, features, components, separation (make_overlapping), data seed.
+FIT_SETS = "500000,8,12,2,0;500000,8,12,1.5,1;400000,4,16,1.5,2;300000,6,10,1.5,4;200000,16,8,1,3;150000,12,20,1,5"
+
+
+class _Rows(TabularDataModule):
+    """Rows in memory through the CSV datamodule's own split and standardisation (its defaults: standardised,
+    70/10/20 from seed 0, batches of 8,192)."""
+
+    source = "generated rows"
+
+    def __init__(self, X: np.ndarray) -> None:
+        super().__init__(batch_size=8192, seed=0, val_fraction=0.1, test_fraction=0.2, standardize=True)
+        self._X = X
+
+    def _load(self) -> tuple[np.ndarray, None]:
+        return self._X, None
+
+
+def _overlap(rows: np.ndarray, labels: np.ndarray, k: int) -> tuple[float, float]:
+    """The generating mixture as its labels estimate it (each component's weight, mean and covariance): the share
+    of ``rows`` it assigns to another component than their own, and its mean log-likelihood of them."""
+    from sklearn.mixture import GaussianMixture
+    from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky, _estimate_gaussian_parameters
+
+    nk, means, covs = _estimate_gaussian_parameters(rows, np.eye(k)[labels], 1e-6, "full")
+    g = GaussianMixture(k)
+    g.weights_, g.means_, g.covariances_ = nk / nk.sum(), means, covs
+    g.precisions_cholesky_ = _compute_precision_cholesky(covs, "full")
+    return float((g.predict(rows) != labels).mean()), float(g.score(rows))
+
+
+def _fit_labbook(dm: TabularDataModule, k: int, seed: int, max_epochs: int) -> tuple[float, GaussianMixtureEM]:
+    model = GaussianMixtureEM(n_components=k, seed=seed, **dm.dims)  # its defaults otherwise
+    trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         limit_val_batches=0)
+    loader = dm.train_dataloader()
+    started = time.perf_counter()
+    trainer.fit(model, train_dataloaders=loader)
+    return time.perf_counter() - started, model
+
+
+def fit_quality(args: argparse.Namespace) -> None:
+    from sklearn.mixture import GaussianMixture
+
+    from labbook.datamodules.tabular import make_overlapping
+
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    torch.set_num_threads(args.threads)
+    seeds = list(range(args.seeds))
+    max_epochs = args.max_iter or TrainerConfig.max_epochs
+    print(f"fit: labbook's default GaussianMixtureEM (Trainer.fit, at most {max_epochs} epochs) and scikit-learn's "
+          f"GaussianMixture(K, covariance_type='full', random_state=seed).fit, seeds {seeds}, on the same training rows; "
+          f"{args.threads} torch thread(s) and {args.threads} BLAS thread(s); times in seconds; mean log-likelihoods "
+          f"of the training rows in their own units; Δ = labbook − the best scikit-learn seed", flush=True)
+    # One untimed fit each first: one-off costs (thread pools, Lightning's first Trainer) go to neither side.
+    warm = _Rows(make_overlapping(3000, 2, 2, 2.0, 0)[0])
+    _fit_labbook(warm, 2, 0, 2)
+    GaussianMixture(2, random_state=0).fit(warm.split("train")[0].double().numpy())
+    summary = []
+    for number, spec in enumerate(args.sets.split(";"), start=1):
+        fields = spec.split(",")
+        n, d, k, separation = int(fields[0]), int(fields[1]), int(fields[2]), float(fields[3])
+        data_seed = int(fields[4]) if len(fields) > 4 else 0
+        X, y = make_overlapping(n, d, k, separation, data_seed)
+        dm = _Rows(X)
+        dm.setup("fit")
+        perm, ranges = dm._split_order(n)
+        train = perm[: ranges["train"][1]]
+        rows, labels = X[train], y[train]  # scikit-learn's rows: the training split in the data's units
+        z = dm.split("train")[0]  # labbook's: the same rows standardised, float32
+        overlap, truth = _overlap(rows, labels, k)
+        print(f"\ndata set {number}: {n:,} x {d}, K={k}, separation {separation:g} (data seed {data_seed}): "
+              f"{len(rows):,} training rows; overlap {100 * overlap:.1f}% of the rows; the generating mixture's "
+              f"log-likelihood {truth:.4f}", flush=True)
+        print(f"  {'seed':>4} | {'scikit-learn':>12} {'iters':>5} {'time s':>7} | {'labbook':>12} {'init its':>8} "
+              f"{'epochs':>6} {'time s':>7}")
+        sk, ours = [], []
+        for seed in seeds:  # interleaved, so that a slow phase of a shared machine hits both
+            g = GaussianMixture(k, covariance_type="full", random_state=seed)
+            started = time.perf_counter()
+            with threadpool_limits(limits=args.threads):
+                g.fit(rows)
+            sk.append({"time": time.perf_counter() - started, "ll": float(g.score(rows)), "iters": int(g.n_iter_)})
+            elapsed, model = _fit_labbook(dm, k, seed, max_epochs)
+            ours.append({"time": elapsed, "ll": model.score(z), "epochs": int(model.n_iter),
+                         "init": int(model.init_iterations or 0)})
+            a, b = sk[-1], ours[-1]
+            print(f"  {seed:>4} | {a['ll']:>12.4f} {a['iters']:>5} {a['time']:>7.2f} | {b['ll']:>12.4f} "
+                  f"{b['init']:>8} {b['epochs']:>6} {b['time']:>7.2f}", flush=True)
+        best = max(r["ll"] for r in sk)
+        median = statistics.median(r["time"] for r in sk)
+        worst = min(r["ll"] for r in ours) - best
+        slowest = max(r["time"] for r in ours)
+        deltas = ", ".join(f"{r['ll'] - best:+.4f}" for r in ours)
+        ratios = ", ".join(f"{median / r['time']:.1f}x" for r in ours)
+        print(f"  best scikit-learn seed {best:.4f}; its median fit {median:.2f} s. labbook: Δ per seed {deltas}; "
+              f"scikit-learn's median fit over labbook's fit per seed {ratios}")
+        reached, fast = worst >= -0.01, median / slowest >= 3
+        print(f"  every labbook seed within 0.01 of the best scikit-learn seed: {'yes' if reached else 'NO'} "
+              f"(worst {worst:+.4f}); every labbook fit at least 3x faster than scikit-learn's median: "
+              f"{'yes' if fast else 'NO'} (slowest {median / slowest:.1f}x)", flush=True)
+        summary.append((number, n, d, k, separation, overlap, best, median, worst, ours, median / slowest))
+    print("\n| data set | rows × D, K, separation | overlap | best of 4 scikit-learn | labbook worst Δ | "
+          "scikit-learn median fit | labbook fits | median / slowest labbook |")
+    print("|---|---|---|---|---|---|---|---|")
+    for number, n, d, k, separation, overlap, best, median, worst, ours, ratio in summary:
+        times = ", ".join(f"{r['time']:.2f}" for r in ours)
+        print(f"| {number} | {n:,} × {d}, K={k}, {separation:g} | {100 * overlap:.1f}% | {best:.4f} | {worst:+.4f} | "
+              f"{median:.2f} s | {times} s | {ratio:.1f}× |")
 
 
 def scale(args: argparse.Namespace) -> None:
@@ -240,7 +419,7 @@ def scale(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=("iterations", "e2e", "scale"), default="iterations")
+    parser.add_argument("--mode", choices=("iterations", "fit", "e2e", "scale"), default="iterations")
     parser.add_argument("--n", type=int, default=500_000, help="samples")
     parser.add_argument("--d", type=int, default=8, help="features")
     parser.add_argument("--k", type=int, default=12, help="components")
@@ -254,15 +433,25 @@ def main() -> None:
         "--sklearn-threads", type=int, default=2,
         help="BLAS threads for scikit-learn; on a loaded machine 1 can be faster than 2, so try both",
     )
-    parser.add_argument("--tol", type=float, default=1e-4, help="e2e: both models' tol")
-    parser.add_argument("--max-iter", type=int, default=1000, help="e2e: scikit-learn's max_iter, labbook's max_epochs")
+    parser.add_argument("--tol", type=float, default=None,
+                        help="e2e: both models' tol (default: each its own, labbook 1e-4, scikit-learn 1e-3)")
+    parser.add_argument("--max-iter", type=int, default=None,
+                        help="fit, e2e: labbook's most epochs (default: labbook train's own trainer.max_epochs, "
+                             f"{TrainerConfig.max_epochs}; scikit-learn keeps its default max_iter, 100)")
+    parser.add_argument("--data", choices=("overlapping", "blobs"), default="overlapping", help="e2e: the CSV's rows")
+    parser.add_argument("--separation", type=float, default=2.0, help="e2e: make_overlapping's separation")
     parser.add_argument("--cluster-std", type=float, default=3.0, help="e2e: the blobs' spread (3: overlapping)")
+    parser.add_argument("--sets", default=FIT_SETS, help="fit: data sets, 'N,D,K,SEPARATION[,DATA_SEED];…'")
+    parser.add_argument("--seeds", type=int, default=4, help="fit: seeds 0…S−1 for both")
+    parser.add_argument("--threads", type=int, default=1, help="fit: torch threads and scikit-learn's BLAS threads")
     parser.add_argument("--sizes", default="100000,1000000,10000000", help="scale: rows per run")
     parser.add_argument("--workdir", default=None, help="e2e/scale: where the CSV and the stores go (a temporary dir)")
     parser.add_argument("--extra", nargs="*", default=[], help="e2e/scale: more overrides for labbook train")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(2)
+    if args.mode == "fit":
+        return fit_quality(args)
     if args.mode == "e2e":
         return end_to_end(args)
     if args.mode == "scale":

@@ -68,9 +68,9 @@ Fraction = Annotated[float, ">= 0", "< 1"]
 class TabularDataModule(pl.LightningDataModule):
     """Base class: subclasses implement ``_load() -> (X [N, D] float, y [N] int or None)``.
 
-    ``dims`` = ``{"n_features": D, "n_classes": C or None, "feature_mean": …, "feature_std": …}``. With
-    ``standardize`` every feature is shifted and scaled by the mean and standard deviation of the training
-    split, and ``dims`` hands those on (None without).
+    ``dims`` = ``{"n_features": D, "n_classes": C or None, "n_train": rows of the training split,
+    "feature_mean": …, "feature_std": …}``. With ``standardize`` every feature is shifted and scaled by the
+    mean and standard deviation of the training split, and ``dims`` hands those on (None without).
     """
 
     source = "data"
@@ -189,14 +189,18 @@ class TabularDataModule(pl.LightningDataModule):
 
     @property
     def dims(self) -> dict[str, Any]:
-        """``n_features``, ``n_classes`` and, with ``standardize``, the per-feature ``feature_mean`` and
-        ``feature_std`` the rows were standardised with (z = (x − mean) / std), so that a model can report
-        what it measures in the data's own units; both None without standardisation."""
+        """``n_features``, ``n_classes``, ``n_train`` (the training split's rows: a model can refuse, before any
+        run is opened, what the data cannot support, e.g. more mixture components than rows) and, with
+        ``standardize``, the per-feature ``feature_mean`` and ``feature_std`` the rows were standardised with
+        (z = (x − mean) / std), so that a model can report what it measures in the data's own units; both None
+        without standardisation."""
         self.setup("fit")
+        assert self._splits is not None
         scaled = self.standardize and self.mean is not None and self.std is not None
         return {
             "n_features": self._n_features,
             "n_classes": self._n_classes,
+            "n_train": int(self._splits["train"][0].shape[0]),
             "feature_mean": [float(v) for v in self.mean] if scaled else None,
             "feature_std": [float(v) for v in self.std] if scaled else None,
         }
@@ -422,6 +426,37 @@ def make_blobs(
         X[a:b] = block
     order = source.rng.permutation(n_samples)
     return X[order], source.labels(order)
+
+
+def make_overlapping(
+    n_samples: int, n_features: int, n_components: int, separation: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """X [n_samples, n_features] float64 and y [n_samples] int64: rows of a Gaussian mixture whose components
+    overlap, where EM's start decides which local optimum it ends in (``benchmarks/gmm_vs_sklearn.py --mode fit``).
+
+    Weights π ~ Dirichlet(5, …, 5); means μ_k ~ N(0, separation² I_D); covariances Σ_k = R_k diag(s_k²) R_kᵀ with
+    a Haar-random rotation R_k and scales s_k ~ U(0.5, 1.5)^D. A component spreads about 1 in every direction and
+    two means lie about separation·√(2D) apart, so with separation ≈ 1.5–3 neighbours overlap (``make_blobs``
+    spreads its centres apart on purpose). Sizes are multinomial(n, π); y is the component of each row; the rows
+    come in a random order.
+    """
+    if min(n_samples, n_features, n_components) < 1 or not separation > 0:
+        raise ValueError("n_samples, n_features, n_components and separation must be positive")
+    rng = np.random.default_rng(seed)
+    weights = rng.dirichlet(np.full(n_components, 5.0))
+    means = rng.normal(scale=separation, size=(n_components, n_features))
+    q, r = np.linalg.qr(rng.normal(size=(n_components, n_features, n_features)))
+    rot = q * np.sign(np.diagonal(r, axis1=1, axis2=2))[:, None, :]  # Haar-distributed, as make_blobs
+    scales = rng.uniform(0.5, 1.5, size=(n_components, n_features))
+    counts = rng.multinomial(n_samples, weights)
+    X = np.empty((n_samples, n_features))
+    y = np.repeat(np.arange(n_components, dtype=np.int64), counts)
+    a = 0
+    for k, c in enumerate(counts):
+        X[a : a + c] = means[k] + (rng.normal(size=(c, n_features)) * scales[k]) @ rot[k].T
+        a += c
+    order = rng.permutation(n_samples)
+    return X[order], y[order]
 
 
 class IrisDataModule(TabularDataModule):

@@ -56,6 +56,7 @@ def test_every_group_has_options() -> None:
 @pytest.mark.parametrize("override,key", [
     ("model.n_components=0", "model.n_components"),
     ("model.n_init=0", "model.n_init"),
+    ("model.init_iter=-1", "model.init_iter"),
     ("trainer.max_epochs=-1", "trainer.max_epochs"),
     ("trainer.precision=8", "trainer.precision"),
     ("datamodule.val_fraction=1.5", "datamodule.val_fraction"),
@@ -64,6 +65,14 @@ def test_range_checks_name_the_key(override: str, key: str) -> None:
     with pytest.raises(ConfigValueError) as err:
         schemas.validate(_compose([override]))
     assert err.value.key == key and key in str(err.value)
+
+
+def test_the_gmm_keys_come_from_its_signature() -> None:
+    """What `labbook train model=gmm --cfg job` shows: the start's init_iter with the constructor's default, and
+    n_train, which the datamodule's dims give (None until then)."""
+    model = _compose(["model=gmm"]).model
+    assert (model.init, model.n_init, model.init_iter) == ("kmeans++", 48, 40)
+    assert "n_train" in model and model.n_train is None
 
 
 def test_a_choice_outside_its_literal_fails_when_composing() -> None:

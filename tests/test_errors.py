@@ -70,6 +70,13 @@ CASES = [
       """'logger.run_name="two words!"'"""]),
     ("value with '=', unquoted", ["logger.run_name=a b=c"], None,
      ["Error parsing override 'logger.run_name=a b=c'", "mismatched input '='", """'logger.run_name="a b=c"'"""]),
+    # 40 rows: 28 training rows (70/10/20), fewer than the 50 components asked for; refused with the data's
+    # dims, before a run is opened.
+    ("more components than training rows", ["datamodule=tabular", "datamodule.path=small.csv", "model.n_components=50"],
+     ("small.csv", b"alpha,beta,gamma\n" + CELLS), ["n_components=50", "28 training rows"]),
+    ("more components than generated training rows", ["experiment=gmm_blobs", "datamodule.n_samples=40",
+                                                       "model.n_components=50"], None,
+     ["n_components=50 needs at least 50 training rows", "28 training rows"]),
     ("bad date file line", ["experiment=seq2seq_dates", "datamodule.path=dates.txt"],
      ("dates.txt", b"%-29s_1993-02-10\n%-29s_2003-13-19\n" % (b"2/10/93", b"Aug 19, 2003")),
      ["dates.txt, line 2", "answer '2003-13-19' is not an ISO date"]),

@@ -15,7 +15,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture
 
-from labbook.datamodules.tabular import BlobsDataModule, make_blobs
+from labbook.datamodules.tabular import BlobsDataModule, make_blobs, make_overlapping
 from labbook.lightning_modules.gmm import GaussianMixtureEM, adjusted_rand_index, matched_accuracy
 from tests.conftest import python_script
 
@@ -467,6 +467,12 @@ def test_contract_attributes() -> None:
         GaussianMixtureEM(n_features=2, covariance_type="banana")
     with pytest.raises(ValueError):
         GaussianMixtureEM(n_features=2, n_components=3, means_init=[[0.0, 0.0]])
+    # The datamodule's n_train (its training rows) refuses more components than rows, before any fit.
+    dm = _blobs(n_samples=40)
+    assert dm.dims["n_train"] == len(dm.split("train")[0]) == 28
+    with pytest.raises(ValueError, match="n_components=29 needs at least 29 training rows.* 28 training rows"):
+        GaussianMixtureEM(n_components=29, **dm.dims)
+    assert GaussianMixtureEM(n_components=28, **dm.dims).hparams.n_train == 28
 
 
 def test_ddp_two_processes_match_one(tmp_path: Path) -> None:
@@ -631,10 +637,58 @@ def test_n_init_fits_the_start_with_the_best_likelihood() -> None:
     lls = [s.last_metrics["train/log_likelihood"] for s in singles]
     assert max(lls) - min(lls) > 1e-3  # the starts differ
     best = singles[int(np.argmax(lls))]
-    model = GaussianMixtureEM(n_components=4, tol=0.0, init="kmeans++", n_init=3, seed=7, **dm.dims)
+    model = GaussianMixtureEM(n_components=4, tol=0.0, init="kmeans++", n_init=3, init_iter=0, seed=7, **dm.dims)
     model.initialize_from(dm.train_dataloader())
     assert model.init_passes == 1 and int(model.n_iter) == 0  # choosing made no pass over the data
     _trainer(1, num_sanity_val_steps=0, limit_val_batches=0).fit(model, datamodule=dm)
     assert model.last_metrics["train/log_likelihood"] == pytest.approx(max(lls), abs=1e-12)
     for name, value in best.parameters_dict().items():
         np.testing.assert_allclose(model.parameters_dict()[name], value, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied", "diag", "spherical"])
+def test_screening_is_each_starts_em_on_the_rows_keeping_the_best(covariance_type: str) -> None:
+    """The screening of the starts (``_screen``): EM of every start at once on the screening rows — in float64,
+    scikit-learn's EM iterates from each start — where after t_i iterations only the n_i with the highest
+    log-likelihood go on; what it returns is the best survivor after the last round, with its parameters then."""
+    X, _ = make_overlapping(1500, 3, 4, 1.5, 0)
+    Xt = torch.from_numpy(X)
+    model = GaussianMixtureEM(n_features=3, n_components=4, covariance_type=covariance_type, tol=0.0, n_init=1)
+    model.initialize_from([(Xt,)])  # a start to take the covariance type's data covariance and equal weights from
+    gen = torch.Generator().manual_seed(0)
+    starts = [(model.weights.clone(), GaussianMixtureEM.kmeans_plusplus(Xt, 4, gen), model.covariances.clone())
+              for _ in range(6)]
+
+    def sklearn_em(start: tuple, iterations: int) -> GaussianMixture:
+        P = model._precision_cholesky(start[2], covariance_type)[0].numpy()
+        precisions = P @ np.swapaxes(P, -1, -2) if covariance_type in ("full", "tied") else P**2
+        return GaussianMixture(4, covariance_type=covariance_type, weights_init=start[0].numpy(),
+                               means_init=start[1].numpy(), tol=0, max_iter=iterations, reg_covar=1e-6,
+                               precisions_init=precisions).fit(X)
+
+    after = {t: [sklearn_em(s, t) for s in starts] for t in (1, 7)}
+    for rounds, survivors in (([(1, 2), (7, 1)], np.argsort([-g.score(X) for g in after[1]], kind="stable")[:2]),
+                              ([(7, 1)], range(len(starts)))):
+        best = max(survivors, key=lambda s: after[7][s].score(X))
+        (weights, means, covariances), iterations = model._screen(Xt, starts, rounds, torch.float64)
+        assert iterations == 7
+        g = after[7][best]
+        assert_relative(weights.numpy(), g.weights_)
+        assert_relative(means.numpy(), g.means_)
+        assert_relative(covariances.numpy(), g.covariances_)
+
+
+@pytest.mark.parametrize("separation, data_seed", [(2.0, 0), (1.5, 5)])
+def test_default_fit_reaches_the_best_of_four_sklearn_fits(separation: float, data_seed: int) -> None:
+    """On overlapping components EM ends in a local optimum its start decides. One default fit reaches the best
+    of scikit-learn's default fit with 4 seeds on the same rows, within 0.01 nats a row (mean log-likelihood of
+    the training rows). The former default (12 k-means starts, the best starting likelihood fitted) ended 0.049
+    and 0.033 nats a row below it on these two data sets."""
+    X, _ = make_overlapping(6000, 6, 10, separation, data_seed)
+    x = torch.from_numpy(X.astype(np.float32))
+    rows = x.double().numpy()  # the very rows the model is fed
+    best = max(GaussianMixture(10, random_state=seed).fit(rows).score(rows) for seed in range(4))
+    model = GaussianMixtureEM(n_features=6, n_components=10)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=2048)
+    _trainer(100, num_sanity_val_steps=0).fit(model, train_dataloaders=loader)
+    assert model.score(x) >= best - 0.01, (model.score(x), best)

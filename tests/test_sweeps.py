@@ -167,7 +167,8 @@ def test_an_interrupted_sweep_is_killed_then_resumed_to_each_configuration_finis
 @pytest.mark.parametrize("failing", [False, True], ids=["all-finish", "one-fails"])
 def test_eight_jobs_four_at_a_time_on_a_fresh_store(tmp_path: Path, failing: bool) -> None:
     """A store that does not exist yet, eight jobs, four processes writing at once: nothing lost. With
-    n_components=500 > the 300 rows, one job fails while training; the others finish and are counted."""
+    n_components=500 > the 210 training rows of 300, one job is refused before it opens a run (one line, no run
+    of its own); the others finish, and the sweep counts the refused job as failed."""
     uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
     values = "1,2,3,4,5,6,7," + ("500" if failing else "8")
     out = labbook("train", "-m", "experiment=gmm_blobs", "trainer.max_epochs=4", "model.tol=0",
@@ -175,18 +176,20 @@ def test_eight_jobs_four_at_a_time_on_a_fresh_store(tmp_path: Path, failing: boo
                   "hydra.launcher.n_jobs=4", QUIET, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
     assert out.returncode == (1 if failing else 0), out.stderr[-3000:]
     parent, children = parent_and_children(uri)
-    assert len(children) == 8
+    assert len(children) == (7 if failing else 8)
+    assert "500" not in {c.data.params["model.n_components"] for c in children}
     client = MlflowClient(uri)
     for child in children:
-        if failing and child.data.params["model.n_components"] == "500":
-            assert child.info.status == "FAILED" and child.data.tags["error"]
-            continue
         assert child.info.status == "FINISHED"
         history = client.get_metric_history(child.info.run_id, "train/log_likelihood")
         assert sorted(m.step for m in history) == sorted({m.step for m in history}) and len(history) == 4
     if failing:
         assert parent.info.status == "FAILED" and parent.data.tags["sweep.failed"] == "1"
         assert parent.data.tags["sweep.failed_jobs"] == "7"
+        rows = summary_rows(uri, parent.info.run_id, tmp_path / "s")
+        assert len(rows) == 8 and [r["status"] for r in rows if r["name"] == "n_components=500"] == ["FAILED"]
+        assert any(line.startswith("labbook: error: job 7 (") and "n_components=500 needs at least 500 training "
+                   "rows" in line and "210 training rows" in line for line in out.stderr.splitlines()), out.stderr
     else:
         assert parent.info.status == "FINISHED" and parent.data.tags["sweep.failed"] == "0"
 

@@ -41,7 +41,7 @@ def _all_batches(loader: torch.utils.data.DataLoader) -> tuple[torch.Tensor, tor
 def test_blobs_dims_splits_and_batches() -> None:
     dm = BlobsDataModule(n_samples=1000, n_features=3, n_centers=5, batch_size=128, seed=0)
     dm.setup("fit")
-    assert dm.dims == {"n_features": 3, "n_classes": 5, "feature_mean": None, "feature_std": None}
+    assert dm.dims == {"n_features": 3, "n_classes": 5, "n_train": 700, "feature_mean": None, "feature_std": None}
     sizes = {name: dm.split(name)[0].shape[0] for name in ("train", "val", "test")}
     assert sizes == {"train": 700, "val": 100, "test": 200}
     x, y = next(iter(dm.train_dataloader()))
@@ -102,7 +102,7 @@ def test_iris_dims_and_standardize() -> None:
     dm = IrisDataModule(standardize=True, seed=0, val_fraction=0.1)
     dm.setup("fit")
     # dims hand the model the standardisation, so that it can report in the data's own units.
-    assert dm.dims == {"n_features": 4, "n_classes": 3, "feature_mean": dm.mean.tolist(), "feature_std": dm.std.tolist()}
+    assert dm.dims == {"n_features": 4, "n_classes": 3, "n_train": 105, "feature_mean": dm.mean.tolist(), "feature_std": dm.std.tolist()}
     from sklearn.datasets import load_iris
 
     train = load_iris().data[np.random.default_rng(0).permutation(150)[:105]]  # the 105 training rows
@@ -150,7 +150,7 @@ def test_a_subclass_value_beyond_float32_is_named_by_row_and_column() -> None:
 def test_csv_reads_features_labels_and_columns(tmp_path: Path) -> None:
     path = _csv(tmp_path)
     dm = CSVDataModule(path=str(path), label_column="species", batch_size=4, seed=0, standardize=False)
-    assert dm.dims == {"n_features": 3, "n_classes": 2, "feature_mean": None, "feature_std": None}
+    assert dm.dims == {"n_features": 3, "n_classes": 2, "n_train": 14, "feature_mean": None, "feature_std": None}
     assert dm.class_names == ["cat", "dog"] and dm.feature_names == ["a", "b", "c"]
     x, y = dm.split("train")
     assert x.shape == (14, 3) and set(y.tolist()) <= {0, 1}
@@ -158,7 +158,7 @@ def test_csv_reads_features_labels_and_columns(tmp_path: Path) -> None:
     assert sub.dims["n_features"] == 2
     assert sub.parse_inputs(["1,2"]).shape == (1, 2)  # width from the columns, before setup
     unlabelled = CSVDataModule(path=str(path), columns=["a", "b"], standardize=False)
-    assert unlabelled.dims == {"n_features": 2, "n_classes": None, "feature_mean": None, "feature_std": None}
+    assert unlabelled.dims == {"n_features": 2, "n_classes": None, "n_train": 14, "feature_mean": None, "feature_std": None}
     assert (unlabelled.split("test")[1] == -1).all()
 
 
