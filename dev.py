@@ -59,7 +59,8 @@ def show_hydra_plugins() -> None:
     if not link.exists():
         shown.mkdir(exist_ok=True)
         link.symlink_to(ROOT / "hydra_plugins", target_is_directory=True)
-    if any(p.read_text().strip() == str(shown) for p in VENV.glob("lib*/python*/site-packages/labbook-hydra-plugins.pth")):
+    written = VENV.glob("lib*/python*/site-packages/labbook-hydra-plugins.pth")
+    if any(p.read_text().strip() == str(shown) for p in written):
         return  # done by an earlier call: no interpreter started to ask where site-packages is
     purelib = subprocess.run([str(PY), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              capture_output=True, text=True, check=True).stdout.strip()
