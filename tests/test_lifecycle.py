@@ -221,8 +221,9 @@ def test_reap_fails_a_sigkilled_run_and_spares_a_live_one(start_training, store:
     live = start_training(*LONG_GMM, "trainer.max_epochs=100000", "seed=1")
     victim = start_training(*LONG_GMM, "trainer.max_epochs=100000", "seed=2")
     client = MlflowClient(store)
-    _wait_for(lambda: len(runs(store)) == 2)
-    by_seed = {r.data.params.get("seed"): r.info.run_id for r in runs(store)}
+    # A run is opened first and its parameters written just after: wait for both runs' seeds, not for the runs.
+    _wait_for(lambda: sorted(r.data.params.get("seed", "") for r in runs(store)) == ["1", "2"])
+    by_seed = {r.data.params["seed"]: r.info.run_id for r in runs(store)}
     _wait_for(lambda: "checkpoints/last.ckpt" in artifacts(client, by_seed["2"]))
     os.killpg(victim.pid, signal.SIGKILL)
     victim.communicate(timeout=60)
