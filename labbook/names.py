@@ -24,6 +24,14 @@ SWEEP_SUMMARY_CSV = "sweep/summary.csv"
 SWEEP_SUMMARY_TXT = "sweep/summary.txt"
 SEARCH_PLOTS = "optuna"  # a search parent's Optuna figures
 
+# ------------------------------------------------------------------------------ a run's MLflow model
+LOGGED_MODEL = "model"  # the name of a run's logged models (MLflow 3), one per checkpoint logged
+MODEL_CHECKPOINT = "checkpoint"  # the pyfunc's artifacts: the checkpoint file
+MODEL_CONFIG = "config"  # and the run's resolved config (config.yaml)
+MODEL_CHECKPOINT_KIND = "labbook.checkpoint"  # a logged model's tag: best or last
+MODEL_EPOCH = "labbook.epoch"  # a logged model's tag: the epoch its checkpoint ended
+MODEL_GLOBAL_STEP = "labbook.global_step"  # and the metrics' step it was taken at
+
 # ------------------------------------------------------------------------------------- MLflow's tags
 PARENT_RUN = "mlflow.parentRunId"  # a sweep's child names its parent run (MLflow's UI nests it there)
 RUN_NAME = "mlflow.runName"
@@ -104,4 +112,4 @@ RUN_LOCAL_PREFIXES = ("paths.", "sweep.")
 RUN_LOCAL_KEYS = ("ckpt_path", "resume", "logger.tracking_uri")
 # How a run is recorded, not what it computes: left out of what identifies a sweep's job (its config hash)
 # and its command (the sweep's key).
-HOW_RECORDED = ("logger.run_name", "logger.heartbeat_s", "logger.flush_every_s")
+HOW_RECORDED = ("logger.run_name", "logger.heartbeat_s", "logger.flush_every_s", "logger.log_model")

@@ -18,7 +18,7 @@ URI_FLAG = "--tracking-uri"
 FLAGS = (URI_FLAG, "-h", "--help")
 
 USAGE = """\
-usage: labbook predict [--tracking-uri URI] RUN_ID [INPUT ...]
+usage: labbook predict [--tracking-uri URI] RUN_ID|models:/NAME@ALIAS [INPUT ...]
   Inputs come from stdin, one per line, when none are given. The store is URI, else $MLFLOW_TRACKING_URI,
   else sqlite:///mlflow.db in the working directory."""
 
@@ -50,6 +50,10 @@ def predict(run_id: str, given: Sequence[str], uri: str) -> list[str]:
     stdin included), then the inputs are read, then the checkpoint is loaded."""
     from labbook.store.read import open_reader
 
+    if run_id.startswith("models:/"):  # a registered (or logged) model: MLflow's pyfunc answers
+        from labbook.store.models import answer_with
+
+        return answer_with(uri, run_id, lambda: read_inputs(given))
     reader = open_reader(uri)
     run = reader.find_run(run_id)
     inputs = read_inputs(given)

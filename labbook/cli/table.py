@@ -11,9 +11,13 @@ commands:
   train [OVERRIDES ...]      compose conf/train.yaml with Hydra overrides, train, test, record in MLflow
                              (`labbook train --help` lists the config groups and keys;
                              `labbook train resume=RUN_ID [OVERRIDES]` continues a stored run)
-  predict [--tracking-uri URI] RUN_ID [INPUT ...]
-                             load a run's best checkpoint from the store and print one answer per input
+  predict [--tracking-uri URI] RUN_ID|models:/NAME@ALIAS [INPUT ...]
+                             a run's model (its best checkpoint) or a registered one: one answer per input
                              (inputs from stdin, one per line, when none are given)
+  serve RUN_ID|SWEEP_PARENT_ID|models:/NAME@ALIAS [--port P] [--host H] [--tracking-uri URI]
+                             a run's MLflow model over HTTP (POST /invocations; 127.0.0.1:5001 by default)
+  register RUN_ID|SWEEP_PARENT_ID --name NAME [--alias ALIAS] [--tracking-uri URI]
+                             a run's model (a sweep's: its best child's) as a version of a registered model
   reap [--tracking-uri URI] [--stale-after SECONDS]
                              mark FAILED the RUNNING runs whose process is gone (SIGKILL, OOM, lost host)
   compare [EXPERIMENT | PARENT_RUN_ID] [--metric M ...] [--sort [-]M] [--filter EXPR]
@@ -39,4 +43,4 @@ else sqlite:///mlflow.db in the working directory.
 # The subcommands: each a module of this package whose ``main(args) -> int`` parses its own arguments (and
 # whose ``parser()``, where it has one, tab completion reads). Imported only when its command runs.
 COMMANDS: dict[str, str] = {name: f"labbook.cli.{name}" for name in
-                            ("train", "predict", "reap", "compare", "diff", "ui", "server", "new", "completion")}
+                            ("train", "predict", "serve", "register", "reap", "compare", "diff", "ui", "server", "new", "completion")}

@@ -101,11 +101,19 @@ def start_mlflow_server(lifetime: Lifetime, uri: str, host: str, port: int, extr
         print(f"labbook: warning: --host {host}: the UI and everything in the store {redact_uri(uri)} (configs, "
               f"metrics, artifacts) are open to anyone who can reach this machine on port {port}",
               file=sys.stderr, flush=True)
-    _check_port_free(host, port)
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
                "--port", str(port), "--workers", str(workers), *extra]
     if host not in LOOPBACK:
         command += ["--allowed-hosts", "*"]
+    return start_server(lifetime, command, redact_uri(uri), host, port, name, env)
+
+
+def start_server(lifetime: Lifetime, command: list[str], shown: str, host: str, port: int, name: str,
+                 env: dict[str, str] | None = None) -> UIServer:
+    """``command``, an HTTP server of MLflow's (``shown``: what it serves) on ``host:port``, in a session of its
+    own, its output in ``logs/NAME-PORT.log``; returns once it answers ``/health``. It and everything it spawns
+    are stopped when ``lifetime`` ends, however it ends (a signal while it starts included)."""
+    _check_port_free(host, port)
     log = Path.cwd() / "logs" / f"{name}-{port}.log"  # the server's own messages and access log
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out, lifetime.held():  # no signal between its start and the cleanup that stops it
@@ -116,7 +124,7 @@ def start_mlflow_server(lifetime: Lifetime, uri: str, host: str, port: int, extr
         lifetime.on_exit(tree.stop)
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     _wait_until_up(proc, base, log)
-    return UIServer(tree, redact_uri(uri), base, log, name)
+    return UIServer(tree, shown, base, log, name)
 
 
 def runs_url(base: str, uri: str) -> str:

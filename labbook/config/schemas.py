@@ -25,6 +25,14 @@ class Mode(str, Enum):
     max = "max"
 
 
+class LogModel(str, Enum):
+    """Which checkpoints a finished run logs as MLflow models (labbook/run/model.py)."""
+
+    best = "best"  # the best by the checkpoint's monitor (the last one when nothing is monitored)
+    kept = "kept"  # every checkpoint kept: the best and, when it is another epoch, the last
+    none = "none"
+
+
 PRECISIONS = ("64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64", "32", "16", "bf16")
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
 
@@ -92,6 +100,8 @@ class MLflowConfig:
     run_name: Optional[str] = None
     tags: dict[str, str] = field(default_factory=dict)
     log_checkpoints: bool = True
+    # A finished run logs its best checkpoint as an MLflow model (a pyfunc: load, serve, register it).
+    log_model: LogModel = LogModel.best
     flush_every_s: float = 5.0  # metrics are batched into one SQLite commit per interval, not one per step
     heartbeat_s: float = 30.0  # how often a running run says it is alive (`labbook reap` on other hosts); 0: never
     checkpoint_upload_every_s: float = 0.0  # checkpoints reach the store as written, each at most this often

@@ -180,7 +180,7 @@ class Recorder:
         if params:
             self.log_params({k: v for k, v in flat.items() if not run_local(k)})
         self.set_tags({k: _param_text(v) for k, v in flat.items() if run_local(k)})
-        self.log_text(yaml.safe_dump(resolved, sort_keys=False), names.CONFIG)
+        self.log_text(config_text(resolved), names.CONFIG)
         self.log_text(yaml.safe_dump(overrides), names.OVERRIDES)
 
     def log_git(self, folder: Path) -> None:
@@ -205,6 +205,40 @@ class Recorder:
         self.set_tags(tags)
         self.log_text("".join(f"{name}=={version}\n" for name, version in sorted(installed.items())),
                       names.PACKAGES)
+
+    def log_models(self, checkpoints: Mapping[str, Any], which: str, resolved: Mapping[str, Any],
+                   datamodule: Any) -> list[str]:
+        """Log the run's checkpoints as MLflow models (:mod:`labbook.run.model`): ``which`` is ``best`` or
+        ``kept``, ``checkpoints`` the checkpoint callback's state (``best``, ``last``: local paths). A
+        checkpoint the run has a model of already (same kind, same epoch: a resume that did not improve) is
+        not logged again. Once a model holds the best checkpoint, the run's own copy is removed (the bytes are
+        stored once). Returns the new models' ids."""
+        from labbook.run.model import kept_checkpoints, log_model, read_position
+        from labbook.store.models import logged_models
+
+        run = self.client.get_run(self.run_id)
+        have = {(m.tags.get(names.MODEL_CHECKPOINT_KIND), m.tags.get(names.MODEL_EPOCH))
+                for m in logged_models(self.client, run.info.experiment_id, self.run_id)}
+        logged = []
+        from labbook.store.models import using_store
+
+        with using_store(self.uri):
+            for path in kept_checkpoints(checkpoints, which):
+                checkpoint = read_position(path)
+                if (checkpoint.kind, str(checkpoint.epoch)) in have:
+                    continue
+                config = config_text({**resolved, "ckpt_path": None})
+                logged.append(log_model(self.client, self.run_id, checkpoint, config, datamodule))
+            if any(kind == "best" for kind, _ in have) or logged:
+                self._remove_artifact(run.info.artifact_uri, names.BEST_CHECKPOINT)
+        return logged
+
+    def _remove_artifact(self, artifact_uri: str, path: str) -> None:
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        repository = get_artifact_repository(artifact_uri)
+        if any(f.path == path for f in repository.list_artifacts(str(Path(path).parent))):
+            repository.delete_artifacts(path)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         entries = [Param(k[:250], _param_text(v)) for k, v in params.items()]
@@ -284,6 +318,13 @@ class Recorder:
         if error:
             self.client.set_tag(self.run_id, names.ERROR, redact(error)[:MAX_TAG_LENGTH])
         self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.from_string(status)))
+
+
+def config_text(resolved: Mapping[str, Any]) -> str:
+    """The run's resolved config as the YAML it is stored as (:data:`labbook.names.CONFIG`), redacted."""
+    import yaml
+
+    return yaml.safe_dump(redact_tree(dict(resolved)), sort_keys=False)
 
 
 def _user() -> str:

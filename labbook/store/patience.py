@@ -86,7 +86,7 @@ class PatientClient:
             return attribute
         return lambda *args, **kwargs: self._call(attribute, name, *args, **kwargs)
 
-    def _call(self, method: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, method: Callable[..., Any], name: str, /, *args: Any, **kwargs: Any) -> Any:
         if self.gave_up:
             raise TrackingServerAway(self._message())
         away_since: float | None = None

@@ -19,7 +19,7 @@ from labbook import names
 from labbook.config.contract import model_traits
 from labbook.config.experiment import run_name
 from labbook.config.objective import objective_value, objectives_of
-from labbook.config.schemas import MLflowConfig
+from labbook.config.schemas import LogModel, MLflowConfig
 from labbook.run.background import Background
 from labbook.run.checkpoints import BackgroundCheckpointIO, CheckpointUpload
 from labbook.run.lifecycle import TrackedRun
@@ -137,6 +137,10 @@ def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None
         trainer.logger.flush()
         if cfg.logger.log_checkpoints:
             _tag_checkpoints(tracked, checkpoints)
+        if not _pruned(job):  # a pruned trial's model is not one anybody would take
+            _log_models(tracked, checkpoints, LogModel(cfg.logger.get("log_model", LogModel.best)), resolved,
+                        datamodule)
+        mark("model-logged")
         traits = model_traits(model)
         if traits.reports:
             tracked.log_report(model.report())
@@ -207,6 +211,23 @@ def _checkpoint_state(trainer: Any) -> dict[str, Any]:
     score = cb.best_model_score
     return {"best": cb.best_model_path, "last": cb.last_model_path, "monitor": cb.monitor, "mode": cb.mode,
             "score": float(score) if score is not None else None}
+
+
+def _log_models(tracked: TrackedRun, checkpoints: Mapping[str, Any], which: LogModel, resolved: Mapping[str, Any],
+                datamodule: Any) -> None:
+    """The run's checkpoints as MLflow models (``logger.log_model``). A model that cannot be logged is a
+    warning, not a failed run: the training happened, and its checkpoints stay in the run."""
+    import sys
+
+    from labbook.errors import one_line
+
+    if which is LogModel.none:
+        return
+    try:
+        tracked.log_models(checkpoints, which.value, resolved, datamodule)
+    except Exception as exc:  # noqa: BLE001
+        print(f"labbook: warning: the run's model was not logged ({one_line(exc)}); its checkpoints are in the "
+              "run", file=sys.stderr, flush=True)
 
 
 def _tag_checkpoints(tracked: TrackedRun, state: Mapping[str, Any]) -> None:

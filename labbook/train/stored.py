@@ -8,8 +8,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from labbook import names
-
 
 @dataclasses.dataclass
 class StoredRun:
@@ -26,7 +24,9 @@ def rebuild(reader: Any, run: Any) -> StoredRun:
         from labbook.config.contract import current_targets
 
         config = current_targets(reader.config(run))
-        ckpt = reader.checkpoint(run, (names.BEST_CHECKPOINT, names.LAST_CHECKPOINT), Path(tmp), why=(
+        from labbook.store.models import checkpoint_of
+
+        ckpt = checkpoint_of(reader, run, Path(tmp), why=(
             ": was it trained with logger.log_checkpoints=false, or did it fail before one was saved?"))
         # Only now torch (~1.5 s): a mistyped run id or store is answered without it.
         from hydra.utils import get_class, instantiate
