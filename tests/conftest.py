@@ -156,6 +156,25 @@ def runs(uri: str, parents: bool = False) -> list:
     return [r for r in found if parents or r.data.tags.get("sweep.role") != "parent"]
 
 
+def logged_models(uri: str, run_id: str) -> list:
+    """The run's MLflow logged models, read with MLflow's own client."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    return client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'")
+
+
+def model_checkpoint(uri: str, run_id: str, into: Path) -> Path:
+    """The best checkpoint a finished run's logged model holds (the run keeps only its last.ckpt): exactly one
+    such model."""
+    import mlflow.artifacts
+
+    [model] = [m for m in logged_models(uri, run_id) if m.tags.get("labbook.checkpoint") == "best"]
+    return Path(mlflow.artifacts.download_artifacts(f"{model.artifact_location}/artifacts/best.ckpt",
+                                                    dst_path=str(into), tracking_uri=uri))
+
+
 @pytest.fixture(scope="session")
 def book_dates() -> Path:
     """The book's own date.txt (../shared); without it, the claims it backs are reported as NOT CHECKED."""

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from labbook.datamodules.dates import generate_dates
 from labbook.lightning_modules.seq2seq import AttentionSeq2Seq
 from labbook.lightning_modules.transformer import Transformer
-from tests.conftest import labbook
+from tests.conftest import labbook, logged_models, model_checkpoint
 from tests.test_train_e2e import QUIET, artifacts, only_run
 
 PRESETS = {"seq2seq_dates": AttentionSeq2Seq, "transformer_dates": Transformer}
@@ -51,7 +51,8 @@ def check_quality(uri: str, run: object) -> None:
     assert MlflowClient(uri).get_experiment(run.info.experiment_id).name == "dates"
     assert metrics["test/exact_match"] >= 0.999, metrics
     assert metrics["test/token_accuracy"] >= metrics["test/exact_match"]
-    assert {"checkpoints/best.ckpt", "plots/attention_0.png"} <= artifacts(MlflowClient(uri), run.info.run_id)
+    assert {"checkpoints/last.ckpt", "plots/attention_0.png"} <= artifacts(MlflowClient(uri), run.info.run_id)
+    assert len(logged_models(uri, run.info.run_id)) == 1
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -89,7 +90,7 @@ def test_predict_answers_held_back_questions_exactly(workdir: Path, preset: str)
     assert out.stdout.splitlines() == answers  # string for string
 
     # The same answers from the stored best checkpoint, loaded here.
-    ckpt = client.download_artifacts(run.info.run_id, "checkpoints/best.ckpt", str(into))
+    ckpt = model_checkpoint(uri, run.info.run_id, into)
     model = PRESETS[preset].load_from_checkpoint(ckpt, map_location="cpu")
     datamodule = instantiate(config["datamodule"])
     with torch.no_grad():

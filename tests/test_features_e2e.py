@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import labbook, runs
+from tests.conftest import labbook, logged_models, model_checkpoint, runs
 from tests.test_train_e2e import QUIET, artifacts, only_run
 
 FAST_LSTM = ("experiment=lstm_sunspots", "trainer.max_epochs=12")
@@ -115,7 +114,9 @@ def test_artifacts_land_beside_the_sqlite_store(tmp_path: Path) -> None:
     on_disk = {p.relative_to(where / "mlartifacts").as_posix() for p in (where / "mlartifacts").rglob("*") if p.is_file()}
     exp_id = run.info.experiment_id
     assert f"polynomial/{run.info.run_id}/artifacts/config/config.yaml" in on_disk, (exp_id, sorted(on_disk)[:5])
-    assert f"polynomial/{run.info.run_id}/artifacts/checkpoints/best.ckpt" in on_disk
+    assert f"polynomial/{run.info.run_id}/artifacts/checkpoints/last.ckpt" in on_disk
+    [model] = logged_models(uri, run.info.run_id)  # the best checkpoint, in the run's model beside the store
+    assert f"polynomial/models/{model.model_id}/artifacts/artifacts/best.ckpt" in on_disk
     assert not (cwd / "mlartifacts").exists() and not (cwd / "mlruns").exists() and not (cwd / "mlflow.db").exists()
 
 
@@ -136,7 +137,7 @@ def test_best_checkpoint_is_best_by_the_monitor_and_predict_falls_back_to_last(t
     val = history(client, run.info.run_id, "val/loss")
     best_epoch = int(np.argmin(val))
     assert best_epoch < len(val) - 1, f"val/loss fell every epoch {val}: best and last coincide, nothing is tested"
-    best = torch.load(download(client, run.info.run_id, "checkpoints/best.ckpt", tmp_path / "b"), weights_only=True)
+    best = torch.load(model_checkpoint(store, run.info.run_id, tmp_path / "b"), weights_only=True)
     last = torch.load(download(client, run.info.run_id, "checkpoints/last.ckpt", tmp_path / "l"), weights_only=True)
     assert best["epoch"] == best_epoch and last["epoch"] == len(val) - 1
     assert run.data.tags["checkpoint.monitor"] == "val/loss"
@@ -150,9 +151,12 @@ def test_best_checkpoint_is_best_by_the_monitor_and_predict_falls_back_to_last(t
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == lstm_answers(tmp_path / "b" / "best.ckpt", windows)
 
-    # Without best.ckpt in the store, predict answers with last.ckpt (a different epoch: different answers).
-    (Path(urlparse(run.info.artifact_uri).path) / "checkpoints" / "best.ckpt").unlink()
+    # The run's model holds the best checkpoint (its step: the best epoch), the run only its last one.
+    [model] = logged_models(store, run.info.run_id)
+    assert [o.step for o in client.get_run(run.info.run_id).outputs.model_outputs] == [best_epoch]
     assert "checkpoints/best.ckpt" not in artifacts(client, run.info.run_id)
+    # Without a model or best.ckpt, predict answers with last.ckpt (a different epoch: different answers).
+    client.delete_logged_model(model.model_id)
     fallback = labbook("predict", run.info.run_id, *windows, cwd=tmp_path)
     assert fallback.returncode == 0, fallback.stderr
     assert fallback.stdout.splitlines() == lstm_answers(tmp_path / "l" / "last.ckpt", windows)
@@ -172,7 +176,7 @@ def test_gmm_predict_gives_each_rows_component(tmp_path: Path, store: str) -> No
     rows = ["5.1,3.5,1.4,0.2", "7.0,3.2,4.7,1.4", "6.3,3.3,6.0,2.5", "4.9,3.0,1.4,0.2"]
     out = labbook("predict", run.info.run_id, *rows, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    ckpt = download(MlflowClient(store), run.info.run_id, "checkpoints/best.ckpt", tmp_path / "dl")
+    ckpt = model_checkpoint(store, run.info.run_id, tmp_path / "dl")
     model = GaussianMixtureEM.load_from_checkpoint(str(ckpt))
     expected = [str(int(c)) for c in model.predict(IrisDataModule().parse_inputs(rows)).tolist()]
     assert out.stdout.splitlines() == expected

@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from labbook.datamodules.dates import DatesDataModule
 from labbook.lightning_modules.seq2seq import AttentionSeq2Seq
-from tests.conftest import labbook
+from tests.conftest import labbook, model_checkpoint
 from tests.test_train_e2e import artifacts, only_run
 
 QUIET = "debug=quiet"
@@ -30,7 +30,7 @@ def test_seq2seq_ddp_then_predict_round_trip(tmp_path: Path, store: str) -> None
     assert client.get_experiment(run.info.experiment_id).name == "dates"
     for key in ("train/loss_epoch", "val/loss", "val/exact_match", "val/token_accuracy", "test/exact_match", "test/token_accuracy"):
         assert key in run.data.metrics, key
-    assert {"checkpoints/best.ckpt", "plots/attention_0.png"} <= artifacts(client, run.info.run_id)
+    assert {"checkpoints/last.ckpt", "plots/attention_0.png"} <= artifacts(client, run.info.run_id)
 
     # A 1-epoch toy model answers wrongly, but predict must give exactly what its best checkpoint gives
     # (the answers' quality is tested on the full presets, test_dates_quality.py).
@@ -39,7 +39,7 @@ def test_seq2seq_ddp_then_predict_round_trip(tmp_path: Path, store: str) -> None
     assert out.returncode == 0, out.stderr
     answers = out.stdout.splitlines()
     model = AttentionSeq2Seq.load_from_checkpoint(
-        MlflowClient(store).download_artifacts(run.info.run_id, "checkpoints/best.ckpt", str(tmp_path)))
+        model_checkpoint(store, run.info.run_id, tmp_path))
     dates = DatesDataModule()
     assert answers == dates.format_outputs(model.predict(dates.parse_inputs(questions)))
     piped = labbook("predict", run.info.run_id, cwd=tmp_path, stdin="\n".join(questions) + "\n")
@@ -53,7 +53,12 @@ def test_seq2seq_ddp_then_predict_round_trip(tmp_path: Path, store: str) -> None
 
 
 def test_predict_needs_a_checkpoint(tmp_path: Path, store: str) -> None:
+    # Without stored checkpoints the run's model still answers; without a model either, nothing can.
     _train(tmp_path, "experiment=polynomial", "trainer.max_epochs=3", "logger.log_checkpoints=false")
+    assert labbook("predict", only_run(store).info.run_id, "0.5", cwd=tmp_path).returncode == 0
+    MlflowClient(store).delete_run(only_run(store).info.run_id)
+    _train(tmp_path, "experiment=polynomial", "trainer.max_epochs=3", "logger.log_checkpoints=false",
+           "logger.log_model=none")
     run = only_run(store)
     out = labbook("predict", run.info.run_id, "0.5", cwd=tmp_path)
     assert out.returncode == 1 and "has no checkpoint" in out.stderr and "Traceback" not in out.stderr

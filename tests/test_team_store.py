@@ -16,7 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from labbook.store.postgres import cluster, free_port
-from tests.conftest import LABBOOK, kill_group, labbook, stop, store_has
+from tests.conftest import LABBOOK, kill_group, labbook, logged_models, stop, store_has
 from tests.test_sweeps import parent_and_children
 from tests.test_train_e2e import QUIET
 
@@ -47,7 +47,9 @@ def assert_eight_complete_jobs(uri: str) -> None:
             assert [m.step for m in client.get_metric_history(child.info.run_id, key)] == [0, 1, 2, 3, 4]
         stored = {a.path for folder in ("", "checkpoints", "config", "plots")
                   for a in client.list_artifacts(child.info.run_id, folder or None)}
-        assert {"checkpoints/best.ckpt", "checkpoints/last.ckpt", "config/config.yaml", "plots/fit.png"} <= stored
+        assert {"checkpoints/last.ckpt", "config/config.yaml", "plots/fit.png"} <= stored
+        assert "checkpoints/best.ckpt" not in stored  # its model holds it: stored once
+        assert [m.tags["labbook.checkpoint"] for m in logged_models(uri, child.info.run_id)] == ["best"]
     summary = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
     assert "sweep/summary.csv" in summary
 
@@ -77,7 +79,8 @@ def test_eight_jobs_four_at_a_time_into_a_team_server_on_postgresql(tmp_path: Pa
     out = labbook(*SWEEP, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": url})
     assert out.returncode == 0, out.stderr[-3000:]
     assert_eight_complete_jobs(url)
-    # The artifacts went through the server into its destination; no job wrote a local store.
+    # The artifacts went through the server into its destination (each best checkpoint once, in its run's
+    # model); no job wrote a local store.
     assert len(list((tmp_path / "art").rglob("best.ckpt"))) == 8
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
     server.send_signal(signal.SIGINT)  # Ctrl-C stops the server and its PostgreSQL cleanly

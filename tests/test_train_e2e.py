@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import labbook, runs
+from tests.conftest import labbook, model_checkpoint, runs
 
 QUIET = "debug=quiet"
 
@@ -66,7 +66,7 @@ def test_gmm_on_blobs_records_everything(tmp_path: Path, store: str) -> None:
         assert key in run.data.metrics, key
     assert run.data.metrics["test/ari"] > 0.6  # overlapping blobs; chance level is 0
     stored = artifacts(client, run.info.run_id)
-    assert {"config/config.yaml", "config/overrides.yaml", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
+    assert {"config/config.yaml", "config/overrides.yaml", "checkpoints/last.ckpt",
             "plots/components.png", "parameters.npz"} <= stored, stored
     tags = run.data.tags
     repo = Path(__file__).resolve().parents[1]
@@ -121,7 +121,7 @@ def test_gmm_on_a_csv_without_preset(tmp_path: Path, store: str) -> None:
 
     client = MlflowClient(store)
     model = GaussianMixtureEM.load_from_checkpoint(
-        client.download_artifacts(run.info.run_id, "checkpoints/best.ckpt", str(tmp_path)), map_location="cpu")
+        model_checkpoint(store, run.info.run_id, tmp_path), map_location="cpu")
     assert model.hparams.feature_std is not None
     rows = np.loadtxt(csv, delimiter=",", skiprows=1, usecols=(0, 1, 2))
     test_rows = rows[np.random.default_rng(0).permutation(600)[480:]]  # seed 0; 420 train, 60 val, 120 test

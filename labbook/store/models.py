@@ -163,11 +163,10 @@ def register(uri: str, reader: Any, what: str, name: str, alias: str | None) -> 
     version points at the logged model. Nothing is created when ``what`` has no model."""
     ref = resolve(uri, reader, what)  # first: a run without a model leaves no empty registered model behind
     mlflow_client = client(uri)
-    from mlflow.exceptions import MlflowException
-
     import logging
 
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     mlflow_logger = logging.getLogger("mlflow")
     level = mlflow_logger.level
