@@ -1,8 +1,9 @@
 """``labbook serve RUN | SWEEP_PARENT | models:/NAME@ALIAS [--port P] [--host H]``: a run's MLflow model
 answering HTTP, through MLflow's own scoring server (``mlflow models serve --env-manager local``).
 
-POST ``/invocations`` with ``{"inputs": ["…", …]}`` (one string per example, as ``labbook predict`` takes
-them), or ``{"dataframe_split": …}`` with a tabular model's columns; the answer is ``{"predictions": […]}``, what
+POST ``/invocations`` with ``{"inputs": {"input": ["…", …]}}`` (one string per example, as ``labbook predict``
+takes them; a model that is not tabular also takes ``{"inputs": ["…", …]}``), or ``{"dataframe_split": …}`` with a
+tabular model's columns; the answer is ``{"predictions": […]}``, what
 ``labbook predict`` prints. It listens on 127.0.0.1 unless ``--host`` says otherwise, with a warning then.
 Ctrl-C, SIGTERM or SIGHUP stops it at any moment, start-up included, with every process it started
 (:mod:`labbook.cli.processes`).
@@ -60,7 +61,8 @@ def start(lifetime: Lifetime, options: argparse.Namespace) -> UIServer:
     server = start_server(lifetime, command, f"{ref.described} ({ref.uri}) from {redact_uri(uri)}", options.host,
                           options.port, "serve", env={"MLFLOW_TRACKING_URI": uri, "PATH": _path_with_venv()})
     server.url = f"{server.url}/invocations"
-    server.notes.append(f"labbook serve: POST {{\"inputs\": [...]}} (one string per example) to {server.url}")
+    server.notes.append(f"labbook serve: POST {{\"inputs\": {{\"input\": [...]}}}} (one string per example, as "
+                        f"labbook predict takes them) to {server.url}")
     return server
 
 
