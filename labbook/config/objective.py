@@ -38,18 +38,19 @@ def run_value(run: Any, objective: str) -> float | None:
     """A stored run's value of ``objective`` (:func:`objective_value`): its best checkpoint's score (tags
     ``checkpoint.monitor`` and ``checkpoint.best_score``) when that checkpoint monitored ``objective``, else
     the metric's last value; None when it has neither. ``run``: a ``labbook.store.read.RunRecord``."""
-    tags = run.tags
-    try:
-        score: float | None = float(tags[names.CHECKPOINT_BEST_SCORE])
-    except (KeyError, TypeError, ValueError):  # no checkpoint, or "n/a"
-        score = None
-    return objective_value(objective, run.metrics, tags.get(names.CHECKPOINT_MONITOR), score)
+    return objective_value(objective, run.metrics, run.tags.get(names.CHECKPOINT_MONITOR), _checkpoint_score(run))
 
 
 def from_checkpoint(run: Any, objective: str) -> bool:
     """Whether :func:`run_value` of ``run`` is its best checkpoint's score (not the metric's last value)."""
-    return run.tags.get(names.CHECKPOINT_MONITOR) == objective and run.tags.get(names.CHECKPOINT_BEST_SCORE) not in (
-        None, "", "n/a")
+    return run.tags.get(names.CHECKPOINT_MONITOR) == objective and _checkpoint_score(run) is not None
+
+
+def _checkpoint_score(run: Any) -> float | None:
+    try:
+        return float(run.tags[names.CHECKPOINT_BEST_SCORE])
+    except (KeyError, TypeError, ValueError):  # no checkpoint, or "n/a"
+        return None
 
 
 def can_be_best(run: Any) -> bool:
