@@ -8,6 +8,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import re
 import socket
 import subprocess
@@ -252,6 +253,84 @@ def test_diff_of_a_run_that_does_not_exist(made: Made) -> None:
     assert out.stderr.strip() == f"labbook: error: run '{'f' * 32}' not found in the store {made.uri}"
 
 
+HISTORIES = {  # run -> metric -> values by step (val/score: the runs' objective, minimized, whatever its name says)
+    "h0": {"val/loss": [0.9, 0.3, 0.6], "val/score": [5.0, 1.0, 3.0], "val/acc": [0.1, 0.9, 0.5]},
+    "h1": {"val/loss": [0.5, 0.4, 0.45], "val/score": [2.0, 7.0, 4.0], "val/acc": [0.6, 0.7, 0.65]},
+    "h2": {"val/loss": [0.8, math.nan, 0.2], "val/score": [3.0, 3.0, 9.0], "val/acc": [0.2]},
+}
+BEST = {"val/loss": "min", "val/score": "min", "val/acc": "max"}  # by name; val/score as its runs' tags state
+
+
+@pytest.fixture(scope="module")
+def histories(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("histories")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = experiment(client, root, "hist")
+    ids = {}
+    for i, (name, metrics) in enumerate(HISTORIES.items()):
+        start = T0 + 1000 * i
+        run = client.create_run(exp, start_time=start, tags={"mlflow.runName": name, "objective": "val/score",
+                                                             "objective.direction": "minimize"})
+        ids[name] = run.info.run_id
+        client.log_batch(ids[name], metrics=[Metric(k, v, start + step, step) for k, values in metrics.items()
+                                             for step, v in enumerate(values)], synchronous=True)
+        client.set_terminated(ids[name], "FINISHED", end_time=start + 500)
+    return uri, root, ids
+
+
+def expected(uri: str, run_id: str, metric: str, agg: str) -> float:
+    """``agg`` of the stored history, read with MlflowClient (not labbook's reader), NaN left out."""
+    values = [m.value for m in sorted(MlflowClient(tracking_uri=uri).get_metric_history(run_id, metric),
+                                      key=lambda m: m.step)]
+    how = BEST[metric] if agg == "best" else agg
+    return values[-1] if how == "last" else {"min": min, "max": max}[how](v for v in values if not math.isnan(v))
+
+
+@pytest.mark.parametrize("agg", ["min", "max", "last", "best"])
+def test_agg_shows_each_metrics_min_max_last_or_best(histories: tuple[str, Path, dict[str, str]], agg: str) -> None:
+    uri, root, ids = histories
+    heading = {m: f"{m} ({agg}: {BEST[m]})" if agg == "best" else f"{m} ({agg})" for m in BEST}
+    base = ("compare", "hist", "--agg", agg, "--tracking-uri", uri)
+    as_json = labbook(*base, "--format", "json", cwd=root, timeout=120)
+    assert as_json.returncode == 0, as_json.stderr
+    for row in json.loads(as_json.stdout):
+        assert row["metrics"] == {heading[m]: expected(uri, row["run_id"], m, agg) for m in BEST}
+    as_csv = labbook(*base, "--format", "csv", cwd=root, timeout=120)
+    assert as_csv.returncode == 0, as_csv.stderr
+    for row in csv.DictReader(io.StringIO(as_csv.stdout)):
+        assert {k: float(v) for k, v in row.items() if k.startswith("metrics.")} == {
+            f"metrics.{heading[m]}": expected(uri, row["run_id"], m, agg) for m in BEST}
+    table = labbook(*base, cwd=root, timeout=120)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    head = re.split(r"\s{2,}", lines[1].strip())
+    assert head[:4] == ["run", "name", "status", "duration"] and sorted(head[4:]) == sorted(heading.values())
+    for line in lines[3:6]:
+        cells = dict(zip(head, re.split(r"\s{2,}", line.strip())))
+        run_id = ids[cells["name"]]
+        assert cells["run"] == run_id[:8]
+        assert {k: cells[heading[k]] for k in BEST} == {k: f"{expected(uri, run_id, k, agg):.6g}" for k in BEST}
+
+
+def test_agg_orders_by_the_values_shown(histories: tuple[str, Path, dict[str, str]], made: Made) -> None:
+    uri, root, ids = histories
+    out = labbook("compare", "hist", "--agg", "max", "--sort", "val/loss", "--tracking-uri", uri, cwd=root, timeout=120)
+    assert out.returncode == 0, out.stderr
+    # max val/loss: h0 0.9, h1 0.5, h2 0.8 -> h1, h2, h0 (by the last values it would be h2, h1, h0)
+    assert [line.lstrip("* ").split()[0] for line in out.stdout.splitlines()[3:6]] == [ids[n][:8] for n in ("h1", "h2", "h0")]
+    assert "* lowest val/loss (max) (--sort M is ascending; -M or M:desc for descending)\n" in out.stdout
+    # a sweep ordered by another value than its rule's says so, and points to the rule
+    swept = compare(made, made.parent, "--agg", "min")
+    assert swept.returncode == 0, swept.stderr
+    assert ("* lowest val/loss (min) of the runs that finished (the sweep's objective, minimized; the sweep's best, "
+            "by its rule: compare without --agg)") in swept.stdout
+    bad = compare(made, "--agg", "median")
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.splitlines()[-1] == ("labbook compare: error: argument --agg: invalid choice: 'median' (choose "
+                                           "from 'last', 'best', 'min', 'max')")
+
+
 def test_runs_made_by_labbook_train(tmp_path: Path, store: str) -> None:
     """A real `train -m`: with no argument compare shows the newest sweep, its two children."""
     out = labbook("train", "-m", "experiment=gmm_blobs", "model.covariance_type=full,diag", "trainer.max_epochs=2",
@@ -270,7 +349,12 @@ def test_runs_made_by_labbook_train(tmp_path: Path, store: str) -> None:
         run = next(r for r in trained if r.info.run_id == record["run_id"])
         assert record["params"] == {"model.covariance_type": run.data.params["model.covariance_type"]}
         assert record["metrics"]["test/log_likelihood"] == run.data.metrics["test/log_likelihood"]
-        assert {k for k in record["metrics"]} == {"test/log_likelihood"} | {k for k in run.data.metrics if k.startswith("val/")}
+        # the sweep's objective by the sweep's rule: its best checkpoint's score, headed so; the others' last values
+        objective = "val/log_likelihood"
+        assert record["metrics"][f"{objective} (best ckpt)"] == float(run.data.tags["checkpoint.best_score"])
+        assert run.data.tags["checkpoint.monitor"] == objective
+        assert {k for k in record["metrics"]} == {"test/log_likelihood", f"{objective} (best ckpt)"} | {
+            k for k in run.data.metrics if k.startswith("val/") and k != objective}
 
     table = labbook("compare", cwd=tmp_path, timeout=120)
     assert table.returncode == 0, table.stderr
@@ -353,3 +437,13 @@ def test_against_a_tracking_server(tmp_path: Path, server: str) -> None:
     missing = labbook("diff", *uri, children[0], "0" * 32, cwd=tmp_path, timeout=120)
     assert missing.returncode == 1
     assert missing.stderr.strip() == f"labbook: error: run '{'0' * 32}' not found in the store {server}"
+
+    # --agg reads a metric's history over REST: children[0]'s val/loss goes 0.5 (step 0), 0.05, 0.9
+    client.log_batch(children[0], metrics=[Metric("val/loss", 0.05, T0 + 1, 1), Metric("val/loss", 0.9, T0 + 2, 2)],
+                     synchronous=True)
+    for agg, value in (("min", 0.05), ("max", 0.9), ("last", 0.9), ("best", 0.05)):
+        shown = labbook("compare", *uri, "sweepexp", "--agg", agg, "--metric", "val/loss", "--format", "json",
+                        cwd=tmp_path, timeout=120)
+        assert shown.returncode == 0, shown.stderr
+        heading = "val/loss (best: min)" if agg == "best" else f"val/loss ({agg})"
+        assert json.loads(shown.stdout)[0]["metrics"] == {heading: value}

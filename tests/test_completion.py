@@ -46,6 +46,7 @@ CASES = [
     ("labbook train --cfg ", ["job", "hydra", "all"]),
     ("labbook train --c", ["--cfg", "--config-dir", "--config-name", "--config-path"]),
     ("labbook compare --format=", ["--format=table", "--format=csv", "--format=json"]),
+    ("labbook compare --agg=", ["--agg=last", "--agg=best", "--agg=min", "--agg=max"]),
     ("labbook ui --", ["--help", "--host", "--port", "--tracking-uri"]),
     ("labbook reap --st", ["--stale-after"]),
     ("labbook predict --", ["--help", "--tracking-uri"]),

@@ -13,7 +13,16 @@ What is shown:
   sweep; otherwise its experiment.
 
 Order: ``--sort`` if given; else a sweep's objective (its ``sweep.objective`` tag, in its
-``sweep.direction``); else the start time, oldest first (a sweep's jobs in the order they were run).
+``sweep.direction``), by :func:`labbook.config.objective.ranked_runs`, so the first row is the run
+:func:`~labbook.config.objective.best_run` names best, as the sweep's summary does; else the start time,
+oldest first (a sweep's jobs in the order they were run).
+
+Values (``--agg``): without it each metric's last value, except a sweep's objective, which shows each run's
+value of it by the one rule (its best checkpoint's score when that checkpoint monitored the objective, else
+the last value; headed ``M (best ckpt)`` when a run's value is a checkpoint's score); ``--agg last|min|max``
+the last value, the smallest, the largest of each metric's history (read through :mod:`labbook.store.read`),
+``--agg best`` the smallest or largest in the metric's direction (:func:`labbook.config.objective.
+metric_direction`), each column headed ``M (AGG)``. The rows are always ordered by the values shown.
 """
 
 from __future__ import annotations
@@ -27,15 +36,26 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from labbook import names
 from labbook.cli.console import run_command, tracking_uri_option
 from labbook.config.keys import differs_between_any_runs
+from labbook.config.objective import (
+    LOWER_IS_BETTER,
+    can_be_best,
+    from_checkpoint,
+    metric_direction,
+    ranked_runs,
+    run_value,
+    stated_directions,
+)
 from labbook.errors import UserError
 from labbook.store.read import Reader, RunNotFound, RunRecord
 
 MAX_CELL = 40  # characters of a param value in the table (csv and json keep it whole)
+AGGS = ("last", "best", "min", "max")  # --agg: what of a metric's history a column shows
+Histories = Callable[[Sequence[RunRecord], Sequence[str]], Mapping[tuple[str, str], list[float]]]
 
 
 @dataclass
@@ -65,6 +85,16 @@ class Table:
     experiments: dict[str, str]
     sort: SortKey | None
     hidden_params: int = 0
+    agg: str | None = None  # --agg, None when not given
+    values: dict[tuple[str, str], float] = field(default_factory=dict)  # (run id, metric) -> the value shown
+    headings: dict[str, str] = field(default_factory=dict)  # metric -> its column's heading
+    from_checkpoint: bool = False  # a sweep objective's column holds a best checkpoint's score
+
+    def value(self, run: RunRecord, metric: str) -> float | None:
+        return self.values.get((run.run_id, metric))
+
+    def heading(self, metric: str) -> str:
+        return self.headings.get(metric, metric)
 
 
 # Which runs.
@@ -185,12 +215,19 @@ def choose_sort(text: str | None, runs: Sequence[RunRecord], target: Target) -> 
     return SortKey(key, bool(descending), key in metrics, "default" if descending is None else "user")
 
 
-def sort_runs(runs: list[RunRecord], sort: SortKey | None) -> list[RunRecord]:
+def sort_runs(runs: list[RunRecord], sort: SortKey | None,
+              shown: Callable[[RunRecord, str], float | None] | None = None) -> list[RunRecord]:
+    """``runs`` in ``sort``'s order; a metric by the value ``shown`` (the column's), else its last value. A
+    sweep's objective orders as :func:`labbook.config.objective.ranked_runs` does (its first run is the
+    sweep's best); any other key plainly, runs without it last."""
     if sort is None:
         return sorted(runs, key=lambda r: (r.start_time or 0, r.run_id))
+    metric_value = shown or (lambda run, key: run.metrics.get(key))
+    if sort.source == "sweep":
+        return ranked_runs(runs, lambda r: metric_value(r, sort.key), "maximize" if sort.descending else "minimize")
 
     def value(run: RunRecord) -> Any:
-        return run.metrics.get(sort.key) if sort.is_metric else run.params.get(sort.key)
+        return metric_value(run, sort.key) if sort.is_metric else run.params.get(sort.key)
 
     present = [r for r in runs if value(r) is not None and not (sort.is_metric and math.isnan(value(r)))]
     missing = [r for r in runs if r not in present]  # runs without the key go last, whichever the direction
@@ -209,7 +246,9 @@ def _number(text: str | None) -> float | None:
 
 
 def build_table(target: Target, runs: list[RunRecord], metrics: Sequence[str], sort_text: str | None,
-                experiments: dict[str, str]) -> Table:
+                experiments: dict[str, str], agg: str | None = None, histories: Histories | None = None) -> Table:
+    """The table: ``agg`` (``--agg``) says what of each metric's history is shown (see the module's doc);
+    ``histories`` reads them (a reader's ``metric_histories``) for ``min``, ``max`` and ``best``."""
     shown_metrics = choose_metrics(runs, metrics, target) if runs else list(metrics)
     sort = choose_sort(sort_text, runs, target) if runs else None
     params, hidden = differing_params(runs, target)
@@ -217,7 +256,47 @@ def build_table(target: Target, runs: list[RunRecord], metrics: Sequence[str], s
         columns = shown_metrics if sort.is_metric else params
         if sort.key not in columns:
             columns.append(sort.key)  # what the rows are ordered by is always on screen
-    return Table(target, sort_runs(runs, sort), params, shown_metrics, experiments, sort, hidden)
+    table = Table(target, runs, params, shown_metrics, experiments, sort, hidden, agg)
+    fill_values(table, histories)
+    table.runs = sort_runs(runs, sort, table.value)
+    return table
+
+
+def fill_values(table: Table, histories: Histories | None) -> None:
+    """Each shown metric's value per run, and its column's heading, as ``table.agg`` asks."""
+    runs, agg, parent = table.runs, table.agg, table.target.parent
+    objective = parent.tags.get(names.SWEEP_OBJECTIVE) if parent is not None else None
+    history: Mapping[tuple[str, str], list[float]] = {}
+    if agg in ("best", "min", "max") and runs and histories is not None:
+        history = histories(runs, table.metrics)
+    stated = stated_directions(runs, parent)
+    for metric in table.metrics:
+        how = agg
+        if agg == "best":
+            how = "min" if metric_direction(metric, stated) == "minimize" else "max"
+        by_rule = agg is None and metric == objective
+        for run in runs:
+            if by_rule:
+                value = run_value(run, metric)  # the sweep's rule: its best checkpoint's score, else the last
+            elif metric not in run.metrics:
+                continue
+            elif how in ("min", "max"):
+                value = aggregate(history.get((run.run_id, metric)) or [run.metrics[metric]], how)
+            else:
+                value = run.metrics[metric]
+            if value is not None:
+                table.values[(run.run_id, metric)] = value
+        if by_rule and any(from_checkpoint(r, metric) for r in runs):
+            table.from_checkpoint = True
+            table.headings[metric] = f"{metric} (best ckpt)"
+        elif agg is not None:
+            table.headings[metric] = f"{metric} ({agg}: {how})" if agg == "best" else f"{metric} ({agg})"
+
+
+def aggregate(values: Sequence[float], how: str) -> float:
+    """The smallest (``min``) or largest (``max``) of a metric's history, NaN left out (NaN if all are)."""
+    numbers = [v for v in values if not math.isnan(v)]
+    return (min if how == "min" else max)(numbers) if numbers else math.nan
 
 
 # Rendering.
@@ -264,14 +343,14 @@ def render_table(table: Table, filter_string: str) -> str:
     lines = [header_line(table, filter_string)]
     if not table.runs:
         return "\n".join(lines + ["(no runs to show)"]) + "\n"
-    mark = table.sort is not None and table.sort.is_metric
-    head = ["run", "name", "status", "duration", *table.params, *table.metrics]
+    mark = marked(table)
+    head = ["run", "name", "status", "duration", *table.params, *(table.heading(k) for k in table.metrics)]
     rows = []
     for i, run in enumerate(table.runs):
         first = ("* " if i == 0 else "  ") if mark else ""
         rows.append([first + run.run_id[:8], run.name, run.status, fmt_duration(duration_s(run)),
                      *(_cell(run.params.get(k, "-")) for k in table.params),
-                     *(fmt_number(run.metrics.get(k)) for k in table.metrics)])
+                     *(fmt_number(table.value(run, k)) for k in table.metrics)])
     if mark:
         head[0] = "  run"
     numeric = [False] * 4 + [all(_number(r.params.get(k)) is not None for r in table.runs) for k in table.params] \
@@ -283,21 +362,41 @@ def render_table(table: Table, filter_string: str) -> str:
 
     lines += [line(head), line(["-" * w for w in widths]), *(line(r) for r in rows)]
     notes = []
-    if mark:
-        notes.append(sort_note(table.sort))
+    if table.sort is not None and table.sort.is_metric:
+        notes.append(sort_note(table) if mark else f"no run can be best: none finished with a value of {table.sort.key}")
     if table.hidden_params:
         n = table.hidden_params
         notes.append(f"{n} param{' is' if n == 1 else 's are'} equal in every run (not shown)")
     return "\n".join(lines + notes) + "\n"
 
 
-def sort_note(sort: SortKey) -> str:
+def marked(table: Table) -> bool:
+    """Whether the first row is marked ``*``: the rows are ordered by a metric and, for a sweep's objective,
+    the first run can be the sweep's best (it finished with a value)."""
+    sort = table.sort
+    if sort is None or not sort.is_metric or not table.runs:
+        return False
+    if sort.source != "sweep":
+        return True
+    value = table.value(table.runs[0], sort.key)
+    return can_be_best(table.runs[0]) and value is not None and math.isfinite(value)
+
+
+def sort_note(table: Table) -> str:
+    sort = table.sort
+    assert sort is not None
     how = "highest" if sort.descending else "lowest"
+    shown = table.heading(sort.key)
     if sort.source == "sweep":
-        return f"* best: {how} {sort.key} (the sweep's objective, {'maximized' if sort.descending else 'minimized'})"
+        goal = f"the sweep's objective, {'maximized' if sort.descending else 'minimized'}"
+        if table.agg is not None:  # ordered by another value than the sweep's rule: not its best, maybe
+            return (f"* {how} {shown} of the runs that finished ({goal}; the sweep's best, by its rule: "
+                    "compare without --agg)")
+        rule = "; a run's value is its best checkpoint's score" if table.from_checkpoint else ""
+        return f"* best: {how} {sort.key} ({goal}{rule})"
     if sort.source == "user":
-        return f"* {how} {sort.key}"
-    return f"* {how} {sort.key} (--sort M is ascending; -M or M:desc for descending)"
+        return f"* {how} {shown}"
+    return f"* {how} {shown} (--sort M is ascending; -M or M:desc for descending)"
 
 
 def _iso(ms: int | None) -> str | None:
@@ -313,7 +412,8 @@ def records(table: Table) -> list[dict[str, Any]]:
     return [{"run_id": r.run_id, "name": r.name, "experiment": table.experiments.get(r.experiment_id, r.experiment_id),
              "status": r.status, "start_time": _iso(r.start_time), "duration_s": duration_s(r),
              "params": {k: r.params[k] for k in table.params if k in r.params},
-             "metrics": {k: _json_number(r.metrics[k]) for k in table.metrics if k in r.metrics}}
+             "metrics": {table.heading(k): _json_number(table.value(r, k)) for k in table.metrics
+                         if (r.run_id, k) in table.values}}
             for r in table.runs]
 
 
@@ -325,13 +425,13 @@ def render_csv(table: Table) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["run_id", "name", "experiment", "status", "start_time", "duration_s",
-                     *(f"params.{k}" for k in table.params), *(f"metrics.{k}" for k in table.metrics)])
+                     *(f"params.{k}" for k in table.params), *(f"metrics.{table.heading(k)}" for k in table.metrics)])
     for r in records(table):
         duration = r["duration_s"]
         writer.writerow([r["run_id"], r["name"], r["experiment"], r["status"], r["start_time"] or "",
                          "" if duration is None else f"{duration:.3f}",
                          *(r["params"].get(k, "") for k in table.params),
-                         *(_csv_number(r["metrics"], k) for k in table.metrics)])
+                         *(_csv_number(r["metrics"], table.heading(k)) for k in table.metrics)])
     return out.getvalue()
 
 
@@ -357,6 +457,13 @@ def parser() -> argparse.ArgumentParser:
                                                "descending (default: a sweep's objective, else start time)")
     p.add_argument("--filter", default="", metavar="EXPR",
                    help="an MLflow search filter, e.g. \"metrics.`val/loss` < 0.5\" or \"params.`model.lr` = '0.01'\"")
+    p.add_argument("--agg", choices=AGGS,
+                   help="what each metric's column shows of its history: the last, min or max value, or the best (min "
+                        "or max in the metric's direction: as a sweep's or the runs' objective tags state it, else min "
+                        f"for names holding {', '.join(LOWER_IS_BETTER)}, else max); headed 'M (min)', 'M (best: max)'. "
+                        "Without it: each metric's last value, except a sweep's objective, which shows each run's best "
+                        "checkpoint's score where that checkpoint monitored it (else its last value), as the sweep's "
+                        "summary ranks runs (headed 'M (best ckpt)'). The rows follow the values shown")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     tracking_uri_option(p)
     return p
@@ -384,7 +491,8 @@ def main(args: Sequence[str]) -> int:
         experiments = reader.experiments()
         target = resolve_target(reader, options.what, experiments)
         runs = find_runs(reader, target, options.filter)
-        table = build_table(target, runs, split_names(options.metric), options.sort, experiments)
+        table = build_table(target, runs, split_names(options.metric), options.sort, experiments, options.agg,
+                            reader.metric_histories)
         if options.format == "table":
             sys.stdout.write(render_table(table, options.filter))
             return

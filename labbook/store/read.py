@@ -7,10 +7,10 @@ while a table of runs should appear in well under a second. So these commands re
 MLflow where they can:
 
 * ``sqlite:///`` stores: MLflow's own tables (``experiments``, ``runs``, ``tags``, ``params``,
-  ``latest_metrics``) with the standard library's :mod:`sqlite3`, opened read-only, so reading never
+  ``latest_metrics``, and ``metrics`` for a metric's history) with the standard library's :mod:`sqlite3`, opened read-only, so reading never
   creates or migrates a store;
 * ``http(s)://`` tracking servers: MLflow's REST API (``experiments/search``, ``runs/get``,
-  ``runs/search``, ``/get-artifact``) with :mod:`urllib`;
+  ``runs/search``, ``metrics/get-history``, ``/get-artifact``) with :mod:`urllib`;
 * anything else (``postgresql://``, ``file:``, ``databricks``...): :class:`ClientReader`, which is
   MlflowClient behind the same interface.
 
@@ -52,6 +52,7 @@ from labbook.store.uri import existing_sqlite_store, request_timeout_s, run_not_
 
 _PAGE = 1000  # runs per REST page (the server allows more; smaller pages keep each answer quick)
 _SQL_CHUNK = 500  # bound parameters per IN (...) clause, well under SQLite's limit
+_HISTORY_PAGE = 25000  # a metric's values per REST page (the server's most)
 MIN_PREFIX = 6  # a run id may be shortened to this many characters (compare shows 8); fewer match too much
 
 
@@ -135,6 +136,13 @@ class Reader(abc.ABC):
     def metric_history(self, run: RunRecord, key: str) -> list[tuple[int, float]]:
         """Every logged value of the run's metric ``key`` as ``(step, value)``, in step order."""
         return self._client().metric_history(run, key)
+
+    def metric_histories(self, runs: Iterable[RunRecord], keys: Iterable[str]) -> dict[tuple[str, str], list[float]]:
+        """``{(run_id, key): values in step order}`` for each of ``runs`` and each of ``keys`` the run has
+        (``compare --agg``)."""
+        keys = list(keys)
+        return {(run.run_id, key): [v for _, v in self.metric_history(run, key)]
+                for run in runs for key in keys if key in run.metrics}
 
     def _client(self) -> "ClientReader":
         """MlflowClient behind this interface, for what is not read faster here (slow to import: only on need)."""
@@ -308,6 +316,20 @@ class SqliteReader(Reader):
                           "ORDER BY step, timestamp", (run.run_id, key))
         return [(int(step), math.nan if is_nan else float(value)) for step, value, is_nan in rows]
 
+    def metric_histories(self, runs: Iterable[RunRecord], keys: Iterable[str]) -> dict[tuple[str, str], list[float]]:
+        ids, keys = [r.run_id for r in runs], list(keys)
+        found: dict[tuple[str, str], list[float]] = {}
+        if not keys:
+            return found
+        step = max(1, _SQL_CHUNK - len(keys))
+        for start in range(0, len(ids), step):
+            chunk = ids[start:start + step]
+            for run_id, key, value, is_nan in self._rows(
+                    f"SELECT run_uuid, key, value, is_nan FROM metrics WHERE run_uuid IN ({','.join('?' * len(chunk))}) "
+                    f"AND key IN ({','.join('?' * len(keys))}) ORDER BY run_uuid, key, step, timestamp", [*chunk, *keys]):
+                found.setdefault((run_id, key), []).append(math.nan if is_nan else float(value))
+        return found
+
 
 # A tracking server: MLflow's REST API.
 
@@ -406,6 +428,17 @@ class RestReader(Reader):
             if not body["page_token"]:
                 break
         return found
+
+    def metric_history(self, run: RunRecord, key: str) -> list[tuple[int, float]]:
+        found: list[tuple[int, int, float]] = []
+        query = {"run_id": run.run_id, "metric_key": key, "max_results": str(_HISTORY_PAGE)}
+        while True:
+            page = self._json("metrics/get-history", **query) or {}
+            found += [(int(m.get("step", 0)), int(m.get("timestamp", 0)), float(m.get("value", math.nan)))
+                      for m in page.get("metrics", [])]  # NaN comes as the string "NaN"
+            if not page.get("next_page_token"):
+                return [(step, value) for step, _, value in sorted(found, key=lambda m: m[:2])]
+            query["page_token"] = page["next_page_token"]
 
     def artifact_text(self, run: RunRecord, path: str) -> str | None:
         if _local_root(run) is not None:

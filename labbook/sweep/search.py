@@ -12,7 +12,8 @@
 - **A trial's side**: the sweeper hands each job ``sweep.trial=N`` and, through the environment
   (:data:`ENV_SEARCH`), where the study is and how it prunes; the job's rank 0 reports its objective after
   every validation epoch (:class:`labbook.train.callbacks.PruneTrial`) and learns whether to stop.
-- **The end**: the best trial on the search's parent run (tags and Optuna's plots), and on the terminal.
+- **The end**: the best trial on the search's parent run (tags and Optuna's plots), and on the terminal; the
+  best trial is the one whose run :func:`labbook.config.objective.best_run` picks, as the sweep's summary does.
 """
 
 from __future__ import annotations
@@ -342,7 +343,9 @@ def record_best(study: Any, uri: str, parent_run_id: str, objectives_found: list
         return head + "; no complete trial"
     metrics = [m for m, _ in objectives_found]
     if len(metrics) == 1:
-        best = study.best_trial
+        best = best_trial(done, uri, parent_run_id, objectives_found[0])
+        if best is None:
+            return head + f"; no complete trial's run in the store has {metrics[0]}"
         tags = {f"{names.SEARCH_BEST}trial": best.number, f"{names.SEARCH_BEST}value": f"{best.value:.6g}",
                 f"{names.SEARCH_BEST}run_id": best.user_attrs.get(RUN_ID_ATTR, ""),
                 **{f"{names.SEARCH_BEST_PARAM}{k}": v for k, v in best.params.items()}}
@@ -361,6 +364,21 @@ def record_best(study: Any, uri: str, parent_run_id: str, objectives_found: list
     for name, path in _plots(study, metrics).items():
         parent.log_file(path, f"{names.SEARCH_PLOTS}/{name}.png")
     return text
+
+
+def best_trial(done: list[Any], uri: str, parent_run_id: str, objective: tuple[str, str]) -> Any:
+    """The complete trial (of ``done``) whose run is :func:`labbook.config.objective.best_run` of those trials'
+    runs in the store: the run the sweep's summary names best, by the same values (a run's best checkpoint's
+    score when it monitored the objective, else its last value) and the same tie rule (the earliest-started
+    run) — not Optuna's own pick, which may break a tie otherwise. None when no such run has a value."""
+    from labbook.config.objective import best_run
+    from labbook.store.read import search_runs
+
+    by_number = {t.number: t for t in done}
+    runs = [r for r in search_runs(uri, None, parent_run_id=parent_run_id)
+            if (r.tags.get(names.TRIAL_NUMBER) or "").isdigit() and int(r.tags[names.TRIAL_NUMBER]) in by_number]
+    found = best_run(runs, *objective)
+    return None if found is None else by_number[int(found.tags[names.TRIAL_NUMBER])]
 
 
 def tag_trial_run(uri: str | None, parent: str | None, number: int, state: str) -> None:

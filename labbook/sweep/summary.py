@@ -4,7 +4,8 @@ one row per configuration, and the objective against each swept parameter.
 The objective is ``optimized_metric`` when the sweep sets it, else the jobs' own validation monitor (each
 child records it as tags ``objective`` and ``objective.direction``); it is never a test metric. A child's
 objective value is its best checkpoint's score when the objective is the checkpoint's monitor (the model
-that a user would take), else the metric's last value.
+that a user would take), else the metric's last value; the best child is
+:func:`labbook.config.objective.best_run`'s, the one rule ``compare`` and the search follow too.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, Mapping
 import yaml
 
 from labbook import names
-from labbook.config.objective import objective_value
+from labbook.config.objective import best_run, run_value
 from labbook.sweep.job import JOB_RECORD
 from labbook.sweep.space import short_names
 
@@ -108,12 +109,13 @@ def summarise(parent: Any, uri: str, directory: Path, space: Mapping[str, str], 
     headline = _most_common(r.tags.get(names.HEADLINE) for r in children)
     swept = list(space)
 
+    best_child = best_run(children, objective, direction) if objective else None
     rows_by_config: dict[str, Row] = {}
     for run in sorted(children, key=lambda r: r.start_time or 0):  # later attempts replace earlier ones
         key = run.tags.get(names.SWEEP_CONFIG_HASH) or run.run_id
         row = _row(run, swept, objective, headline)
         kept = rows_by_config.get(key)
-        if kept is None or kept.status != "FINISHED":
+        if kept is None or kept.status != "FINISHED" or run is best_child:  # the best child is its config's row
             rows_by_config[key] = row
     for record in _records(directory):  # jobs that failed before they could open a run
         key = record.get("config_hash") or f"job-{record.get('job')}"
@@ -123,9 +125,7 @@ def summarise(parent: Any, uri: str, directory: Path, space: Mapping[str, str], 
                                       None, _values(record.get("overrides") or [], swept), None, None,
                                       record.get("error") or "")
     rows = sorted(rows_by_config.values(), key=lambda r: (r.job is None, r.job if r.job is not None else 0))
-    finished = [r for r in rows if r.status == "FINISHED" and r.objective is not None and math.isfinite(r.objective)]
-    pick = max if direction == "maximize" else min
-    best = pick(finished, key=lambda r: r.objective) if finished else None
+    best = next((r for r in rows if best_child is not None and r.run_id == best_child.run_id), None)
     summary = Summary(rows, swept, objective, direction, headline, best)
     _store(parent, summary)
     return summary
@@ -133,9 +133,7 @@ def summarise(parent: Any, uri: str, directory: Path, space: Mapping[str, str], 
 
 def _row(run: Any, swept: list[str], objective: str | None, headline: str | None) -> Row:
     tags, metrics, params = run.tags, run.metrics, run.params
-    score = tags.get(names.CHECKPOINT_BEST_SCORE)
-    value = objective_value(objective, metrics, tags.get(names.CHECKPOINT_MONITOR),
-                            None if score in (None, "n/a") else float(score)) if objective else None
+    value = run_value(run, objective) if objective else None
     overrides = _values(tags.get(names.SWEEP_OVERRIDES, "").split(), swept)
     values = {k: params.get(k, overrides.get(k, "")) for k in swept}
     end, start = run.end_time, run.start_time
