@@ -235,7 +235,7 @@ def _tag_checkpoints(tracked: TrackedRun, state: Mapping[str, Any]) -> None:
     if state.get("best") and Path(state["best"]).exists():
         score = state["score"]
         tracked.set_tags({names.CHECKPOINT_MONITOR: state["monitor"],
-                          names.CHECKPOINT_BEST_SCORE: f"{score:.6g}" if score is not None else "n/a"})
+                          names.CHECKPOINT_BEST_SCORE: repr(score) if score is not None else "n/a"})
 
 
 def summary(result: Mapping[str, Any]) -> str:
