@@ -224,6 +224,13 @@ class DatesDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
 
+    def example_inputs(self, n: int = 3) -> list[str]:
+        """The first ``n`` questions of the validation split (else test), as ``parse_inputs`` takes them: a logged
+        model's input example. Sets the data up."""
+        self.setup("fit")
+        idx = self.val_idx if len(self.val_idx) else self.test_idx
+        return [self.questions[i] for i in idx[: max(0, n)].tolist()]
+
     def parse_inputs(self, lines: list[str]) -> torch.Tensor:
         """Free-text questions -> (N, 29) LongTensor, encoded exactly as in training."""
         rows = []

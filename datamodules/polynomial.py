@@ -57,6 +57,15 @@ class SineCurveDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(shuffle=False)
 
+    def example_inputs(self, n: int = 3) -> list[str]:
+        """``n`` points of the grid (val and test are the grid), evenly spread over it, as ``parse_inputs`` takes
+        them (Python's ``repr(float)``): a logged model's input example."""
+        if n <= 0:
+            return []
+        x = torch.linspace(-math.pi, math.pi, self.n_points)
+        picks = torch.linspace(0, self.n_points - 1, min(n, self.n_points)).round().long()
+        return [repr(float(v)) for v in x[picks].tolist()]
+
     def parse_inputs(self, lines: list[str]) -> torch.Tensor:
         """One number (x) per line -> (N,) float32."""
         xs = []

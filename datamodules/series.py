@@ -18,8 +18,10 @@ How the series becomes splits (the same for both sources), for a series of lengt
 - Standardisation (mean, std) is fitted on the train part of the time axis only and applied to inputs and
   targets of every split. The model sees scaled values; ``dims`` hands it ``target_mean``/``target_std`` so
   it can report errors in original units.
-- ``parse_inputs`` needs that scaler without ``setup()``: the series is local and deterministic, so it is
-  simply rebuilt from the constructor arguments (cheap: at most a few thousand floats).
+- ``parse_inputs`` and ``format_outputs`` need that scaler. It is the datamodule's ``state_dict()``, which Lightning
+  stores in every checkpoint: after ``load_state_dict`` of it the series is not read (a model served elsewhere
+  needs neither statsmodels' bundled data nor the seed's noise). Without one, the series is simply rebuilt from
+  the constructor arguments (cheap: at most a few thousand floats).
 
 Batches are ``(x, y)`` with x: (B, window, 1) and y: (B, horizon), both scaled.
 """
@@ -35,6 +37,10 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from .sharding import sharded_loader
+
+# How far a checkpoint's scaler may be from the series' own (in standard deviations) and still be the same series:
+# a sum over the same values may round differently on another machine.
+SAME_STATE = 1e-9
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -92,6 +98,7 @@ class WindowedSeriesDataModule(pl.LightningDataModule):
         self.seed = seed
         self._series: np.ndarray | None = None
         self._scaler: tuple[float, float] | None = None
+        self._restored = False  # the scaler is a checkpoint's (load_state_dict before any setup)
         self.train_set: TensorDataset | None = None
         self.val_set: TensorDataset | None = None
         self.test_set: TensorDataset | None = None
@@ -116,17 +123,54 @@ class WindowedSeriesDataModule(pl.LightningDataModule):
 
     @property
     def scaler(self) -> tuple[float, float]:
-        """(mean, std) of the train part of the series; never looks at val/test values."""
+        """(mean, std) of the train part of the series (never looks at val/test values), or a checkpoint's
+        (``load_state_dict``)."""
         if self._scaler is None:
-            train = self.series[: self.split_points()[0]]
-            std = float(train.std())
-            self._scaler = (float(train.mean()), std if std > 0 else 1.0)  # a constant series must not divide by 0
+            self._scaler = self._fit_scaler()
         return self._scaler
 
+    def _fit_scaler(self) -> tuple[float, float]:
+        train = self.series[: self.split_points()[0]]
+        std = float(train.std())
+        return (float(train.mean()), std if std > 0 else 1.0)  # a constant series must not divide by 0
+
+    def _check_scaler(self, ours: tuple[float, float], theirs: tuple[float, float]) -> None:
+        """The series' scaler ``ours`` is a checkpoint's ``theirs``, to rounding; else ``ValueError``."""
+        if any(abs(a - b) > SAME_STATE * ours[1] for a, b in zip(ours, theirs)):
+            raise ValueError(f"{type(self).__name__}: the series' scaler (mean, std) is {ours}, the checkpoint's "
+                             f"datamodule state says {theirs}: the data changed since the checkpoint was written")
+
+    # what answering needs of the data: Lightning's datamodule state --------------------
+    def state_dict(self) -> dict[str, Any]:
+        """``window``, ``horizon`` and the scaler (``target_mean``, ``target_std``): what ``parse_inputs`` and
+        ``format_outputs`` need. Empty until the scaler is known. Lightning stores it in each checkpoint."""
+        if self._scaler is None:
+            return {}
+        mean, std = self._scaler
+        return {"window": self.window, "horizon": self.horizon, "target_mean": mean, "target_std": std}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """A checkpoint's :meth:`state_dict`: its scaler is this datamodule's from now on, and the series need not
+        be read. Its window and horizon must be the constructor's; a scaler already computed (a resumed fit:
+        Lightning restores a checkpoint after setting up) must equal it, to rounding; else ``ValueError``."""
+        if not state_dict:
+            return
+        name = type(self).__name__
+        for key in ("window", "horizon"):
+            if int(state_dict[key]) != getattr(self, key):
+                raise ValueError(f"{name}: {key}={getattr(self, key)}, the checkpoint's datamodule state says "
+                                 f"{key}={state_dict[key]}")
+        scaler = (float(state_dict["target_mean"]), float(state_dict["target_std"]))
+        if self._scaler is None:
+            self._scaler, self._restored = scaler, True
+        else:
+            self._check_scaler(self._scaler, scaler)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
+        if self._restored:  # a checkpoint's scaler came first: it must be this series'
+            self._check_scaler(self._fit_scaler(), self.scaler)
         mean, std = self.scaler
         z = (self.series - mean) / std
         val_start, test_start = self.split_points()
@@ -156,6 +200,13 @@ class WindowedSeriesDataModule(pl.LightningDataModule):
         # Under DDP each process gets one contiguous, unpadded slice of the windows (labbook.datamodules.sharding):
         # summed errors equal the single-process sums, and rank order is time order.
         return sharded_loader(*ds.tensors, batch_size=self.batch_size, num_workers=self.num_workers)
+
+    def example_inputs(self, n: int = 3) -> list[str]:
+        """The first ``n`` windows of the validation split, raw (unscaled) values as Python's ``repr(float)``, in
+        the text ``parse_inputs`` takes: a logged model's input example. Reads the series."""
+        val_start, test_start = self.split_points()
+        starts = range(max(val_start, self.window), test_start - self.horizon + 1)[: max(0, n)]
+        return [",".join(repr(float(v)) for v in self.series[t - self.window : t]) for t in starts]
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.val_set)

@@ -19,7 +19,7 @@ import io
 import math
 import os
 import warnings
-from typing import Annotated, Any, Iterator, Sequence
+from typing import Annotated, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -35,6 +35,11 @@ _READ_BYTES = 1 << 22
 # The rows are trained in float32: a value beyond its range would become infinite. Within it, float64 sums and
 # squares of any number of rows stay finite (the training split's mean and standard deviation).
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Raw rows kept (float64, as read) from the start of the validation split, for ``example_inputs``.
+EXAMPLE_ROWS = 32
+# How far a checkpoint's mean/std may be from the data's own (in standard deviations) and still be the same data:
+# a sum over the same rows may round differently on another machine.
+SAME_STATE = 1e-9
 
 
 def _beyond_float32(value: float) -> str:
@@ -49,6 +54,12 @@ def _split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[in
     if val_fraction > 0:
         n_val = max(1, n_val)
     return n - n_val - n_test, n_val, n_test
+
+
+def format_rows(rows: Iterable[Sequence[float]]) -> list[str]:
+    """Rows of feature values → the lines ``TabularDataModule.parse_inputs`` takes: each value as Python's
+    ``repr(float(v))`` (the shortest text that reads back as the same float64), joined by ``,``."""
+    return [",".join(repr(float(v)) for v in row) for row in rows]
 
 
 def _min_rows(val_fraction: float, test_fraction: float) -> int:
@@ -71,6 +82,10 @@ class TabularDataModule(pl.LightningDataModule):
     ``dims`` = ``{"n_features": D, "n_classes": C or None, "n_train": rows of the training split,
     "feature_mean": …, "feature_std": …}``. With ``standardize`` every feature is shifted and scaled by the
     mean and standard deviation of the training split, and ``dims`` hands those on (None without).
+
+    What answering inputs needs of the data (the number of features, their names in ``input_columns``, the
+    standardisation) is its ``state_dict()``, which Lightning stores in every checkpoint; after
+    ``load_state_dict`` of it, ``parse_inputs`` reads no data (the training data need not be there).
     """
 
     source = "data"
@@ -102,6 +117,11 @@ class TabularDataModule(pl.LightningDataModule):
         self._n_features: int | None = None
         self.mean: Tensor | None = None
         self.std: Tensor | None = None
+        # The feature columns' names, in the order of a row's values (what a table of inputs holds): known after
+        # setup() or load_state_dict().
+        self.input_columns: list[str] | None = None
+        self._example_rows: np.ndarray | None = None  # raw rows of the validation split (else test, else train)
+        self._restored: dict[str, Any] | None = None  # the state load_state_dict gave before any setup()
 
     # subclasses -------------------------------------------------------------
     def _load(self) -> tuple[np.ndarray, np.ndarray | None]:
@@ -115,11 +135,17 @@ class TabularDataModule(pl.LightningDataModule):
         """C when the source defines it (a class may be absent from a small sample)."""
         return None
 
+    def _feature_names(self, n_features: int) -> list[str]:
+        """The names of the loaded columns (after ``_load``): ``x0``, ``x1``, … unless the source names them."""
+        return [f"x{j}" for j in range(n_features)]
+
     # splits -----------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self._splits is not None:
             return
         self._splits = self._build_splits()
+        if self._restored is not None:  # a checkpoint's state came first: it must be this data's
+            self._check_state(self._restored)
 
     def _check_rows(self, n: int) -> None:
         need = _min_rows(self.val_fraction, self.test_fraction)
@@ -150,6 +176,13 @@ class TabularDataModule(pl.LightningDataModule):
         n_train, n_val, _ = _split_counts(n, self.val_fraction, self.test_fraction)
         return perm, {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
 
+    @staticmethod
+    def _example_range(ranges: dict[str, tuple[int, int]]) -> tuple[int, int]:
+        """Where ``example_inputs`` come from in the split order: the first ``EXAMPLE_ROWS`` of the validation
+        split, else of the test split, else of the training split."""
+        a, b = next(ranges[s] for s in ("val", "test", "train") if ranges[s][1] > ranges[s][0])
+        return a, min(b, a + EXAMPLE_ROWS)
+
     def _build_splits(self) -> dict[str, tuple[Tensor, Tensor]]:
         """Load everything (``_load``), then cut the splits, standardised and as float32.
 
@@ -168,7 +201,10 @@ class TabularDataModule(pl.LightningDataModule):
             y = np.asarray(y, dtype=np.int64)
             self._n_classes = self._declared_classes() or (int(y.max()) + 1 if (y >= 0).any() else None)
         self._n_features = X.shape[1]
+        self.input_columns = list(self._feature_names(X.shape[1]))
         perm, ranges = self._split_order(n)
+        a, b = self._example_range(ranges)
+        self._example_rows = X[perm[a:b]].copy()
         mean = std = None
         if self.standardize:
             train = X[perm[: ranges["train"][1]]]
@@ -228,11 +264,78 @@ class TabularDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", False)
 
-    # labbook predict ------------------------------------------------------------
-    def parse_inputs(self, lines: list[str]) -> Tensor:
-        """Comma-separated numbers, one row per non-blank line → FloatTensor [N, D].
+    # what answering needs of the data: Lightning's datamodule state --------------------
+    def state_dict(self) -> dict[str, Any]:
+        """``n_features``, ``input_columns`` and, with ``standardize``, the training split's ``feature_mean`` and
+        ``feature_std`` (float lists; None without): what ``parse_inputs`` needs of the data. Empty until known
+        (``setup()`` or ``load_state_dict``). Lightning stores it in each checkpoint under the class's name."""
+        if self._splits is None and self._restored is None:
+            return {}
+        return self._state()
 
-        Applies the training-split standardisation when ``standardize`` is on.
+    def _state(self) -> dict[str, Any]:
+        scaled = self.standardize and self.mean is not None and self.std is not None
+        return {
+            "n_features": self._n_features,
+            "input_columns": list(self.input_columns) if self.input_columns is not None else None,
+            "feature_mean": [float(v) for v in self.mean] if scaled else None,
+            "feature_std": [float(v) for v in self.std] if scaled else None,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """A checkpoint's :meth:`state_dict`. Before ``setup()`` it stands in for the data (``parse_inputs`` then
+        reads none); after it (a resumed fit: Lightning restores a checkpoint after setting up) it must be this
+        data's, else ``ValueError`` (the data changed since the checkpoint was written)."""
+        if not state_dict:
+            return
+        if self._splits is not None:
+            self._check_state(state_dict)
+            return
+        self._restored = dict(state_dict)
+        self._n_features = int(state_dict["n_features"])
+        columns = state_dict.get("input_columns")
+        self.input_columns = list(columns) if columns is not None else None
+        mean, std = state_dict.get("feature_mean"), state_dict.get("feature_std")
+        if mean is not None and std is not None:
+            self.mean = torch.tensor(mean, dtype=torch.float64)
+            self.std = torch.tensor(std, dtype=torch.float64)
+
+    def _check_state(self, state: dict[str, Any]) -> None:
+        """``state`` (a checkpoint's) is what this data gives, to rounding; else ``ValueError`` naming the first
+        difference."""
+        mine = self._state()
+        changed = "the data changed since the checkpoint was written"
+        for key in ("n_features", "input_columns"):
+            if state.get(key) != mine[key]:
+                raise ValueError(f"{self.source}: {key}={mine[key]!r}, the checkpoint's datamodule state says "
+                                 f"{state.get(key)!r}: {changed}")
+        if (state.get("feature_mean") is None) != (mine["feature_mean"] is None):
+            raise ValueError(f"{self.source}: standardize={self.standardize}, but the checkpoint's datamodule state "
+                             f"{'lacks' if state.get('feature_mean') is None else 'has'} a standardisation")
+        if mine["feature_mean"] is None:
+            return
+        names = mine["input_columns"] or [f"x{j}" for j in range(len(mine["feature_mean"]))]
+        for key in ("feature_mean", "feature_std"):
+            for name, ours, theirs, std in zip(names, mine[key], state[key], mine["feature_std"]):
+                if abs(ours - theirs) > SAME_STATE * std:
+                    raise ValueError(f"{self.source}: column {name!r} has {key}={ours!r}, the checkpoint's datamodule "
+                                     f"state says {theirs!r}: {changed}")
+
+    # labbook predict ------------------------------------------------------------
+    def example_inputs(self, n: int = 3) -> list[str]:
+        """The first ``n`` rows (at most ``EXAMPLE_ROWS``) of the validation split (else test, else train), as
+        read, in the text ``parse_inputs`` takes (:func:`format_rows`): a logged model's input example. Sets the
+        data up."""
+        self.setup("fit")
+        assert self._example_rows is not None
+        return format_rows(self._example_rows[: max(0, n)].tolist())
+
+    def parse_inputs(self, lines: list[str]) -> Tensor:
+        """Comma-separated numbers, one row per non-blank line → FloatTensor [N, D]: each row the values of
+        ``input_columns``, in order (:func:`format_rows` writes them).
+
+        Applies the training-split standardisation when ``standardize`` is on: a checkpoint's (after
+        ``load_state_dict``), else the data's (which sets the data up).
         """
         rows: list[list[float]] = []
         width = self._expected_features()
@@ -260,7 +363,8 @@ class TabularDataModule(pl.LightningDataModule):
             rows.append(row)
         x = torch.tensor(rows, dtype=torch.float64).reshape(-1, width or 0)
         if self.standardize:
-            self.setup("fit")
+            if self.mean is None or self.std is None:  # no checkpoint's state: the data's own
+                self.setup("fit")
             assert self.mean is not None and self.std is not None
             x = (x - self.mean) / self.std
         return x.float()
@@ -328,6 +432,9 @@ class BlobsDataModule(TabularDataModule):
         for c in range(0, n, _BLOCK_ROWS):
             where[src[c : c + _BLOCK_ROWS]] = np.arange(c, min(n, c + _BLOCK_ROWS), dtype=where.dtype)
         del src
+        self.input_columns = list(self._feature_names(D))
+        ex_lo, ex_hi = self._example_range(ranges)
+        examples = np.empty((ex_hi - ex_lo, D))
         mean = std = None
         if self.standardize:
             mean, std = _train_moments(source, where, ranges["train"][1])
@@ -335,12 +442,15 @@ class BlobsDataModule(TabularDataModule):
             self.mean, self.std = torch.from_numpy(mean), torch.from_numpy(std)
         xs = {name: np.empty((b - a, D), dtype=np.float32) for name, (a, b) in ranges.items()}
         for a, b, X in source.blocks():
+            pos = where[a:b]
+            sel = (pos >= ex_lo) & (pos < ex_hi)
+            examples[pos[sel] - ex_lo] = X[sel]
             if mean is not None:
                 X = (X - mean) / std
-            pos = where[a:b]
             for name, (lo, hi) in ranges.items():
                 sel = (pos >= lo) & (pos < hi)
                 xs[name][pos[sel] - lo] = X[sel]
+        self._example_rows = examples
         return {name: (torch.from_numpy(xs[name]), torch.from_numpy(labels[a:b])) for name, (a, b) in ranges.items()}
 
 
@@ -459,6 +569,10 @@ def make_overlapping(
     return X[order], y[order]
 
 
+# The iris features as scikit-learn names them (``load_iris().feature_names``); its bundled file has no such header.
+IRIS_COLUMNS = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
+
+
 class IrisDataModule(TabularDataModule):
     """scikit-learn's bundled iris data (150 × 4, 3 classes); nothing is downloaded."""
 
@@ -472,10 +586,14 @@ class IrisDataModule(TabularDataModule):
     ) -> None:
         super().__init__(batch_size=batch_size, val_fraction=val_fraction, **kwargs)
         self._n_features = 4
+        self.input_columns = list(IRIS_COLUMNS)
         self.class_names: list[str] = ["setosa", "versicolor", "virginica"]
 
     def _declared_classes(self) -> int | None:
         return 3
+
+    def _feature_names(self, n_features: int) -> list[str]:
+        return list(IRIS_COLUMNS)
 
     def _load(self) -> tuple[np.ndarray, np.ndarray]:
         # The file load_iris() reads, read here without importing scikit-learn (0.2-0.5 s of a small run's
@@ -711,6 +829,10 @@ class CSVDataModule(TabularDataModule):
 
     def _declared_classes(self) -> int | None:
         return len(self.class_names) or None
+
+    def _feature_names(self, n_features: int) -> list[str]:
+        """The header's names of the feature columns."""
+        return list(self.feature_names)
 
     def _check_range(self, X: np.ndarray) -> None:
         """Nothing left to check: both readers refused a cell beyond float32's range, naming its row."""

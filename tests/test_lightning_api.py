@@ -94,3 +94,39 @@ def test_children_scripts_set_the_environment_labbook_repeats() -> None:
     source = inspect.getsource(_SubprocessScriptLauncher._call_children_scripts)
     missing = [line for line in CHILDREN_ENV if line not in source]
     assert not missing, (FIX, missing)
+
+
+def test_a_checkpoint_keeps_the_datamodules_state_where_labbook_rebuild_reads_it(tmp_path) -> None:
+    """labbook.config.rebuild reads a datamodule's state under its class's ``__qualname__`` (where Lightning's
+    trainer saves ``datamodule.state_dict()`` and restores it from), and builds the model from the loaded
+    checkpoint with Lightning's private ``_load_state`` (the step of ``load_from_checkpoint`` after reading)."""
+    import torch
+    from pytorch_lightning.core.saving import _load_state
+
+    from labbook.config.rebuild import load_checkpoint, model_from_checkpoint, restore_datamodule
+    from labbook.datamodules.polynomial import SineCurveDataModule
+    from labbook.lightning_modules.polynomial import CubicPolynomial
+
+    fix = "Lightning's checkpoint layout or _load_state changed: update labbook/config/rebuild.py"
+    assert list(inspect.signature(_load_state).parameters) == ["cls", "checkpoint", "strict", "cls_kwargs_new"], fix
+
+    class Stateful(SineCurveDataModule):
+        def state_dict(self):
+            return {"seen": self.n_points}
+
+        def load_state_dict(self, state):
+            self.restored = state
+
+    model = CubicPolynomial()
+    trainer = pl.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=Stateful(n_points=8, batch_size=8))
+    trainer.save_checkpoint(tmp_path / "c.ckpt")
+    checkpoint = load_checkpoint(tmp_path / "c.ckpt")
+    assert checkpoint[Stateful.__qualname__] == {"seen": 8}, (fix, sorted(checkpoint))
+    served = Stateful()
+    assert restore_datamodule(served, checkpoint) and served.restored == {"seen": 8}
+    rebuilt = model_from_checkpoint(CubicPolynomial, checkpoint)
+    assert not rebuilt.training and rebuilt.hparams == model.hparams
+    for key, value in model.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[key], value), key

@@ -64,7 +64,8 @@ def launch(*overrides: str, config_dir: str | os.PathLike | None = None,
 
 def load(run_id: str, tracking_uri: str | None = None) -> tuple[Any, Any]:
     """A stored run's model (from its best checkpoint, else its last; in eval mode) and its datamodule (built
-    from the run's config, not set up), as ``labbook predict`` rebuilds them. ``run_id`` may be shortened."""
+    from the run's config, not set up, its state from the same checkpoint: it answers without the training data),
+    as ``labbook predict`` rebuilds them. ``run_id`` may be shortened."""
     from labbook.config.groups import use_project
     from labbook.store.read import open_reader
     from labbook.store.uri import resolve_tracking_uri

@@ -1,7 +1,8 @@
 """``labbook predict RUN_ID [INPUT ...]``: answer inputs with a stored run's best checkpoint.
 
 The run's stored config rebuilds the datamodule (for its input parsing and output formatting) and names
-the model class; the checkpoint holds the weights and everything the model learnt about the data.
+the model class; the checkpoint holds the weights and everything the model learnt about the data, the
+datamodule's state included (``labbook.config.rebuild``, which also answers: ``answer``).
 Answers go to stdout, one line per input and nothing else; errors are one line on stderr.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from labbook.config.contract import data_traits, model_traits
 from labbook.errors import UserError
 
 # Read by hand in main (an input may itself start with "-"); tab completion offers FLAGS.
@@ -60,26 +60,9 @@ def predict(run_id: str, given: Sequence[str], uri: str) -> list[str]:
     from labbook.train.stored import rebuild
 
     stored = rebuild(reader, run)
-    model, datamodule, cfg = stored.model, stored.datamodule, stored.config
-    lacks = [f"{cfg.model._target_} has no predict(x)" if not model_traits(model).predicts else "",
-             *(f"{cfg.datamodule._target_} has no {m}" for m, ok in (
-                 ("parse_inputs(lines)", data_traits(datamodule).parses_inputs),
-                 ("format_outputs(y)", data_traits(datamodule).formats_outputs)) if not ok)]
-    if any(lacks):
-        raise UserError(f"{'; '.join(x for x in lacks if x)}, which labbook predict calls (docs/contract.md)")
-    import torch
+    from labbook.config.rebuild import answer
 
-    try:
-        x = datamodule.parse_inputs(list(inputs))
-    except ValueError as exc:
-        raise UserError(f"input: {exc}") from exc
-    with torch.no_grad():
-        y = model.predict(x)
-    answers = list(datamodule.format_outputs(y))
-    if len(answers) != len(inputs):  # printed, they would pair answers with the wrong inputs
-        raise UserError(f"{cfg.datamodule._target_}.format_outputs gave {len(answers)} answers for {len(inputs)} "
-                        "inputs; predict prints exactly one answer per input")
-    return answers
+    return answer(stored.model, stored.datamodule, inputs)
 
 
 def main(args: Sequence[str]) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 MONITOR_MODES = ("min", "max")
 
@@ -40,12 +40,20 @@ class DataModule(Protocol):
     """What labbook reads of a datamodule."""
 
     dims: Mapping[str, Any]  # what the model must know of the data, passed to its constructor by name
+    # The names of a row's values, in order, when an input is a row of a table (after setup() or
+    # load_state_dict()): parse_inputs then takes one row a line, its values joined by "," (rows_as_lines).
+    input_columns: Sequence[str] | None
 
     def parse_inputs(self, lines: list[str]) -> Any:
-        """``labbook predict``'s text inputs -> a model input batch (``ValueError`` naming a bad one)."""
+        """``labbook predict``'s text inputs -> a model input batch (``ValueError`` naming a bad one); after
+        ``load_state_dict`` of a checkpoint's datamodule state, without reading the data."""
 
     def format_outputs(self, y: Any) -> list[str]:
         """A model's predictions -> one string per input."""
+
+    def example_inputs(self, n: int) -> list[str]:
+        """``n`` inputs of the validation (or test) split as ``parse_inputs`` takes them: a logged model's input
+        example. May set the data up."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +73,8 @@ class DataTraits:
     name: str
     parses_inputs: bool = False
     formats_outputs: bool = False
+    gives_examples: bool = False  # example_inputs(n)
+    input_columns: tuple[str, ...] | None = None  # None: not declared, or not known yet (before setup)
 
 
 def model_traits(model: Any) -> ModelTraits:
@@ -80,9 +90,50 @@ def model_traits(model: Any) -> ModelTraits:
 
 
 def data_traits(datamodule: Any) -> DataTraits:
-    """What ``datamodule`` (set up or not) declares of :class:`DataModule`, its ``dims`` apart."""
+    """What ``datamodule`` declares of :class:`DataModule`, its ``dims`` apart. ``input_columns`` are known after
+    ``setup()`` or ``load_state_dict()``: read the traits then."""
+    columns = getattr(datamodule, "input_columns", None)
     return DataTraits(type(datamodule).__name__, callable(getattr(datamodule, "parse_inputs", None)),
-                      callable(getattr(datamodule, "format_outputs", None)))
+                      callable(getattr(datamodule, "format_outputs", None)),
+                      callable(getattr(datamodule, "example_inputs", None)),
+                      None if columns is None else tuple(str(c) for c in columns))
+
+
+def data_examples(datamodule: Any, n: int | None = None) -> list[str] | None:
+    """The datamodule's ``example_inputs(n)`` (its own default count when ``n`` is None), None when it offers
+    none. May set the data up: call it where the data are, at training time."""
+    if not data_traits(datamodule).gives_examples:
+        return None
+    examples = datamodule.example_inputs() if n is None else datamodule.example_inputs(n)
+    return [str(e) for e in examples]
+
+
+def rows_as_lines(rows: Iterable[Iterable[Any]]) -> list[str]:
+    """Rows of a table (each the values of a datamodule's ``input_columns``, in order) -> the lines its
+    ``parse_inputs`` takes: each value as Python's ``repr(float(v))`` (it reads back as the same float64),
+    joined by ``,``. A value that is no number is a ``ValueError`` naming its row and place."""
+    lines = []
+    for i, row in enumerate(rows, start=1):
+        cells = []
+        for j, value in enumerate(row, start=1):
+            try:
+                cells.append(repr(float(value)))
+            except (TypeError, ValueError):
+                raise ValueError(f"row {i}, value {j}: {value!r} is not a number") from None
+        lines.append(",".join(cells))
+    return lines
+
+
+def table_as_lines(table: Any, columns: Sequence[str]) -> list[str]:
+    """A pandas ``DataFrame`` (anything with ``columns``, ``[list]`` and ``itertuples``; pandas is not imported
+    here) -> :func:`rows_as_lines` of its ``columns`` (``data_traits(dm).input_columns``), in that order; other
+    columns are left out. A column it lacks is a ``ValueError`` naming every one missing."""
+    have = {str(c) for c in table.columns}
+    missing = [c for c in columns if c not in have]
+    if missing:
+        raise ValueError(f"the input table lacks column(s) {', '.join(map(repr, missing))}; the model reads "
+                         f"{', '.join(map(repr, columns))}")
+    return rows_as_lines(table[list(columns)].itertuples(index=False, name=None))
 
 
 def data_dims(datamodule: Any) -> dict[str, Any]:

@@ -50,8 +50,13 @@ def input_lines(model_input: Any, columns: Sequence[str] | None) -> list[str]:
     frame = model_input.dropna(axis=1, how="all")  # the optional columns MLflow's schema check filled with NaN
     if TEXT_COLUMN in frame.columns:
         return [str(x) for x in frame[TEXT_COLUMN]]
-    if columns and set(columns) <= set(frame.columns):
-        return [",".join(repr(float(v)) for v in row) for row in frame[list(columns)].itertuples(index=False)]
+    if columns and set(columns) <= {str(c) for c in frame.columns}:
+        from labbook.config.contract import table_as_lines
+
+        try:
+            return table_as_lines(frame, columns)
+        except ValueError as exc:
+            raise UserError(f"input: {exc}") from None
     if frame.shape[1] == 1 and not columns:  # a list MLflow turned into a DataFrame of one unnamed column
         return [str(x) for x in frame.iloc[:, 0]]
     want = f"a column {TEXT_COLUMN!r} of strings" + (f", or the columns {', '.join(columns)}" if columns else "")
@@ -71,11 +76,13 @@ class LabbookModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         import yaml
 
-        from labbook.config.rebuild import input_columns, rebuild_from
+        from labbook.config.contract import data_traits
+        from labbook.config.rebuild import rebuild
 
         config = yaml.safe_load(Path(context.artifacts[names.MODEL_CONFIG]).read_text())
-        self.model, self.datamodule = rebuild_from(config, Path(context.artifacts[names.MODEL_CHECKPOINT]))
-        self.columns = input_columns(self.datamodule)
+        rebuilt = rebuild(config, Path(context.artifacts[names.MODEL_CHECKPOINT]))
+        self.model, self.datamodule = rebuilt.model, rebuilt.datamodule
+        self.columns = data_traits(self.datamodule).input_columns
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201 - MLflow reads type hints as a schema
         from labbook.config.rebuild import answer
@@ -108,9 +115,10 @@ def signature_and_example(datamodule: Any) -> tuple[Any, Any]:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    from labbook.config.rebuild import example_inputs, input_columns
+    from labbook.config.contract import data_examples, data_traits
 
-    columns, examples = input_columns(datamodule), example_inputs(datamodule)
+    examples = data_examples(datamodule)
+    columns = data_traits(datamodule).input_columns  # known once the data are set up (examples set them up)
     outputs = Schema([ColSpec("string")])
     if not columns:
         return ModelSignature(Schema([ColSpec("string")]), outputs), (list(examples) if examples else None)
@@ -119,7 +127,7 @@ def signature_and_example(datamodule: Any) -> tuple[Any, Any]:
     inputs = Schema([ColSpec("string", TEXT_COLUMN, required=False),
                      *(ColSpec("double", c, required=False) for c in columns)])
     example = None
-    if examples:
+    if examples:  # the DataFrame form: the text form is in the docs, and shown by its column in the schema
         rows = [[float(v) for v in line.split(",")] for line in examples]
         example = pd.DataFrame(rows, columns=list(columns))
     return ModelSignature(inputs, outputs), example

@@ -1,5 +1,6 @@
 """A stored run rebuilt in this process: its model from its best checkpoint (else its last) and its datamodule
-from its stored config — what ``labbook predict`` answers with, and what :func:`labbook.load` hands a notebook."""
+from its stored config, its state from the same checkpoint — what ``labbook predict`` answers with, and what
+:func:`labbook.load` hands a notebook. The rebuilding itself is ``labbook.config.rebuild``'s (no store there)."""
 
 from __future__ import annotations
 
@@ -14,25 +15,21 @@ class StoredRun:
     run_id: str
     config: Any  # the run's resolved config (an OmegaConf DictConfig)
     model: Any  # in eval mode, on the CPU
-    datamodule: Any  # built from the config, not set up
+    datamodule: Any  # built from the config, not set up; its state (a standardisation, a scaler) the checkpoint's
 
 
 def rebuild(reader: Any, run: Any) -> StoredRun:
     """``run`` (a :class:`labbook.store.read.RunRecord` of ``reader``'s store) rebuilt: a :class:`UserError`
     when it has no checkpoint."""
     with tempfile.TemporaryDirectory() as tmp:
-        from labbook.config.contract import current_targets
-
-        config = current_targets(reader.config(run))
+        config = reader.config(run)
         from labbook.store.models import checkpoint_of
 
         ckpt = checkpoint_of(reader, run, Path(tmp), why=(
-            ": was it trained with logger.log_checkpoints=false, or did it fail before one was saved?"))
+            ": was it trained with logger.log_checkpoints=false and logger.log_model=none, or did it fail before "
+            "one was saved?"))
         # Only now torch (~1.5 s): a mistyped run id or store is answered without it.
-        from hydra.utils import get_class, instantiate
-        from omegaconf import OmegaConf
+        from labbook.config.rebuild import rebuild as from_checkpoint
 
-        cfg = OmegaConf.create(config)
-        model = get_class(cfg.model._target_).load_from_checkpoint(str(ckpt), map_location="cpu")
-    model.eval()
-    return StoredRun(run.run_id, cfg, model, instantiate(cfg.datamodule))
+        rebuilt = from_checkpoint(config, ckpt)
+    return StoredRun(run.run_id, rebuilt.config, rebuilt.model, rebuilt.datamodule)
