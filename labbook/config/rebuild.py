@@ -80,17 +80,23 @@ def _class_name(obj: Any) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
+def cannot_answer(model: Any, datamodule: Any) -> str | None:
+    """What the model or datamodule lacks of what :func:`answer` calls, in a few words; None when nothing."""
+    lacks = [f"{_class_name(model)} has no predict(x)" if not model_traits(model).predicts else "",
+             *(f"{_class_name(datamodule)} has no {m}" for m, ok in (
+                 ("parse_inputs(lines)", data_traits(datamodule).parses_inputs),
+                 ("format_outputs(y)", data_traits(datamodule).formats_outputs)) if not ok)]
+    return "; ".join(x for x in lacks if x) or None
+
+
 def answer(model: Any, datamodule: Any, lines: list[str]) -> list[str]:
     """One answer per input line, in order: ``datamodule.parse_inputs(lines)`` -> ``model.predict(x)`` (without
     gradients) -> ``datamodule.format_outputs(y)``. A :class:`UserError` of one line when the model or
     datamodule lacks one of those, when an input is refused (``input: …``, the datamodule's ``ValueError``), or
     when the answers are not one per input."""
-    lacks = [f"{_class_name(model)} has no predict(x)" if not model_traits(model).predicts else "",
-             *(f"{_class_name(datamodule)} has no {m}" for m, ok in (
-                 ("parse_inputs(lines)", data_traits(datamodule).parses_inputs),
-                 ("format_outputs(y)", data_traits(datamodule).formats_outputs)) if not ok)]
-    if any(lacks):
-        raise UserError(f"{'; '.join(x for x in lacks if x)}, which labbook predict calls (docs/contract.md)")
+    lacks = cannot_answer(model, datamodule)
+    if lacks:
+        raise UserError(f"{lacks}, which labbook predict calls (docs/contract.md)")
     import torch
 
     try:

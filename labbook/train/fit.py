@@ -139,7 +139,7 @@ def run(job: Job, tracked: TrackedRun | None, overrides: list[str] | None = None
             _tag_checkpoints(tracked, checkpoints)
         if not _pruned(job):  # a pruned trial's model is not one anybody would take
             _log_models(tracked, checkpoints, LogModel(cfg.logger.get("log_model", LogModel.best)), resolved,
-                        datamodule)
+                        model, datamodule)
         mark("model-logged")
         traits = model_traits(model)
         if traits.reports:
@@ -214,15 +214,21 @@ def _checkpoint_state(trainer: Any) -> dict[str, Any]:
 
 
 def _log_models(tracked: TrackedRun, checkpoints: Mapping[str, Any], which: LogModel, resolved: Mapping[str, Any],
-                datamodule: Any) -> None:
+                model: Any, datamodule: Any) -> None:
     """The run's checkpoints as MLflow models (``logger.log_model``). A model that cannot be logged is a
-    warning, not a failed run: the training happened, and its checkpoints stay in the run."""
+    warning, not a failed run: the training happened, and its checkpoints stay in the run. One that cannot
+    answer inputs is logged (to load, register, resume from) and says so."""
     import sys
 
+    from labbook.config.rebuild import cannot_answer
     from labbook.errors import one_line
 
     if which is LogModel.none:
         return
+    lacks = cannot_answer(model, datamodule)
+    if lacks:
+        print(f"labbook: note: the run's MLflow model cannot answer inputs: {lacks} (docs/contract.md)",
+              file=sys.stderr, flush=True)
     try:
         tracked.log_models(checkpoints, which.value, resolved, datamodule)
     except Exception as exc:  # noqa: BLE001
