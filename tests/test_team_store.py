@@ -1,12 +1,16 @@
 """A team store for real: `labbook server` on a PostgreSQL cluster it starts, eight jobs four at a time
-(joblib) recording into it over HTTP, then the same sweep straight into PostgreSQL; everything read back."""
+(joblib) recording into it over HTTP, then the same sweep straight into PostgreSQL; everything read back. A run's
+MLflow model makes the whole round trip through that server: logged, loaded, registered, served."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -16,7 +20,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from labbook.store.postgres import cluster, free_port
-from tests.conftest import LABBOOK, kill_group, labbook, logged_models, stop, store_has
+from tests.conftest import LABBOOK, kill_group, labbook, logged_models, run_process, stop, store_has
+from tests.test_stopping import Watch
 from tests.test_sweeps import parent_and_children
 from tests.test_train_e2e import QUIET
 
@@ -86,6 +91,92 @@ def test_eight_jobs_four_at_a_time_into_a_team_server_on_postgresql(tmp_path: Pa
     server.send_signal(signal.SIGINT)  # Ctrl-C stops the server and its PostgreSQL cleanly
     assert server.wait(timeout=60) == 0
     assert "labbook server: stopped" in server.stderr.read()
+
+
+# A fresh interpreter that knows nothing of labbook's commands: MLflow alone loads the model and answers.
+LOAD_AND_PREDICT = """import json, sys
+import mlflow.pyfunc
+print(json.dumps(list(mlflow.pyfunc.load_model(sys.argv[1]).predict(sys.argv[2:]))))"""
+
+
+def test_a_runs_model_round_trips_through_the_team_server(tmp_path: Path, team_server: tuple) -> None:
+    url, _ = team_server
+    env = {"MLFLOW_TRACKING_URI": url}
+    out = labbook("train", "experiment=polynomial", "trainer.max_epochs=3", QUIET, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    client = MlflowClient(tracking_uri=url)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    run_id = run.info.run_id
+    assert run.info.status == "FINISHED"
+
+    # Logged: one model, linked to the run at its checkpoint's epoch, stored through the server (an
+    # mlflow-artifacts: location) in the server's destination; the run keeps last.ckpt but not its own best.ckpt.
+    (model,) = logged_models(url, run_id)
+    model_id = model.model_id
+    assert model.tags["labbook.checkpoint"] == "best" and model.artifact_location.startswith("mlflow-artifacts:")
+    assert [(o.model_id, o.step) for o in client.get_run(run_id).outputs.model_outputs] == [
+        (model_id, int(model.tags["labbook.epoch"]))]
+    assert {f.path for f in client.list_logged_model_artifacts(model_id, "artifacts")} == {
+        "artifacts/best.ckpt", "artifacts/config.yaml"}
+    assert {a.path for a in client.list_artifacts(run_id, "checkpoints")} == {"checkpoints/last.ckpt"}
+    (stored,) = (tmp_path / "art").rglob("best.ckpt")  # the checkpoint's bytes, once, in the model
+    assert stored.relative_to(tmp_path / "art").parts[1:3] == ("models", model_id)
+    local = Path(run.data.tags["paths.checkpoint_dir"]) / "best.ckpt"  # what the run wrote
+    assert stored.read_bytes() == local.read_bytes()
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+
+    # Loaded: `labbook predict RUN` (the checkpoint downloaded from the model through the server) and MLflow's
+    # pyfunc in a fresh process elsewhere answer alike.
+    predicted = labbook("predict", run_id, "0.5", "1.0", cwd=tmp_path, env=env)
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    answers = predicted.stdout.splitlines()
+    assert len(answers) == 2 and all(math.isfinite(float(a)) for a in answers), predicted.stdout
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    loaded = run_process([sys.executable, "-c", LOAD_AND_PREDICT, f"models:/{model_id}", "0.5", "1.0"], timeout=300,
+                         cwd=elsewhere, env={**os.environ, "PYTHONWARNINGS": "ignore", **env})
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert json.loads(loaded.stdout.strip().splitlines()[-1]) == answers
+    assert sorted(p.name for p in elsewhere.iterdir()) == []  # no local store, no copy left behind
+
+    # Registered in the server's PostgreSQL registry, with its alias; the alias answers the same.
+    registered = labbook("register", run_id, "--name", "cubic", "--alias", "champion", cwd=tmp_path, env=env)
+    assert registered.returncode == 0, registered.stderr[-3000:]
+    assert registered.stdout.splitlines()[0] == (f"registered cubic version 1 from run {run_id} "
+                                                 f"(models:/{model_id})")
+    version = client.get_model_version_by_alias("cubic", "champion")  # over REST, its source names the model
+    assert (version.version, version.source, version.run_id) == ("1", f"models:/{model_id}", run_id)
+    by_alias = labbook("predict", "models:/cubic@champion", "0.5", "1.0", cwd=tmp_path, env=env)
+    assert (by_alias.returncode, by_alias.stdout.splitlines()) == (0, answers), by_alias.stderr[-3000:]
+
+    # Served: MLflow's scoring server on the registered version answers the same; Ctrl-C stops it and all it
+    # started.
+    port = free_port()
+    serve = subprocess.Popen([LABBOOK, "serve", "models:/cubic@champion", "--port", str(port)], cwd=tmp_path,
+                             env={**os.environ, "PYTHONWARNINGS": "ignore", **env}, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    watch = Watch(serve.pid, [f"--port {port}"])
+    try:
+        line = serve.stdout.readline()
+        assert line == f"labbook serve: http://127.0.0.1:{port}/invocations\n", (
+            line, serve.stderr.read() if serve.poll() is not None else "")
+        assert any("mlflow models serve" in p["cmdline"] for p in watch.look().values())
+        request = urllib.request.Request(line.split(": ", 1)[1].strip(), method="POST",
+                                         data=json.dumps({"inputs": ["0.5", "1.0"]}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert json.loads(response.read()) == {"predictions": answers}
+        watch.look()
+        serve.send_signal(signal.SIGINT)
+        assert serve.wait(timeout=60) == 0
+        assert watch.left() == []
+        err = serve.stderr.read()
+        assert f"serving cubic version 1 (models:/{model_id}) from {url}" in err
+        assert err.strip().splitlines()[-1] == "labbook serve: stopped (SIGINT)", err[-3000:]
+    finally:
+        kill_group(serve.pid)
+        for pid in list(watch.seen):
+            kill_group(pid)
 
 
 def test_a_sweep_straight_into_postgresql(tmp_path: Path) -> None:

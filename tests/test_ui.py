@@ -1,19 +1,24 @@
 """`labbook ui` in a real browser: Debian's chromium driven by Playwright (no browser downloaded) on a store
-holding a finished run and a sweep. The screenshots stay in test-outputs/ui/ for a person to look at."""
+holding a finished run and a sweep, and on one holding a run whose model is registered. The screenshots stay in
+test-outputs/ui/ for a person to look at."""
 
 from __future__ import annotations
 
+import contextlib
+import re
 import shutil
 import signal
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from labbook.cli.ui import MODEL_TRAINING
 from labbook.store.postgres import free_port
-from tests.conftest import LABBOOK, REPO, labbook, runs, stop
+from tests.conftest import LABBOOK, REPO, labbook, logged_models, runs, stop
 from tests.test_train_e2e import QUIET
 
 SHOTS = REPO / "test-outputs" / "ui"
@@ -34,6 +39,36 @@ def chromium() -> str:
     return found
 
 
+@contextlib.contextmanager
+def labbook_ui(cwd: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`labbook ui` started in ``cwd`` (its store: $MLFLOW_TRACKING_URI), once it answers: (its URL, its process);
+    stopped on leaving."""
+    proc = subprocess.Popen([LABBOOK, "ui", "--port", str(free_port())], cwd=cwd, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("labbook ui: http://127.0.0.1:"), (
+            line, proc.stderr.read() if proc.poll() is not None else "")
+        yield line.split(": ", 1)[1].strip(), proc
+    finally:
+        stop(proc, timeout=30)
+
+
+@contextlib.contextmanager
+def browser_page() -> Iterator[Any]:
+    """A page of Debian's chromium, as a person who has been to MLflow's UI before sees it."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        try:
+            context = browser.new_context(viewport={"width": 1600, "height": 1000})
+            context.add_init_script(FIRST_VISIT_DONE)
+            yield context.new_page()
+        finally:
+            browser.close()
+
+
 @pytest.fixture
 def ui(tmp_path: Path, store: str):  # noqa: ANN201
     """A store with a finished run and a two-job sweep, and `labbook ui` serving it: (url, store, process)."""
@@ -43,14 +78,8 @@ def ui(tmp_path: Path, store: str):  # noqa: ANN201
     sweep = labbook("train", "-m", "experiment=polynomial", "trainer.max_epochs=3", "model.optimizer.lr=0.001,0.01",
                     QUIET, cwd=tmp_path)
     assert sweep.returncode == 0, sweep.stderr[-2000:]
-    proc = subprocess.Popen([LABBOOK, "ui", "--port", str(free_port())], cwd=tmp_path, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("labbook ui: http://127.0.0.1:"), (line, proc.stderr.read() if proc.poll() else "")
-        yield line.split(": ", 1)[1].strip(), store, proc
-    finally:
-        stop(proc, timeout=30)
+    with labbook_ui(tmp_path) as (url, proc):
+        yield url, store, proc
 
 
 def test_the_ui_shows_a_run_and_a_sweep_in_a_real_browser(ui: tuple) -> None:
@@ -108,6 +137,71 @@ def test_the_ui_shows_a_run_and_a_sweep_in_a_real_browser(ui: tuple) -> None:
 
     server.send_signal(signal.SIGINT)  # Ctrl-C: the server goes with it
     assert server.wait(timeout=30) == 0 and "labbook ui: stopped" in server.stderr.read()
+
+
+def test_the_ui_shows_a_runs_model_and_its_registered_alias(tmp_path: Path, store: str) -> None:
+    from playwright.sync_api import expect
+
+    out = labbook("train", "experiment=polynomial", "trainer.max_epochs=3", "logger.run_name=cubic-model", QUIET,
+                  cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (run,) = runs(store)
+    run_id, experiment = run.info.run_id, run.info.experiment_id
+    (model,) = logged_models(store, run_id)
+    client = MlflowClient(tracking_uri=store)
+    (output,) = client.get_run(run_id).outputs.model_outputs
+    assert output.model_id == model.model_id
+    (linked,) = [m for m in model.metrics if m.key == "val/loss"]
+    registered = labbook("register", run_id, "--name", "cubic", "--alias", "champion", cwd=tmp_path)
+    assert registered.returncode == 0, registered.stderr[-2000:]
+    SHOTS.mkdir(parents=True, exist_ok=True)
+
+    with labbook_ui(tmp_path) as (url, server), browser_page() as page:
+        base = url.split("#")[0]
+        # The run's page lists its logged model: its name linking to the model's page, the step it was logged at
+        # (the checkpoint's epoch), its status, its registered version, and the validation metric linked to it.
+        page.goto(f"{base}#/experiments/{experiment}/runs/{run_id}?{MODEL_TRAINING}")
+        heading = page.get_by_role("heading", name="Logged models (1)", exact=True)
+        heading.wait_for(timeout=60000)
+        row = page.locator('[role="row"]', has=page.locator('[role="gridcell"][col-id="relationship_type"]'))
+        row.first.wait_for(timeout=60000)
+        expect(row).to_have_count(1)
+
+        def cell(column: str) -> Any:
+            return row.locator(f'[role="gridcell"][col-id="{column}"]')
+
+        expect(cell("relationship_type")).to_have_text("Output")
+        expect(cell("step")).to_have_text(str(output.step))
+        expect(cell("status")).to_have_text("Ready")
+        expect(cell("registered_models")).to_have_text(re.compile(r"^cubic\s*v1$"))
+        link = cell("name").get_by_role("link", name=model.name, exact=True)
+        expect(link).to_have_attribute("href", f"#/experiments/{experiment}/models/{model.model_id}")
+        metric = row.locator('[role="gridcell"][col-id^="metrics."][col-id*="val/loss"]')
+        assert float(metric.inner_text()) == pytest.approx(linked.value, rel=1e-12)
+        # The run's metrics table names the model its val/loss is linked to.
+        metrics_row = page.locator('[role="row"]', has=page.get_by_role("link", name="val/loss", exact=True))
+        expect(metrics_row.get_by_role("link", name=model.name, exact=True)).to_be_visible()
+        heading.scroll_into_view_if_needed()
+        page.screenshot(path=str(SHOTS / "run-logged-model.png"))
+
+        # The logged model's own page: its id, the run it came from, its registered version.
+        link.click()
+        page.get_by_text(model.model_id, exact=True).wait_for(timeout=60000)
+        expect(page.get_by_text(run_id, exact=True)).to_be_visible()
+        registered_version = page.get_by_role("link", name="cubic", exact=True)
+        expect(registered_version).to_have_attribute("href", "#/models/cubic/versions/1")
+        expect(registered_version).to_contain_text("v1")
+        page.screenshot(path=str(SHOTS / "logged-model.png"))
+
+        # The registered model's page: version 1, with its alias.
+        page.goto(f"{base}#/models/cubic?{MODEL_TRAINING}")
+        version = page.get_by_role("row").filter(has=page.get_by_role("link", name="Version 1", exact=True))
+        version.wait_for(timeout=60000)
+        expect(version.get_by_text(re.compile(r"^@\s*champion$"))).to_be_visible()
+        expect(page.get_by_role("row")).to_have_count(2)  # the header and version 1: no other version
+        page.screenshot(path=str(SHOTS / "registered-model-alias.png"))
+
+    assert server.returncode == 0 and "labbook ui: stopped (SIGINT)" in server.stderr.read()
 
 
 def test_ui_refuses_a_taken_port_and_warns_off_loopback(tmp_path: Path, store: str) -> None:
