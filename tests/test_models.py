@@ -18,6 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import LABBOOK, labbook, logged_models, run_process
+from tests.test_stopping import Watch
 from tests.test_train_e2e import artifacts, only_run
 
 QUIET = "debug=quiet"
@@ -82,18 +83,19 @@ def test_each_familys_model_answers_through_mlflow_as_labbook_predict_does(famil
     assert len(expected) == len(inputs)
     if csv is not None:
         csv.unlink()  # the model holds what it learnt of the data: it answers without it
-    answers, columns = pyfunc(store, f"models:/{model.model_id}", {"list": inputs}, tmp_path)
     if family.startswith("gmm"):  # tabular: the text form as a column, and a DataFrame of the data's columns
+        answers, columns = pyfunc(store, f"models:/{model.model_id}", {"frame": {"input": inputs}}, tmp_path)
+        assert answers == expected
         assert columns[0] == "input" and len(columns) == 1 + len(inputs[0].split(","))
-        assert pyfunc(store, f"models:/{model.model_id}", {"frame": {"input": inputs}}, tmp_path)[0] == expected
         rows = [[float(v) for v in line.split(",")] for line in inputs]
         frame = {c: [r[i] for r in rows] for i, c in enumerate(columns[1:])}
         frame = dict(reversed(list(frame.items())))  # by name, not by position
         assert pyfunc(store, f"models:/{model.model_id}", {"frame": frame}, tmp_path)[0] == expected
         if csv is not None:
             assert columns[1:] == ["a", "b", "c"]
-    else:
-        assert answers == expected
+    else:  # a list, and a column of strings
+        assert pyfunc(store, f"models:/{model.model_id}", {"list": inputs}, tmp_path)[0] == expected
+        assert pyfunc(store, f"models:/{model.model_id}", {"frame": {"input": inputs}}, tmp_path)[0] == expected
 
 
 def test_the_logged_model_carries_its_step_metrics_dataset_signature_and_example(tmp_path: Path, store: str) -> None:
@@ -170,18 +172,6 @@ def _post(url: str, body: dict, deadline_s: float = 120.0, proc: subprocess.Pope
             time.sleep(0.5)
 
 
-def _session_alive(sid: int) -> list[int]:
-    alive = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getsid(int(entry)) == sid:
-                    alive.append(int(entry))
-            except OSError:
-                continue
-    return alive
-
-
 def test_served_by_mlflow_and_by_labbook_serve_the_same_answers_and_ctrl_c_leaves_nothing(
         tmp_path: Path, store: str) -> None:
     out = labbook("train", "experiment=gmm_iris", QUIET, cwd=tmp_path)
@@ -207,23 +197,34 @@ def test_served_by_mlflow_and_by_labbook_serve_the_same_answers_and_ctrl_c_leave
     port = _free_port()
     serve = subprocess.Popen([LABBOOK, "serve", run.info.run_id[:8], "--port", str(port)], cwd=tmp_path,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    watch = Watch(serve.pid, [f"--port {port}"])
     assert serve.stdout.readline().strip() == f"labbook serve: http://127.0.0.1:{port}/invocations"
+    assert any("mlflow models serve" in p["cmdline"] for p in watch.look().values())
     assert _post(f"http://127.0.0.1:{port}/invocations", {"inputs": {"input": IRIS_ROWS}}) == {"predictions": expected}
+    watch.look()
     serve.send_signal(signal.SIGINT)
     assert serve.wait(timeout=60) == 0 and "labbook serve: stopped" in serve.stderr.read()
-    assert _session_alive(serve.pid) == []  # the scoring server and its workers went with it
+    _nothing_left(watch)  # the scoring server and its workers went with it
 
     # Stopped before the server answered: nothing is left either.
-    serve = subprocess.Popen([LABBOOK, "serve", run.info.run_id, "--port", str(_free_port())], cwd=tmp_path,
+    port = _free_port()
+    serve = subprocess.Popen([LABBOOK, "serve", run.info.run_id, "--port", str(port)], cwd=tmp_path,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while not any("mlflow" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")
-                  for p in _session_alive(serve.pid) if p != serve.pid and Path(f"/proc/{p}").exists()):
+    watch = Watch(serve.pid, [f"--port {port}"])
+    deadline = time.monotonic() + 120
+    while not any("mlflow models serve" in p["cmdline"] for p in watch.look().values()):
         assert time.monotonic() < deadline and serve.poll() is None, "the scoring server never started"
-        time.sleep(0.1)
+        time.sleep(0.05)
     serve.send_signal(signal.SIGINT)
     serve.wait(timeout=60)
-    assert _session_alive(serve.pid) == []
+    _nothing_left(watch)
+
+
+def _nothing_left(watch: Watch) -> None:
+    deadline = time.monotonic() + 15
+    while watch.left():
+        assert time.monotonic() < deadline, watch.left()
+        time.sleep(0.2)
 
 
 def test_register_the_best_of_a_sweep_then_predict_and_serve_it_by_alias(tmp_path: Path, store: str) -> None:

@@ -10,12 +10,21 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
-from tests.conftest import labbook
+from tests.conftest import labbook, model_checkpoint
 from tests.test_train_e2e import QUIET, only_run
 
 
 def _checkpoint(run, name: str = "best.ckpt") -> dict:
-    """The run's stored checkpoint, read as `resume` reads it (weights_only: plain values only)."""
+    """The run's stored checkpoint (the best: in its MLflow model), read as `resume` reads it (weights_only:
+    plain values only)."""
+    import tempfile
+
+    if name == "best.ckpt":
+        from mlflow.tracking import MlflowClient
+
+        store = MlflowClient().tracking_uri
+        with tempfile.TemporaryDirectory() as tmp:
+            return torch.load(model_checkpoint(store, run.info.run_id, Path(tmp)), map_location="cpu", weights_only=True)
     return torch.load(Path(urlparse(run.info.artifact_uri).path) / "checkpoints" / name, map_location="cpu",
                       weights_only=True)
 

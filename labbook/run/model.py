@@ -60,9 +60,10 @@ def input_lines(model_input: Any, columns: Sequence[str] | None) -> list[str]:
     if frame.shape[1] == 1 and not columns:  # a list MLflow turned into a DataFrame of one unnamed column
         return [str(x) for x in frame.iloc[:, 0]]
     want = f"a column {TEXT_COLUMN!r} of strings" + (f", or the columns {', '.join(columns)}" if columns else "")
-    got = ", ".join(map(str, frame.columns)) or "none"
-    raise UserError(f"the model's input has the columns {got}: it takes {want} (or a list of strings in "
-                    "`labbook predict`'s form, one an example)")
+    if frame.shape[1] == 0:  # MLflow's schema check dropped what the signature does not name (a bare list)
+        raise UserError(f"no input reached the model: it takes {want} (as {{{TEXT_COLUMN!r}: [...]}}, one string an "
+                        "example); a bare list is dropped by MLflow's schema check for a tabular model")
+    raise UserError(f"the model's input has the columns {', '.join(map(str, frame.columns))}: it takes {want}")
 
 
 class LabbookModel(mlflow.pyfunc.PythonModel):
