@@ -25,7 +25,7 @@ from tests.conftest import LABBOOK, labbook
 LSTM_KEYS = ["model._target_=", "model.dropout=", "model.hidden_size=", "model.horizon=", "model.n_features=",
              "model.num_layers=", "model.optimizer.", "model.target_mean=", "model.target_std=", "model.window="]
 CASES = [
-    ("labbook ", ["compare", "completion", "diff", "new", "predict", "reap", "server", "train", "ui"]),
+    ("labbook ", ["compare", "completion", "diff", "new", "predict", "reap", "register", "serve", "server", "train", "ui"]),
     ("labbook tr", ["train"]),
     ("labbook -", ["--help", "--version"]),
     ("labbook completion ", ["bash", "zsh"]),
@@ -51,6 +51,8 @@ CASES = [
     ("labbook reap --st", ["--stale-after"]),
     ("labbook predict --", ["--help", "--tracking-uri"]),
     ("labbook server --p", ["--pg-port", "--port"]),
+    ("labbook register --a", ["--alias"]),
+    ("labbook serve --po", ["--port"]),
 ]
 # Nothing to offer: the shell's own file-name completion takes over (-o default in bash, _files in zsh).
 NOTHING = ["labbook train datamodule.path=da", "labbook train model.nosuch", "labbook diff "]
