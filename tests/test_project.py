@@ -364,7 +364,9 @@ def test_a_project_of_ones_own(venv: Venv, project: Path) -> None:
     nets.write_text(nets.read_text().replace("nn.Tanh()", "nn.ReLU()"))
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "relu"], cwd=project,
                    check=True)
-    venv.labbook("train", "experiment=wave", "model=linear", *QUIET, cwd=project)
+    trained = venv.labbook("train", "experiment=wave", "model=linear", *QUIET, cwd=project)
+    assert "labbook: note: the run's MLflow model cannot answer inputs: models.nets.Linear has no predict(x)" \
+        in trained.stderr
     (linear_after,) = only_new(uri, seen)
     diff = venv.labbook("diff", linear_before.info.run_id[:8], linear_after.info.run_id[:8], cwd=project).stdout
     assert "different commits" in diff and head(project) in diff
@@ -382,9 +384,21 @@ def test_a_project_of_ones_own(venv: Venv, project: Path) -> None:
     assert len(answers) == 2 and all(abs(float(a)) < 10 for a in answers)
     again = venv.labbook("predict", mlp, cwd=project, stdin="0.5,0.25\n-1,1\n").stdout.split()
     assert again == answers
+    # The run's MLflow model, loaded by MLflow's pyfunc from the installed wheel, answers the same.
+    pyfunc = venv.run("python", "-c", "import sys, mlflow.pyfunc, mlflow; mlflow.set_tracking_uri(sys.argv[1]); "
+                      "m = mlflow.pyfunc.load_model(sys.argv[2]); "
+                      "print(*m.predict(['0.5,0.25', '-1,1']))", uri, _model_uri(client, mlp), cwd=project)
+    assert pyfunc.stdout.split() == answers
     lacking = venv.labbook("predict", short, "0.5,0.25", cwd=project, ok=False)
     assert lacking.returncode != 0 and lacking.stderr.strip().splitlines() == [
         "labbook: error: models.nets.Linear has no predict(x), which labbook predict calls (docs/contract.md)"]
+
+
+def _model_uri(client: MlflowClient, run_prefix: str) -> str:
+    (run,) = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
+              if r.info.run_id.startswith(run_prefix)]
+    (model,) = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")
+    return f"models:/{model.model_id}"
 
 
 def test_configs_elsewhere_by_flag_or_environment(venv: Venv, project: Path, tmp_path: Path) -> None:
