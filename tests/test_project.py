@@ -384,10 +384,11 @@ def test_a_project_of_ones_own(venv: Venv, project: Path) -> None:
     assert len(answers) == 2 and all(abs(float(a)) < 10 for a in answers)
     again = venv.labbook("predict", mlp, cwd=project, stdin="0.5,0.25\n-1,1\n").stdout.split()
     assert again == answers
-    # The run's MLflow model, loaded by MLflow's pyfunc from the installed wheel, answers the same.
+    # The run's MLflow model, loaded by MLflow's pyfunc from the installed wheel outside the project (it carries
+    # the project's models/ package), answers the same.
     pyfunc = venv.run("python", "-c", "import sys, mlflow.pyfunc, mlflow; mlflow.set_tracking_uri(sys.argv[1]); "
                       "m = mlflow.pyfunc.load_model(sys.argv[2]); "
-                      "print(*m.predict(['0.5,0.25', '-1,1']))", uri, _model_uri(client, mlp), cwd=project)
+                      "print(*m.predict(['0.5,0.25', '-1,1']))", uri, _model_uri(client, mlp), cwd=project.parent)
     assert pyfunc.stdout.split() == answers
     lacking = venv.labbook("predict", short, "0.5,0.25", cwd=project, ok=False)
     assert lacking.returncode != 0 and lacking.stderr.strip().splitlines() == [

@@ -46,8 +46,10 @@ def read_inputs(given: Sequence[str]) -> list[str]:
 
 
 def predict(run_id: str, given: Sequence[str], uri: str) -> list[str]:
-    """One answer per input, in order. The run is found first (a mistyped id is said before any input is read,
-    stdin included), then the inputs are read, then the checkpoint is loaded."""
+    """One answer per input, in order. The run (or model) is found first (a mistyped id is said before any input
+    is read, stdin included), then the inputs are read, then the model is loaded: a run's MLflow model through
+    MLflow's pyfunc, exactly as ``mlflow.pyfunc.load_model`` or ``labbook serve`` answer; a run without one
+    from its stored checkpoints."""
     from labbook.store.read import open_reader
 
     if run_id.startswith("models:/"):  # a registered (or logged) model: MLflow's pyfunc answers
@@ -56,7 +58,12 @@ def predict(run_id: str, given: Sequence[str], uri: str) -> list[str]:
         return answer_with(uri, run_id, lambda: read_inputs(given))
     reader = open_reader(uri)
     run = reader.find_run(run_id)
-    inputs = read_inputs(given)
+    from labbook.store.models import answer_with, run_model
+
+    model = run_model(uri, run)
+    if model is not None:  # the run's MLflow model: the code it trained with (a project's travels with it)
+        return answer_with(uri, f"models:/{model.model_id}", lambda: read_inputs(given))
+    inputs = read_inputs(given)  # a run without a model (stopped, or logger.log_model=none): its checkpoints
     from labbook.train.stored import rebuild
 
     stored = rebuild(reader, run)

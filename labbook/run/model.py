@@ -147,9 +147,30 @@ def requirements() -> list[str]:
     return pins
 
 
-def log_model(client: Any, run_id: str, checkpoint: Checkpoint, config_yaml: str, datamodule: Any) -> str:
+def project_code(*objects: Any) -> list[str]:
+    """The folders (or files) of the project code ``objects``' classes come from, for the model to carry
+    (MLflow's ``code_paths``: put on ``sys.path`` wherever the model is loaded). labbook's own classes and
+    installed packages are requirements, not code to copy."""
+    import sys
+
+    found = []
+    for obj in objects:
+        top = type(obj).__module__.split(".")[0]
+        file = getattr(sys.modules.get(top), "__file__", None)
+        if top in ("labbook", "__main__") or file is None:
+            continue
+        path = Path(file).parent if Path(file).name == "__init__.py" else Path(file)
+        if {"site-packages", "dist-packages"} & set(path.parts) or str(path) in found:
+            continue
+        found.append(str(path))
+    return found
+
+
+def log_model(client: Any, run_id: str, checkpoint: Checkpoint, config_yaml: str, model: Any,
+              datamodule: Any) -> str:
     """Log ``checkpoint`` as a logged model of the run ``run_id`` (``client``: the run's patient client);
-    returns its model id. The run's validation metrics at the checkpoint's step are linked to it."""
+    returns its model id. The run's validation metrics at the checkpoint's step are linked to it. A project's
+    own model and datamodule code travel with it (:func:`project_code`)."""
     from mlflow.entities import LoggedModelOutput, Metric
 
     run = client.get_run(run_id)
@@ -166,7 +187,8 @@ def log_model(client: Any, run_id: str, checkpoint: Checkpoint, config_yaml: str
         mlflow.pyfunc.log_model(
             name=names.LOGGED_MODEL, python_model=LabbookModel(), model_id=logged.model_id,
             artifacts={names.MODEL_CHECKPOINT: str(checkpoint.path), names.MODEL_CONFIG: str(config)},
-            signature=signature, input_example=example, pip_requirements=requirements(), step=checkpoint.epoch)
+            signature=signature, input_example=example, pip_requirements=requirements(), step=checkpoint.epoch,
+            code_paths=project_code(model, datamodule) or None)
     client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=checkpoint.epoch)])
     linked = []
     for key in run.data.metrics:

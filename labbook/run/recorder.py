@@ -206,7 +206,7 @@ class Recorder:
         self.log_text("".join(f"{name}=={version}\n" for name, version in sorted(installed.items())),
                       names.PACKAGES)
 
-    def log_models(self, checkpoints: Mapping[str, Any], which: str, resolved: Mapping[str, Any],
+    def log_models(self, checkpoints: Mapping[str, Any], which: str, resolved: Mapping[str, Any], model: Any,
                    datamodule: Any) -> list[str]:
         """Log the run's checkpoints as MLflow models (:mod:`labbook.run.model`): ``which`` is ``best`` or
         ``kept``, ``checkpoints`` the checkpoint callback's state (``best``, ``last``: local paths). A
@@ -228,7 +228,7 @@ class Recorder:
                 if (checkpoint.kind, str(checkpoint.epoch)) in have:
                     continue
                 config = config_text({**resolved, "ckpt_path": None})
-                logged.append(log_model(self.client, self.run_id, checkpoint, config, datamodule))
+                logged.append(log_model(self.client, self.run_id, checkpoint, config, model, datamodule))
             if any(kind == "best" for kind, _ in have) or logged:
                 self._remove_artifact(run.info.artifact_uri, names.BEST_CHECKPOINT)
         return logged

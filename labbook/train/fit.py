@@ -230,7 +230,7 @@ def _log_models(tracked: TrackedRun, checkpoints: Mapping[str, Any], which: LogM
         print(f"labbook: note: the run's MLflow model cannot answer inputs: {lacks} (docs/contract.md)",
               file=sys.stderr, flush=True)
     try:
-        tracked.log_models(checkpoints, which.value, resolved, datamodule)
+        tracked.log_models(checkpoints, which.value, resolved, model, datamodule)
     except Exception as exc:  # noqa: BLE001
         print(f"labbook: warning: the run's model was not logged ({one_line(exc)}); its checkpoints are in the "
               "run", file=sys.stderr, flush=True)
