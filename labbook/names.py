@@ -16,6 +16,7 @@ RESUME_RECORD = "config/resume-{number}.yaml"  # what resume N changed and where
 CHECKPOINTS = "checkpoints"  # the folder of the two below
 BEST_CHECKPOINT = "checkpoints/best.ckpt"  # the best by the checkpoint's monitor
 LAST_CHECKPOINT = "checkpoints/last.ckpt"  # the end of the last epoch (or the batch a signal stopped at)
+STORED_CHECKPOINT = {"best": BEST_CHECKPOINT, "last": LAST_CHECKPOINT}  # by a logged model's labbook.checkpoint
 GIT_PATCH = "git/diff.patch"  # uncommitted changes of a dirty checkout
 PACKAGES = "environment/packages.txt"  # every installed distribution, name==version
 PLOTS = "plots"  # a model's report figures, plots/<name>.png

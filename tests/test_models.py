@@ -140,7 +140,7 @@ def test_a_resumed_runs_newer_best_is_a_new_model_of_the_same_run_and_no_validat
     models = sorted(logged_models(store, run_id), key=lambda m: int(m.tags["labbook.epoch"]))
     assert [(m.tags["labbook.checkpoint"], int(m.tags["labbook.epoch"])) for m in models] == \
         [("best", first), ("best", overall)]
-    assert [o.step for o in MlflowClient(store).get_run(run_id).outputs.model_outputs] == [first, overall]
+    assert sorted(o.step for o in MlflowClient(store).get_run(run_id).outputs.model_outputs) == [first, overall]
     # predict and the registry take the newer one.
     out = labbook("register", run_id[:8], "--name", "sunspots", cwd=tmp_path)
     assert out.returncode == 0 and models[1].model_id in out.stdout, out.stderr
@@ -259,3 +259,25 @@ def test_register_the_best_of_a_sweep_then_predict_and_serve_it_by_alias(tmp_pat
                       cwd=tmp_path)
         assert out.returncode != 0 and "Traceback" not in out.stderr and out.stderr.strip(), bad
     assert [m.name for m in client.search_registered_models()] == ["cubic"]
+
+
+def test_kept_logs_the_best_and_the_last_each_stored_once_and_a_resume_starts_from_the_model(
+        tmp_path: Path, store: str) -> None:
+    out = labbook("train", "experiment=polynomial", "trainer.max_epochs=6", "logger.log_model=kept",
+                  "callbacks.checkpoint.last_every_s=0", QUIET, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run_id = only_run(store).info.run_id
+    client = MlflowClient(store)
+    val = [m.value for m in sorted(client.get_metric_history(run_id, "val/loss"), key=lambda m: m.step)]
+    best = int(np.argmin(val))
+    assert best < 5, f"val/loss fell every epoch {val}: best and last coincide, nothing is tested"
+    kinds = sorted((m.tags["labbook.checkpoint"], int(m.tags["labbook.epoch"])) for m in logged_models(store, run_id))
+    assert kinds == [("best", best), ("last", 5)]
+    assert not {"checkpoints/best.ckpt", "checkpoints/last.ckpt"} & artifacts(client, run_id)  # in the models
+    out = labbook("train", f"resume={run_id}", "trainer.max_epochs=8", QUIET, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert [m.step for m in sorted(client.get_metric_history(run_id, "val/loss"), key=lambda m: m.step)] == \
+        list(range(8))
+    kinds = sorted((m.tags["labbook.checkpoint"], int(m.tags["labbook.epoch"])) for m in logged_models(store, run_id))
+    assert ("last", 7) in kinds and len(kinds) in (3, 4)  # a newer best too when the resume improved

@@ -225,12 +225,18 @@ class _quiet_mlflow:
         self._warnings.__exit__(*exc)
 
 
-def kept_checkpoints(state: Mapping[str, Any], which: str) -> list[Path]:
+def model_files(state: Mapping[str, Any], which: str) -> list[Path]:
     """The checkpoint files to log: ``which`` is ``best`` (the best, else the last when nothing was monitored)
-    or ``kept`` (the best and the last, when the last exists apart from it)."""
+    or ``kept`` (the best and the last)."""
     best, last = (Path(state[k]) if state.get(k) else None for k in ("best", "last"))
     best = best if best is not None and best.exists() else None
     last = last if last is not None and last.exists() else None
     if which == "best":
         return [p for p in (best or last,) if p is not None]
     return [p for p in (best, last) if p is not None]
+
+
+def kept_checkpoints(checkpoints: list[Checkpoint]) -> list[Checkpoint]:
+    """``checkpoints`` less a last one of the same epoch as the best (the same model, twice)."""
+    best = {c.epoch for c in checkpoints if c.kind == "best"}
+    return [c for c in checkpoints if c.kind == "best" or c.epoch not in best]

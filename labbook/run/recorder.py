@@ -211,9 +211,9 @@ class Recorder:
         """Log the run's checkpoints as MLflow models (:mod:`labbook.run.model`): ``which`` is ``best`` or
         ``kept``, ``checkpoints`` the checkpoint callback's state (``best``, ``last``: local paths). A
         checkpoint the run has a model of already (same kind, same epoch: a resume that did not improve) is
-        not logged again. Once a model holds the best checkpoint, the run's own copy is removed (the bytes are
-        stored once). Returns the new models' ids."""
-        from labbook.run.model import kept_checkpoints, log_model, read_position
+        not logged again. Once a model holds a checkpoint, the run's own copy is removed (the bytes are stored
+        once). Returns the new models' ids."""
+        from labbook.run.model import kept_checkpoints, log_model, model_files, read_position
         from labbook.store.models import logged_models
 
         run = self.client.get_run(self.run_id)
@@ -223,14 +223,13 @@ class Recorder:
         from labbook.store.models import using_store
 
         with using_store(self.uri):
-            for path in kept_checkpoints(checkpoints, which):
-                checkpoint = read_position(path)
-                if (checkpoint.kind, str(checkpoint.epoch)) in have:
-                    continue
-                config = config_text({**resolved, "ckpt_path": None})
-                logged.append(log_model(self.client, self.run_id, checkpoint, config, model, datamodule))
-            if any(kind == "best" for kind, _ in have) or logged:
-                self._remove_artifact(run.info.artifact_uri, names.BEST_CHECKPOINT)
+            for checkpoint in kept_checkpoints([read_position(p) for p in model_files(checkpoints, which)]):
+                if (checkpoint.kind, str(checkpoint.epoch)) not in have:
+                    config = config_text({**resolved, "ckpt_path": None})
+                    logged.append(log_model(self.client, self.run_id, checkpoint, config, model, datamodule))
+                have.add((checkpoint.kind, str(checkpoint.epoch)))
+                # The bytes once: the model holds them now. (A resume fetches them back from it.)
+                self._remove_artifact(run.info.artifact_uri, names.STORED_CHECKPOINT[checkpoint.kind])
         return logged
 
     def _remove_artifact(self, artifact_uri: str, path: str) -> None:

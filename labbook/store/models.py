@@ -78,6 +78,27 @@ def checkpoint_of(reader: Any, run: Any, into: Path, why: str = "") -> Path:
     return reader.checkpoint(run, (names.BEST_CHECKPOINT, names.LAST_CHECKPOINT), into, why=why)
 
 
+def has_checkpoint(reader: Any, run: Any, kind: str) -> bool:
+    """Whether the run has a ``kind`` (``best``, ``last``) checkpoint: stored in it, or held by one of its models."""
+    return (names.STORED_CHECKPOINT[kind] in reader.artifacts(run, names.CHECKPOINTS)
+            or _newest(reader.uri, run, kind) is not None)
+
+
+def stored_checkpoint(reader: Any, run: Any, kind: str, into: Path) -> Path | None:
+    """A local copy of the run's ``kind`` checkpoint: the one stored in the run (while it trains, or once it
+    stopped), else the one its newest model of that kind holds (it finished: the model has the bytes); None
+    when it has neither."""
+    if names.STORED_CHECKPOINT[kind] in reader.artifacts(run, names.CHECKPOINTS):
+        return reader.checkpoint(run, [names.STORED_CHECKPOINT[kind]], into)
+    model = _newest(reader.uri, run, kind)
+    return None if model is None else model_checkpoint(reader.uri, model, into)
+
+
+def _newest(uri: str, run: Any, kind: str) -> Any | None:
+    return next((m for m in logged_models(client(uri), run.experiment_id, run.run_id)
+                 if m.tags.get(names.MODEL_CHECKPOINT_KIND) == kind), None)
+
+
 def resolve(uri: str, reader: Any, what: str) -> ModelRef:
     """The model ``what`` names (see the module's doc), or a :class:`UserError` naming what is missing."""
     mlflow_client = client(uri)

@@ -97,8 +97,12 @@ def plan_resume(uri: str, run_id: str, new_overrides: list[str], compose: Callab
     _unmask(config, after)
 
     download = checkpoint_dir / ".download"
-    last = localise_checkpoint(reader.checkpoint(run, [names.LAST_CHECKPOINT], download), checkpoint_dir)
-    _localise_best(reader, run, download, checkpoint_dir / Path(names.BEST_CHECKPOINT).name)
+    from labbook.store.models import stored_checkpoint
+
+    last = localise_checkpoint(stored_checkpoint(reader, run, "last", download), checkpoint_dir)
+    best = stored_checkpoint(reader, run, "best", download)  # where the restored checkpoint callback expects it
+    if best is not None:
+        best.replace(checkpoint_dir / Path(names.BEST_CHECKPOINT).name)
     config["ckpt_path"] = str(last)
     config.pop("resume", None)
     position = _check_position(run_id, config, changes, last, finished=run.status == "FINISHED")
@@ -110,19 +114,6 @@ def plan_resume(uri: str, run_id: str, new_overrides: list[str], compose: Callab
         raise UserError(f"resume={run_id}: {exc}") from None
     return ResumePlan(run.run_id, int(run.tags.get(names.RESUMES, "0")) + 1, config, list(new_overrides),
                       [*old_overrides, *new_overrides], changes, dataclasses.asdict(position), dict(run.metric_steps))
-
-
-def _localise_best(reader: Any, run: Any, download: Path, target: Path) -> None:
-    """The run's best checkpoint at ``target``, where the restored checkpoint callback expects it: stored in the
-    run while it trained, or held by its model once it finished (:func:`labbook.store.models.checkpoint_of`)."""
-    if names.BEST_CHECKPOINT in reader.artifacts(run, names.CHECKPOINTS):
-        reader.checkpoint(run, [names.BEST_CHECKPOINT], download).replace(target)
-        return
-    from labbook.store.models import model_checkpoint, run_model
-
-    model = run_model(reader.uri, run)
-    if model is not None and model.tags.get(names.MODEL_CHECKPOINT_KIND) == "best":
-        model_checkpoint(reader.uri, model, download).replace(target)
 
 
 def _unmask(config: dict[str, Any], composed: Mapping[str, Any]) -> None:
@@ -142,7 +133,9 @@ def _check_resumable(reader: Any, run: Any) -> None:
         raise UserError(f"the run is still RUNNING (process {run.tags.get(names.OWNER_PID, '?')} on "
                         f"{run.tags.get(names.OWNER_HOST, '?')}); stop it first, or `labbook reap` if that process "
                         "is gone")
-    if names.LAST_CHECKPOINT not in reader.artifacts(run, names.CHECKPOINTS):
+    from labbook.store.models import has_checkpoint
+
+    if not has_checkpoint(reader, run, "last"):
         raise UserError(f"the run has no {names.LAST_CHECKPOINT} to resume from (trained with "
                         "logger.log_checkpoints=false or callbacks.checkpoint.enabled=false, or it ended before "
                         "its first epoch did)")
