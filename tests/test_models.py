@@ -206,9 +206,9 @@ def test_served_by_mlflow_and_by_labbook_serve_the_same_answers_and_ctrl_c_leave
     assert serve.wait(timeout=60) == 0 and "labbook serve: stopped" in serve.stderr.read()
     _nothing_left(watch)  # the scoring server and its workers went with it
 
-    # Stopped before the server answered: nothing is left either.
+    # Stopped before the server answered: nothing is left either. (Off loopback: a warning says who can ask it.)
     port = _free_port()
-    serve = subprocess.Popen([LABBOOK, "serve", run.info.run_id, "--port", str(port)], cwd=tmp_path,
+    serve = subprocess.Popen([LABBOOK, "serve", run.info.run_id, "--port", str(port), "--host", "0.0.0.0"], cwd=tmp_path,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     watch = Watch(serve.pid, [f"--port {port}"])
     deadline = time.monotonic() + 120
@@ -217,6 +217,7 @@ def test_served_by_mlflow_and_by_labbook_serve_the_same_answers_and_ctrl_c_leave
         time.sleep(0.05)
     serve.send_signal(signal.SIGINT)
     serve.wait(timeout=60)
+    assert "labbook: warning: --host 0.0.0.0: the model answers anyone who can reach this machine" in serve.stderr.read()
     _nothing_left(watch)
 
 
