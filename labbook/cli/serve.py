@@ -15,9 +15,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from labbook.cli.console import tracking_uri_option
 from labbook.cli.processes import Lifetime, run_server_command
-from labbook.cli.ui import LOOPBACK, UIServer, start_server
+from labbook.cli.ui import LOOPBACK, UIServer, listening_options, parse_listening, start_server
 
 DEFAULT_PORT = 5001  # beside `labbook ui`'s 5000
 
@@ -28,18 +27,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("what", metavar="RUN_ID|SWEEP_PARENT_ID|models:/…",
                    help="a run id or an unambiguous prefix, a sweep's parent run (its best child), or a model URI "
                         "(models:/NAME@ALIAS, models:/NAME/VERSION)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"the port to listen on (default {DEFAULT_PORT})")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="the interface to listen on (default 127.0.0.1: this machine only)")
-    tracking_uri_option(p)
+    listening_options(p, DEFAULT_PORT)
     return p
 
 
 def main(args: Sequence[str]) -> int:
-    arguments = parser()
-    options = arguments.parse_args(list(args))
-    if not 0 < options.port < 65536:
-        arguments.error(f"--port={options.port} is not allowed: expected a port number 1-65535")
+    options = parse_listening(parser(), args)
     return run_server_command("serve", lambda lifetime: start(lifetime, options))
 
 

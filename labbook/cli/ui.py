@@ -35,18 +35,28 @@ START_TIMEOUT_S = 90.0
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="labbook ui", description="Serve MLflow's UI on the store `labbook train` here would use.")
-    p.add_argument("--port", type=int, default=5000, help="the port to listen on (default 5000)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="the interface to listen on (default 127.0.0.1: this machine only)")
-    tracking_uri_option(p)
+    listening_options(p, 5000)
     return p
 
 
-def main(args: Sequence[str]) -> int:
-    arguments = parser()
+def listening_options(p: argparse.ArgumentParser, port: int) -> None:
+    """A server command's ``--port``, ``--host`` (loopback by default) and ``--tracking-uri``."""
+    p.add_argument("--port", type=int, default=port, help=f"the port to listen on (default {port})")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="the interface to listen on (default 127.0.0.1: this machine only)")
+    tracking_uri_option(p)
+
+
+def parse_listening(arguments: argparse.ArgumentParser, args: Sequence[str]) -> argparse.Namespace:
+    """A server command's arguments, its port checked."""
     options = arguments.parse_args(list(args))
     if not 0 < options.port < 65536:
         arguments.error(f"--port={options.port} is not allowed: expected a port number 1-65535")
+    return options
+
+
+def main(args: Sequence[str]) -> int:
+    options = parse_listening(parser(), args)
     return run_server_command("ui", lambda lifetime: start(lifetime, options.tracking_uri, options.host, options.port))
 
 
