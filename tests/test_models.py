@@ -62,7 +62,9 @@ def pyfunc(uri: str, model_uri: str, given: dict, cwd: Path) -> tuple[list[str],
     out = run_process([sys.executable, str(Path(__file__).with_name("pyfunc_predict.py")), uri, model_uri,
                        json.dumps(given)], timeout=300, cwd=cwd)
     assert out.returncode == 0, out.stderr[-3000:]
-    answers, names = out.stdout.strip().splitlines()[-2:]
+    answers, names, example = out.stdout.strip().splitlines()[-3:]
+    rows, answered = json.loads(example)
+    assert rows == answered > 0, "the logged input example gets one answer a row"
     return json.loads(answers), json.loads(names)
 
 
