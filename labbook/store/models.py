@@ -68,14 +68,13 @@ def model_checkpoint(uri: str, model: Any, into: Path) -> Path:
 
 
 def checkpoint_of(reader: Any, run: Any, into: Path, why: str = "") -> Path:
-    """A local copy of the checkpoint that answers for ``run``: its model's (:func:`run_model`), else the best
-    or last checkpoint stored in the run (a run stopped before it finished)."""
-    stored = reader.artifacts(run, names.CHECKPOINTS)
-    if names.BEST_CHECKPOINT not in stored:
-        model = run_model(reader.uri, run)
-        if model is not None:
-            return model_checkpoint(reader.uri, model, into)
-    return reader.checkpoint(run, (names.BEST_CHECKPOINT, names.LAST_CHECKPOINT), into, why=why)
+    """A local copy of the checkpoint that answers for ``run``: its best (:func:`stored_checkpoint`: in the run,
+    or in its model once it finished), else its last; a :class:`UserError` when it has neither."""
+    for kind in ("best", "last"):
+        found = stored_checkpoint(reader, run, kind, into)
+        if found is not None:
+            return found
+    raise UserError(f"run {run.run_id} has no {names.BEST_CHECKPOINT} or {names.LAST_CHECKPOINT}{why}")
 
 
 def has_checkpoint(reader: Any, run: Any, kind: str) -> bool:
