@@ -62,6 +62,8 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
+from labbook.timing import read_marks
+
 LABBOOK = str(Path(sys.executable).parent / "labbook")
 GOAL_S = 0.5
 TINY_DATES = ["datamodule.n_samples=1200", "datamodule.n_test=200", "datamodule.batch_size=32",
@@ -166,11 +168,7 @@ def run_once(overrides: Sequence[str], way: str, env: dict[str, str], parent: Pa
             sys.exit(f"labbook train {' '.join(overrides)} logger.log_model={way} failed:\n{done.stderr[-3000:]}")
         if NOT_LOGGED in done.stderr:
             sys.exit(f"labbook train {' '.join(overrides)}: {NOT_LOGGED}:\n{done.stderr[-3000:]}")
-        marks = {}
-        for line in done.stderr.splitlines():
-            if line.startswith("labbook-timing: "):
-                name, wall, cpu = line.split()[1:4]
-                marks[name] = (float(wall), float(cpu))
+        marks = read_marks(done.stderr)
         with sqlite3.connect(cwd / "mlflow.db") as con:
             models = con.execute("SELECT status FROM logged_models").fetchall()
         want = [(2,)] if way == "best" else []  # LoggedModelStatus.READY = 2

@@ -47,6 +47,8 @@ from pathlib import Path
 from statistics import median
 from typing import Sequence
 
+from labbook.timing import read_marks
+
 LABBOOK = str(Path(sys.executable).parent / "labbook")
 GOAL_S = 1.0
 TRAINING = {"polynomial": ["experiment=polynomial", "trainer.max_epochs=1", "debug=quiet"],
@@ -175,11 +177,7 @@ def measure_training(cwd: str, env: dict[str, str], overrides: Sequence[str], di
     started, ended, cpu_total, done = run([*command, "train", *overrides], cwd, {**env, "LABBOOK_TIMING": "1"})
     if done.returncode != 0:
         sys.exit(f"labbook train {' '.join(overrides)} failed:\n{done.stderr[-3000:]}")
-    marks = {}
-    for line in done.stderr.splitlines():
-        if line.startswith("labbook-timing: "):
-            name, wall, cpu = line.split()[1:4]
-            marks[name] = (float(wall), float(cpu))
+    marks = read_marks(done.stderr)
     marks["exit"] = (ended, cpu_total)
     missing = [name for name in names if name not in marks]
     if missing:

@@ -30,3 +30,13 @@ def mark(phase: str, at: tuple[float, float] | None = None) -> None:
     if _ON:
         wall, cpu = now() if at is None else at
         print(f"labbook-timing: {phase} {wall:.6f} {cpu:.6f}", file=sys.stderr, flush=True)
+
+
+def read_marks(stderr: str) -> dict[str, tuple[float, float]]:
+    """The marks a command printed (its ``stderr``), ``{phase: (wall, CPU)}``: what the benchmarks read."""
+    marks = {}
+    for line in stderr.splitlines():
+        if line.startswith("labbook-timing: "):
+            phase, wall, cpu = line.split()[1:4]
+            marks[phase] = (float(wall), float(cpu))
+    return marks
