@@ -285,3 +285,19 @@ def test_the_read_side_finds_runs_by_experiment_tags_parent_and_status(tmp_path:
         reader.checkpoint(found, ["checkpoints/best.ckpt", "checkpoints/last.ckpt"], tmp_path)
     with pytest.raises(UserError, match="not found in the store"):
         reader.find_run("0" * 32)
+
+
+@pytest.mark.parametrize("typed, composed, expected", [
+    ("3744e1", 37440.0, "3744e1"),  # a short id Hydra reads as a float (CI, stop 25: "run '37440.0' not found")
+    ("001234", 1234, "001234"),  # as an int
+    ("'3744e1'", "3744e1", "3744e1"),  # quoted: as typed, less the quotes
+    ("ab12cd", "ab12cd", "ab12cd"),
+])
+def test_resume_takes_the_run_id_as_typed_not_as_hydra_read_it(typed: str, composed: object, expected: str) -> None:
+    from omegaconf import OmegaConf
+
+    from labbook.cli.train import _resume_id
+
+    hc = OmegaConf.create({"overrides": {"task": [f"resume={typed}", "trainer.max_epochs=3"]}})
+    assert _resume_id(OmegaConf.create({"resume": composed}), hc) == expected
+    assert _resume_id(OmegaConf.create({"resume": None}), OmegaConf.create({"overrides": {"task": []}})) is None

@@ -193,7 +193,7 @@ def _train(cfg: Any, hc: Any, sweep_job: Any) -> dict[str, Any] | None:
         return None
     if sweep_job is not None and not cfg.logger.experiment_name:  # every job beside its parent
         cfg.logger.experiment_name = sweep_job.experiment
-    plan = _resume_plan(cfg, hc, uri) if cfg.resume else None
+    plan = _resume_plan(cfg, hc, uri) if _resume_id(cfg, hc) else None
     if plan is not None:
         from omegaconf import OmegaConf
 
@@ -236,7 +236,19 @@ def _resume_plan(cfg: Any, hc: Any, uri: str) -> Any:
     def composed(overrides: list[str]) -> dict:
         return OmegaConf.to_container(compose("train", overrides=overrides), resolve=True, enum_to_str=True)
 
-    return plan_resume(uri, cfg.resume, new, checkpoint_dir=Path(cfg.paths.checkpoint_dir), compose=composed)
+    return plan_resume(uri, _resume_id(cfg, hc), new, checkpoint_dir=Path(cfg.paths.checkpoint_dir),
+                       compose=composed)
+
+
+def _resume_id(cfg: Any, hc: Any) -> str | None:
+    """The run id ``resume=`` names, as typed: Hydra reads a short id such as ``3744e1`` as the number 37440.0
+    (and ``001234`` as 1234), so the composed value is not the id. A quoted id is taken without its quotes."""
+    typed = next((o.split("=", 1)[1] for o in task_overrides(hc) if o.startswith("resume=")), None)
+    if typed is None:
+        return str(cfg.resume) if cfg.resume else None
+    if len(typed) >= 2 and typed[0] == typed[-1] and typed[0] in "'\"":
+        typed = typed[1:-1]
+    return typed or None
 
 
 def _report(result: dict[str, Any]) -> dict[str, Any]:
