@@ -50,20 +50,25 @@ def open_run(job: Job, uri: str, resume: ResumePlan | None = None, sweep: SweepJ
     objective = objective_of(job.cfg, job.model)
     heartbeat_s = cfg.logger.get("heartbeat_s", MLflowConfig.heartbeat_s)  # absent from older runs' configs
     patience_s = cfg.logger.get("server_patience_s", MLflowConfig.server_patience_s)
+    # Born with its objective and its trial: a run killed in its first second still says what it was.
+    own_tags: dict[str, Any] = {}
+    if objective is not None:
+        own_tags.update({names.OBJECTIVE: objective[0], names.OBJECTIVE_DIRECTION: objective[1]})
+    report = _trial_report(job)
+    if report is not None:
+        own_tags.update({names.TRIAL_NUMBER: report.trial.number, names.TRIAL_STATE: "RUNNING",
+                         **{f"optuna.param.{k}": v for k, v in report.trial.params.items()}})
     if resume is not None:
         tracked = TrackedRun.reopen(uri, resume.run_id, heartbeat_s=heartbeat_s, patience_s=patience_s)
+        if own_tags:
+            tracked.set_tags(own_tags)
     else:
-        tags = {**(sweep.tags() if sweep else {}), **dict(cfg.logger.tags or {})}
+        tags = {**(sweep.tags() if sweep else {}), **dict(cfg.logger.tags or {}), **own_tags}
         name = cfg.logger.run_name or (sweep.name if sweep else run_name(cfg.logger.experiment_name, overrides))
         tracked = TrackedRun.start(uri, cfg.logger.experiment_name, name, tags, heartbeat_s=heartbeat_s,
                                    parent_run_id=sweep.parent_run_id if sweep else None, patience_s=patience_s)
-    if objective is not None:
-        tracked.set_tags({names.OBJECTIVE: objective[0], names.OBJECTIVE_DIRECTION: objective[1]})
-    report = _trial_report(job)
     if report is not None:  # the search's trial knows its run, the run its trial
         report.trial.set_user_attr(RUN_ID_ATTR, tracked.run_id)
-        tracked.set_tags({names.TRIAL_NUMBER: report.trial.number, names.TRIAL_STATE: "RUNNING",
-                          **{f"optuna.param.{k}": v for k, v in report.trial.params.items()}})
     mark("run-opened")
     return tracked
 
