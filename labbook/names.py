@@ -46,6 +46,9 @@ DATASET_CONTEXT = "mlflow.data.context"  # a dataset input's tag
 # ----------------------------------------------------------------------------------- a run's own tags
 ERROR = "error"  # why a run FAILED or was KILLED
 HOST = "host"
+SLURM_JOB = "slurm.job_id"  # the job squeue shows (an array's task as <array job>_<task>), where Slurm started it
+SLURM_ARRAY_TASK = "slurm.array_task_id"
+SLURM_NODES = "slurm.nodelist"
 COMMAND = "command"
 HEADLINE = "headline_metric"  # the name of the metric printed at a run's end (its value is a metric)
 OBJECTIVE = "objective"  # what a sweep of this run would rank it by

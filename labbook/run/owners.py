@@ -52,6 +52,20 @@ def owner_tags(pid: int | None = None) -> dict[str, str]:
             names.OWNER_START_TICKS: _start_ticks(pid) or "", names.HEARTBEAT: str(int(time.time()))}
 
 
+def scheduler_tags(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The Slurm job that runs this process (none outside Slurm), as ``squeue`` shows it: a run is found from
+    its job, and a job from its run."""
+    env = os.environ if environ is None else environ
+    if not env.get("SLURM_JOB_ID"):
+        return {}
+    task = env.get("SLURM_ARRAY_TASK_ID")
+    job = f"{env['SLURM_ARRAY_JOB_ID']}_{task}" if task is not None and env.get("SLURM_ARRAY_JOB_ID") else env["SLURM_JOB_ID"]
+    tags = {names.SLURM_JOB: job, names.SLURM_NODES: env.get("SLURM_JOB_NODELIST", env.get("SLURM_NODELIST", ""))}
+    if task is not None:
+        tags[names.SLURM_ARRAY_TASK] = task
+    return tags
+
+
 def owner_gone(tags: Mapping[str, str], now: float, stale_after_s: float) -> str | None:
     """Why the owner of a RUNNING run with these tags is gone, or None while it may still be alive."""
     host = tags.get(names.OWNER_HOST)
