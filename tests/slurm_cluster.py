@@ -18,6 +18,9 @@ from pathlib import Path
 
 NODES = ("n1", "n2")
 CPUS_PER_NODE = 2  # what each slurmd offers: a job of two tasks fits on one node
+# A job credential's life, which is also how long a requeued job waits before it may start again (Slurm's
+# default: 120 s).
+CRED_EXPIRE_S = 20
 
 
 def _free_ports(n: int) -> list[int]:
@@ -85,6 +88,7 @@ SlurmctldHost=localhost
 SlurmctldPort={ctld}
 SlurmUser=root
 AuthType=auth/munge
+AuthInfo=cred_expire={CRED_EXPIRE_S}
 StateSaveLocation={d}/state
 SlurmdSpoolDir={d}/spool/%n
 SlurmctldPidFile={d}/slurmctld.pid
@@ -120,6 +124,40 @@ PartitionName=debug Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE State=U
             if states.count("idle") == len(NODES):
                 return
             assert time.monotonic() < deadline, f"the cluster never became idle: {states}"
+            time.sleep(0.2)
+
+    def jobs(self, state: str = "PD,R,CG,S") -> list[tuple[str, str, str]]:
+        """``(job id, state, reason)`` of the jobs squeue shows in ``state`` (by default those not ended); an
+        array's tasks as ``<array job>_<task>``."""
+        out = subprocess.run(["squeue", "-h", "-t", state, "-o", "%i %T %r"], env=self.env(), capture_output=True,
+                             text=True).stdout
+        return [tuple(line.split(None, 2)) for line in out.splitlines() if line.strip()]  # type: ignore[misc]
+
+    def extend_requeued(self, time_limit_min: int) -> list[str]:
+        """Give each requeued job (held until its BeginTime) the time limit ``time_limit_min``, as an
+        administrator may; returns those jobs."""
+        held = [job for job, state, reason in self.jobs("PD") if reason == "BeginTime"]
+        for job in held:
+            subprocess.run(["scontrol", "update", f"JobId={job}", f"TimeLimit={time_limit_min}"], env=self.env(),
+                           capture_output=True)
+        return held
+
+    def job_processes(self, wait_s: float = 10) -> list[str]:
+        """The command lines of this cluster's job processes (each has ``SLURM_JOB_ID`` and this cluster's
+        ``SLURM_CONF`` in its environment) still there after up to ``wait_s`` seconds: a job's steps take a
+        moment to be reaped."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            found = []
+            for proc in Path("/proc").iterdir():
+                try:
+                    env = (proc / "environ").read_bytes().split(b"\0")
+                    if f"SLURM_CONF={self.conf}".encode() in env and any(v.startswith(b"SLURM_JOB_ID=") for v in env):
+                        found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+                except OSError:  # not a process, or gone meanwhile
+                    continue
+            if not found or time.monotonic() > deadline:
+                return found
             time.sleep(0.2)
 
     def stop(self) -> None:

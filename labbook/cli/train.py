@@ -193,7 +193,9 @@ def _train(cfg: Any, hc: Any, sweep_job: Any) -> dict[str, Any] | None:
         return None
     if sweep_job is not None and not cfg.logger.experiment_name:  # every job beside its parent
         cfg.logger.experiment_name = sweep_job.experiment
-    plan = _resume_plan(cfg, hc, uri) if _resume_id(cfg, hc) else None
+    plan = _continued(cfg, hc, uri, sweep_job)
+    if plan is False:  # a requeued job whose run had already FINISHED
+        return None
     if plan is not None:
         from omegaconf import OmegaConf
 
@@ -224,19 +226,39 @@ def _skip(cfg: Any, hc: Any, sweep_job: Any, uri: str) -> bool:
     return False
 
 
-def _resume_plan(cfg: Any, hc: Any, uri: str) -> Any:
-    """``resume=RUN_ID``: the plan that continues the stored run (labbook.train.resume)."""
+def _continued(cfg: Any, hc: Any, uri: str, sweep_job: Any) -> Any:
+    """The plan that continues a stored run (:mod:`labbook.train.resume`): the one ``resume=`` names, or the
+    one an earlier allocation of this requeued Slurm job opened (:mod:`labbook.train.requeue`); None for a new
+    run, False when the requeued job's run had FINISHED already (nothing is left to do)."""
+    from labbook.train.requeue import continue_note, earlier_run
+
+    if (run_id := _resume_id(cfg, hc)) is not None:
+        return _resume_plan(cfg, hc, uri, run_id, [o for o in task_overrides(hc) if not o.startswith("resume=")])
+    earlier = earlier_run(uri, sweep_job)
+    if earlier is None:
+        return None
+    if earlier.status == "FINISHED":
+        print(f"labbook: Slurm job requeued after its run {earlier.run_id} FINISHED; nothing left to train",
+              file=sys.stderr, flush=True)
+        if sweep_job is not None:
+            sweep_job.record("FINISHED", earlier.run_id, reused=True)
+        return False
+    print(continue_note(earlier), file=sys.stderr, flush=True)
+    return _resume_plan(cfg, hc, uri, earlier.run_id, [])
+
+
+def _resume_plan(cfg: Any, hc: Any, uri: str, run_id: str, new: list[str]) -> Any:
+    """The plan that continues the stored run ``run_id`` with the ``new`` overrides (labbook.train.resume)."""
     from hydra import compose
     from omegaconf import OmegaConf
 
     from labbook.train.resume import plan_resume
 
-    new = [o for o in task_overrides(hc) if not o.startswith("resume=")]
 
     def composed(overrides: list[str]) -> dict:
         return OmegaConf.to_container(compose("train", overrides=overrides), resolve=True, enum_to_str=True)
 
-    return plan_resume(uri, _resume_id(cfg, hc), new, checkpoint_dir=Path(cfg.paths.checkpoint_dir),
+    return plan_resume(uri, run_id, new, checkpoint_dir=Path(cfg.paths.checkpoint_dir),
                        compose=composed)
 
 

@@ -2,7 +2,9 @@
 runs (:mod:`labbook.run.owners`), and close it with the status that matches what happened.
 
 Statuses: ``FINISHED`` on a normal exit; ``FAILED`` on an exception (the message in tag ``error``);
-``KILLED`` on SIGINT/SIGTERM (exit code 130/143). A process that cannot say anything (SIGKILL, the
+``KILLED`` on SIGINT/SIGTERM (exit code 130/143), and on the signal with which a cluster launcher (submitit's
+``USR2``) warns of a time limit or a preemption: then the job is requeued, and its next allocation continues
+the run (:mod:`labbook.train.requeue`). A process that cannot say anything (SIGKILL, the
 out-of-memory killer, a lost machine) leaves its run RUNNING, for :func:`labbook.run.owners.reap`.
 """
 
@@ -29,6 +31,17 @@ from labbook.run.recorder import Recorder, _user, ensure_experiment, patient_cli
 # reached; one that does not get there within this many seconds (a long validation, a slow first batch)
 # is interrupted where it is, so that the run is KILLED within 10 s whatever it was doing.
 STOP_GRACE_S = 6.0
+
+
+def requeue_signal() -> int | None:
+    """The signal with which this job's launcher warns of a time limit or a preemption and then requeues the
+    job, when a launcher set one up in this process (submitit: ``USR2``, or ``$SUBMITIT_PREEMPT_SIGNAL``, sent
+    ``hydra.launcher.signal_delay_s`` before the limit); None otherwise."""
+    for signum in (signal.SIGUSR1, signal.SIGUSR2):
+        owner = getattr(signal.getsignal(signum), "__self__", None)
+        if type(owner).__module__.startswith("submitit."):
+            return signum
+    return None
 
 
 class _Heartbeat(threading.Thread):
@@ -67,6 +80,7 @@ class TrackedRun(Recorder):
         self._stop_requested: Any = None  # set while training: asks the trainer to stop at a batch boundary
         self._grace_s = STOP_GRACE_S
         self._previous_handlers: dict[int, Any] = {}
+        self._requeue_signum: int | None = None  # the launcher's time-limit signal (requeue_signal), once claimed
         self._heartbeat_s = heartbeat_s
         self._heartbeat: _Heartbeat | None = None
         self._system: Any = None  # MLflow's SystemMetricsMonitor, when monitor_system() started one
@@ -128,7 +142,9 @@ class TrackedRun(Recorder):
         Lightning installs its own SIGTERM handler at the start of every stage (see
         :class:`labbook.train.callbacks.StopOnSignal`, which calls this again right after).
         """
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        if self._requeue_signum is None:
+            self._requeue_signum = requeue_signal()
+        for signum in (signal.SIGINT, signal.SIGTERM, *([self._requeue_signum] if self._requeue_signum else [])):
             try:
                 previous = signal.signal(signum, self._on_signal)
             except ValueError:  # not the main thread: the caller owns signal handling
@@ -160,6 +176,19 @@ class TrackedRun(Recorder):
                 return
         raise RunInterrupted(f"received {signal.Signals(signum).name}")
 
+    def _hand_over_to_launcher(self) -> None:
+        """After the launcher's time-limit (or preemption) signal, with the run's checkpoint in the store: the
+        run ends KILLED saying so, and the launcher's own handler requeues the job and exits this process
+        (submitit: the job's ``checkpoint()``, ``scontrol requeue``, exit). Its next allocation continues
+        this run (:mod:`labbook.train.requeue`). Returns only when the launcher would not requeue the job."""
+        name = signal.Signals(self.signal_received).name
+        self.end("KILLED", f"stopped by {name} (its Slurm job's time limit or a preemption): requeued, its "
+                 "next allocation continues this run")
+        try:
+            self._previous_handlers[self.signal_received](self.signal_received, None)
+        except Exception as exc:  # noqa: BLE001 - submitit's "not requeued: timed out too many times"
+            self.set_tags({names.ERROR: f"stopped by {name}; not requeued: {exc}"})
+
     def _on_grace_over(self, signum: int, frame: Any) -> None:
         raise RunInterrupted(f"not stopped within {self._grace_s:g} s of the signal")
 
@@ -179,6 +208,8 @@ class TrackedRun(Recorder):
                 self.logger.flush()
             except Exception:  # noqa: BLE001 - the status below matters more than late metrics
                 pass
+        if self.signal_received is not None and self.signal_received == self._requeue_signum:
+            self._hand_over_to_launcher()
         if self.signal_received is not None:
             name = signal.Signals(self.signal_received).name
             try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
 import socket
 import sys
 import time
@@ -63,11 +64,28 @@ def scheduler_tags(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     tags = {names.SLURM_JOB: job, names.SLURM_NODES: env.get("SLURM_JOB_NODELIST", env.get("SLURM_NODELIST", ""))}
     if task is not None:
         tags[names.SLURM_ARRAY_TASK] = task
+    tags[names.SLURM_REQUEUES] = env.get("SLURM_RESTART_COUNT") or "0"
     return tags
+
+
+def launcher_signal() -> int:
+    """The signal submitit sends every process of a Slurm job before its time limit: ``USR2`` unless
+    ``$SUBMITIT_PREEMPT_SIGNAL`` names another (submitit's own setting)."""
+    return int(getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2))
+
+
+def earlier_allocation(tags: Mapping[str, str], environ: Mapping[str, str] | None = None) -> bool:
+    """Whether a run with these tags was opened by an earlier allocation of this very Slurm job (the job was
+    requeued since): that allocation is over, wherever it ran, since Slurm starts a requeued job only then."""
+    mine = scheduler_tags(environ)
+    return bool(mine) and tags.get(names.SLURM_JOB) == mine[names.SLURM_JOB] and (
+        int(tags.get(names.SLURM_REQUEUES) or 0) < int(mine[names.SLURM_REQUEUES]))
 
 
 def owner_gone(tags: Mapping[str, str], now: float, stale_after_s: float) -> str | None:
     """Why the owner of a RUNNING run with these tags is gone, or None while it may still be alive."""
+    if earlier_allocation(tags):
+        return f"its Slurm job {tags[names.SLURM_JOB]} was requeued, and this is its next allocation"
     host = tags.get(names.OWNER_HOST)
     if host == socket.gethostname() and tags.get(names.OWNER_BOOT_ID) == _boot_id():
         pid = int(tags.get(names.OWNER_PID) or 0)
@@ -110,7 +128,7 @@ def claim(uri: str, run: Any, what: str = "resume") -> int:
     number = claims[-1][0] if claims else 0
     if claims and _holds(json.loads(claims[-1][1]), run):
         raise RunClaimed(_claimed(what, json.loads(claims[-1][1])))
-    mine = {**owner_tags(), "seen_end": run.end_time}
+    mine = {**owner_tags(), **scheduler_tags(), "seen_end": run.end_time}  # a requeued job's: gone at once
     key = f"{names.CLAIM}{number + 1}"
     try:
         Recorder.for_run(uri, run.run_id).log_param(key, json.dumps(mine))
@@ -150,7 +168,8 @@ def reap(uri: str, *, stale_after_s: float = STALE_AFTER_S, this_host_only: bool
     now, me, reaped = time.time(), socket.gethostname(), []
     for run in open_reader(uri).search(status="RUNNING"):
         tags = run.tags
-        if names.OWNER_HOST not in tags or (this_host_only and tags[names.OWNER_HOST] != me):
+        if names.OWNER_HOST not in tags or (this_host_only and tags[names.OWNER_HOST] != me
+                                            and not earlier_allocation(tags)):
             continue
         why = owner_gone(tags, now, stale_after_s)
         if why is None:

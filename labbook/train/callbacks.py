@@ -19,6 +19,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint as _LightningModelCheckp
 from labbook.config.contract import model_traits
 from labbook.config.schemas import CheckpointConfig
 from labbook.errors import ConfigValueError, RunInterrupted
+from labbook.run.owners import launcher_signal
 from labbook.timing import mark, now
 
 # Words in a metric's name that say lower or higher is better, for a monitor labbook chooses (ModelCheckpoint);
@@ -166,7 +167,8 @@ class StopOnSignal(Callback):
         if self.tracked is not None:
             self.tracked.claim_signals()
             return
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        # A cluster's time-limit signal reaches every process of the job; rank 0 acts on it for all.
+        for signum in (signal.SIGINT, signal.SIGTERM, *([launcher_signal()] if os.environ.get("SLURM_JOB_ID") else [])):
             with contextlib.suppress(ValueError):  # not the main thread
                 signal.signal(signum, signal.SIG_IGN)
 
