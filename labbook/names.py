@@ -49,6 +49,7 @@ HOST = "host"
 SLURM_JOB = "slurm.job_id"  # the job squeue shows (an array's task as <array job>_<task>), where Slurm started it
 SLURM_ARRAY_TASK = "slurm.array_task_id"
 SLURM_NODES = "slurm.nodelist"
+CUDA_DEVICES = "cuda.visible_devices"  # the run's CUDA_VISIBLE_DEVICES where set (a parallel sweep job's own slice)
 COMMAND = "command"
 HEADLINE = "headline_metric"  # the name of the metric printed at a run's end (its value is a metric)
 OBJECTIVE = "objective"  # what a sweep of this run would rank it by
