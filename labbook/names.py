@@ -50,6 +50,7 @@ SLURM_JOB = "slurm.job_id"  # the job squeue shows (an array's task as <array jo
 SLURM_ARRAY_TASK = "slurm.array_task_id"
 SLURM_NODES = "slurm.nodelist"
 SLURM_REQUEUES = "slurm.requeues"  # how often Slurm requeued the job (SLURM_RESTART_COUNT) when it last opened the run
+CUDA_DEVICES = "cuda.visible_devices"  # the run's CUDA_VISIBLE_DEVICES where set (a parallel sweep job's own slice)
 COMMAND = "command"
 HEADLINE = "headline_metric"  # the name of the metric printed at a run's end (its value is a metric)
 OBJECTIVE = "objective"  # what a sweep of this run would rank it by

@@ -139,7 +139,8 @@ def run_job(cfg: Any, failures: list[BaseException], full_error: bool,
     try:
         if is_rank_zero():  # first: a job whose config is refused still counts in its sweep
             sweep_job = job_of_sweep(hc, cfg)
-        result = _train(cfg, hc, sweep_job)
+        with _own_devices(hc, sweep_job):
+            result = _train(cfg, hc, sweep_job)
     except Exception as exc:  # noqa: BLE001
         if sweep_job is not None:
             sweep_job.record("FAILED", getattr(exc, "labbook_run_id", None), error=one_line(exc))
@@ -154,6 +155,20 @@ def run_job(cfg: Any, failures: list[BaseException], full_error: bool,
     if result is not None and results is not None:
         results.append(result)
     return None if result is None else _report(result)
+
+
+def _own_devices(hc: Any, sweep_job: Any) -> Any:
+    """A parallel sweep's job on its own GPUs (labbook.sweep.devices): ``CUDA_VISIBLE_DEVICES`` set before
+    torch initialises CUDA, the slot held until the job ends."""
+    import contextlib
+
+    if sweep_job is None:
+        return contextlib.nullcontext()
+    from labbook.sweep.devices import job_devices
+    from labbook.sweep.job import STOPPING
+
+    sweep_dir = Path(str(hc.sweep.dir))
+    return job_devices(sweep_dir, f"job {sweep_job.number}", sweep_dir / STOPPING)
 
 
 def _train(cfg: Any, hc: Any, sweep_job: Any) -> dict[str, Any] | None:

@@ -24,7 +24,7 @@ from labbook import names
 from labbook.config.schemas import MLflowConfig
 from labbook.errors import RunInterrupted, RunKilled
 from labbook.redact import redact, redact_tree
-from labbook.run.owners import owner_tags, scheduler_tags
+from labbook.run.owners import device_tags, owner_tags, scheduler_tags
 from labbook.run.recorder import Recorder, _user, ensure_experiment, patient_client
 
 # After SIGINT/SIGTERM a training run stops at its next batch boundary, with a checkpoint of the state it
@@ -100,6 +100,7 @@ class TrackedRun(Recorder):
             names.COMMAND: shlex.join(["labbook", "train", *redact_tree(sys.argv[1:])]),  # each word, before quoting
             **owner_tags(),
             **scheduler_tags(),
+            **device_tags(),
             **(tags or {}),
         }
         if parent_run_id:
@@ -114,7 +115,7 @@ class TrackedRun(Recorder):
         """Re-open an ended run (to resume it): RUNNING again, owned by this process."""
         tracked = cls(uri, run_id, heartbeat_s, patience_s)
         tracked.running_again()
-        tracked.set_tags({**owner_tags(), **scheduler_tags()})  # a requeued job: its new allocation
+        tracked.set_tags({**owner_tags(), **scheduler_tags(), **device_tags()})  # a requeued job: its new allocation
         return tracked
 
     def __enter__(self) -> "TrackedRun":

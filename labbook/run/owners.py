@@ -23,6 +23,7 @@ from labbook.errors import UserError
 # This module's import is light (the store is read and written only inside reap): `labbook reap --help` and
 # tab completion read this default.
 STALE_AFTER_S = 300.0  # a run on another host is dead after this long without a heartbeat
+ENV_CUDA_DEVICES = "CUDA_VISIBLE_DEVICES"
 
 
 # ------------------------------------------------------------------------------------------- owners
@@ -80,6 +81,13 @@ def earlier_allocation(tags: Mapping[str, str], environ: Mapping[str, str] | Non
     mine = scheduler_tags(environ)
     return bool(mine) and tags.get(names.SLURM_JOB) == mine[names.SLURM_JOB] and (
         int(tags.get(names.SLURM_REQUEUES) or 0) < int(mine[names.SLURM_REQUEUES]))
+
+
+def device_tags(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The GPUs this process was given (``CUDA_VISIBLE_DEVICES``, by a scheduler, a parallel sweep's job
+    slot or by hand; ``""``: none), where they were given at all."""
+    env = os.environ if environ is None else environ
+    return {names.CUDA_DEVICES: env[ENV_CUDA_DEVICES]} if ENV_CUDA_DEVICES in env else {}
 
 
 def owner_gone(tags: Mapping[str, str], now: float, stale_after_s: float) -> str | None:

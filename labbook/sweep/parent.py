@@ -34,6 +34,7 @@ from hydra.experimental.callback import Callback
 
 from labbook import names
 from labbook.errors import RunInterrupted, RunKilled, UserError
+from labbook.sweep.devices import ENV_PER_JOB, ENV_POOL, sweep_environment
 from labbook.sweep.job import ENV_EXPERIMENT, ENV_PARENT, ENV_SWEPT, STOPPING
 from labbook.sweep.space import _overrides, is_search, short_names, sweep_key, sweep_space
 
@@ -154,6 +155,7 @@ def _open(config: Any) -> OpenSweep:
 
         check(config)
     check_sweep_values(config, task_overrides(config.hydra))  # model.n_components=3,0: no job could take 0
+    devices = sweep_environment(config.hydra.launcher)  # parallel jobs here: each its own GPUs (a bad list fails)
     uri = resolve_tracking_uri(config.logger.get("tracking_uri"))
     prepare_store(uri)
     os.environ[ENV_URI] = uri
@@ -170,6 +172,7 @@ def _open(config: Any) -> OpenSweep:
     os.environ[ENV_PARENT] = parent.run_id
     os.environ[ENV_SWEPT] = json.dumps(list(space))
     os.environ[ENV_EXPERIMENT] = experiment
+    os.environ.update(devices)
     return sweep
 
 
@@ -246,7 +249,7 @@ def _release_workers() -> None:
 
 def _close(sweep: OpenSweep, exc: BaseException | None) -> None:
     _release_workers()
-    for variable in (ENV_PARENT, ENV_SWEPT, ENV_EXPERIMENT):
+    for variable in (ENV_PARENT, ENV_SWEPT, ENV_EXPERIMENT, ENV_POOL, ENV_PER_JOB):
         os.environ.pop(variable, None)
     if exc is not None:  # jobs that a launcher killed with the sweep (their process is gone): KILLED too
         from labbook.run.owners import owner_gone
