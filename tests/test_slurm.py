@@ -119,3 +119,35 @@ def test_a_job_past_its_time_limit_is_requeued_and_continues_the_same_run(slurm:
     assert histories(store, run.info.run_id, KEYS) == histories(straight, runs(straight)[0].info.run_id, KEYS)
     assert len(histories(store, run.info.run_id, ("val/loss",))["val/loss"]) == 480
     assert not slurm.jobs() and not slurm.job_processes(), "no job, and no process of one, is left"
+
+
+def test_a_preempted_job_continues_the_same_run_and_says_one_line_per_epoch(slurm: LocalSlurm, tmp_path: Path,
+                                                                            store: str) -> None:
+    lstm = ("experiment=lstm_sunspots", "datamodule.batch_size=4", "trainer.max_epochs=160")
+    preempted: list[str] = []
+
+    def preempt_once_training() -> None:  # what a preemption does: `scontrol requeue` of the running job
+        if preempted:
+            return
+        training = [r for r in runs(store) if r.info.status == "RUNNING" and "train/loss" in r.data.metrics]
+        if training:
+            preempted.append(training[0].data.tags["slurm.job_id"])
+            subprocess.run(["scontrol", "requeue", preempted[0]], env=slurm.env(), check=True)
+
+    out = labbook_on_slurm("train", "-m", *lstm, "hydra/launcher=slurm", "hydra.launcher.partition=debug",
+                           slurm=slurm, cwd=tmp_path, during=preempt_once_training)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert preempted
+    parent, (run,) = parent_and_children(store)
+    tags = run.data.tags
+    assert run.info.status == "FINISHED" and parent.info.status == "FINISHED" and "error" not in tags
+    assert tags["slurm.job_id"] == preempted[0] and tags["slurm.requeues"] == "1" == tags["resumes"]
+    steps = [s for s, _ in histories(store, run.info.run_id, ("val/loss",))["val/loss"]]
+    assert len(steps) == 160 == len(set(steps))  # each epoch's validation once, none lost to the preemption
+    # The job's output (its last allocation's): one line per epoch, no progress bar.
+    (log,) = (tmp_path / "logs").rglob("*_0_log.out")
+    text = log.read_text()
+    assert "\r" not in text and "run id: " + run.info.run_id in text
+    epochs = [line for line in text.splitlines() if line.startswith("epoch ")]
+    assert epochs and epochs[-1].startswith("epoch 160/160 ") and len(epochs) == 160 - int(epochs[0].split()[1].split("/")[0]) + 1
+    assert not slurm.jobs() and not slurm.job_processes(), "no job, and no process of one, is left"

@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import signal
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import LABBOOK, kill_group, labbook, labbook_interrupted, runs, store_has
+from tests.conftest import labbook, labbook_interrupted, runs, store_has
 from tests.test_train_e2e import QUIET, artifacts
 
 GMM = ("experiment=gmm_blobs", "trainer.max_epochs=3", "datamodule.n_samples=600")
@@ -192,63 +188,3 @@ def test_eight_jobs_four_at_a_time_on_a_fresh_store(tmp_path: Path, failing: boo
                    "rows" in line and "210 training rows" in line for line in out.stderr.splitlines()), out.stderr
     else:
         assert parent.info.status == "FINISHED" and parent.data.tags["sweep.failed"] == "0"
-
-
-def test_the_slurm_launcher_submits_what_its_config_says(tmp_path: Path, store: str) -> None:
-    """No SLURM here: a stand-in `sbatch` on PATH keeps the script submitit generated from the preset."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "sbatch").write_text('#!/bin/sh\nfor last; do :; done\ncp "$last" "$(dirname "$0")/submitted.sh"\n'
-                                    'echo "Submitted batch job 4242"\n')
-    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")  # submitit only checks that it exists
-    for tool in ("sbatch", "srun"):
-        (bin_dir / tool).chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONWARNINGS": "ignore"}
-    args = ["train", "-m", *GMM, "model.covariance_type=full,diag", "trainer=ddp_cpu", "hydra/launcher=submitit_slurm",
-            "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=90", "hydra.launcher.nodes=2",
-            "hydra.launcher.gpus_per_node=4", "hydra.launcher.tasks_per_node=4", QUIET]
-    proc = subprocess.Popen([LABBOOK, *args], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        deadline = time.time() + 90
-        while not (bin_dir / "submitted.sh").exists():
-            assert time.time() < deadline and proc.poll() is None, proc.communicate()[1][-2000:]
-            time.sleep(0.3)
-        time.sleep(0.5)
-        script = (bin_dir / "submitted.sh").read_text()
-    finally:
-        kill_group(proc.pid, signal.SIGTERM)
-        proc.communicate(timeout=60)
-        kill_group(proc.pid)
-    for line in ("#SBATCH --partition=gpu", "#SBATCH --time=90", "#SBATCH --nodes=2", "#SBATCH --gpus-per-node=4",
-                 "#SBATCH --ntasks-per-node=4", "#SBATCH --array=0-1%2"):
-        assert line in script, script
-    assert "srun" in script and "submitit.core._submit" in script
-
-
-def test_cluster_started_ranks_never_open_runs(tmp_path: Path, store: str) -> None:
-    """What a SLURM allocation with 2 tasks does: both tasks run the job; rank 0 opens the one run, rank 1
-    (SLURM_PROCID=1) only trains beside it through Lightning's SLURM environment."""
-    host = socket.gethostname()
-    base = {**os.environ, "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NODEID": "0",
-            "SLURM_NNODES": "1", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "labbook", "SLURM_NODELIST": host,
-            "SLURM_CPUS_ON_NODE": "2", "MASTER_PORT": str(_free_port()), "PYTHONWARNINGS": "ignore"}
-    procs = [subprocess.Popen([LABBOOK, "train", *GMM, "trainer=ddp_cpu", QUIET], cwd=tmp_path, text=True,
-                              env={**base, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)},
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              start_new_session=True) for rank in (0, 1)]
-    try:
-        outputs = [p.communicate(timeout=180) for p in procs]
-    finally:
-        for p in procs:
-            kill_group(p.pid)
-    assert [p.returncode for p in procs] == [0, 0], [err[-1500:] for _, err in outputs]
-    (run,) = runs(store)
-    assert run.info.status == "FINISHED" and run.data.params["trainer.devices"] == "2"
-    assert "run id:" in outputs[0][0] and "run id:" not in outputs[1][0]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
