@@ -258,6 +258,13 @@ def _continued(cfg: Any, hc: Any, uri: str, sweep_job: Any) -> Any:
         if sweep_job is not None:
             sweep_job.record("FINISHED", earlier.run_id, reused=True)
         return False
+    from labbook.store.models import has_checkpoint
+    from labbook.store.read import open_reader
+
+    if not has_checkpoint(open_reader(uri), earlier, "last"):
+        print(f"labbook: Slurm job requeued; its run {earlier.run_id} ({earlier.status}) stopped before its first "
+              "checkpoint: training starts over in a new run", file=sys.stderr, flush=True)
+        return None
     print(continue_note(earlier), file=sys.stderr, flush=True)
     return _resume_plan(cfg, hc, uri, earlier.run_id, [])
 

@@ -158,6 +158,8 @@ class TrackedRun(Recorder):
         boundary with a checkpoint (:class:`labbook.train.callbacks.StopOnSignal`); a second signal, or
         ``grace_s`` (:data:`STOP_GRACE_S`) seconds without reaching one, interrupts it anyway."""
         self._stop_requested, self._grace_s = stop_requested, grace_s
+        if stop_requested is not None and self._warned():  # the launcher's warning came before training did
+            stop_requested()
 
     def stopping(self) -> None:
         """The trainer reached its stopping point: no interruption may cut its last checkpoint short."""
@@ -175,7 +177,13 @@ class TrackedRun(Recorder):
                 self._previous_handlers.setdefault(signal.SIGALRM, signal.signal(signal.SIGALRM, self._on_grace_over))
                 signal.setitimer(signal.ITIMER_REAL, self._grace_s)
                 return
+            if self._warned():  # minutes before the limit: training, once it starts, stops at its first batch
+                return
         raise RunInterrupted(f"received {signal.Signals(signum).name}")
+
+    def _warned(self) -> bool:
+        """Whether the signal received is the launcher's time-limit (or preemption) warning."""
+        return self.signal_received is not None and self.signal_received == self._requeue_signum
 
     def _hand_over_to_launcher(self) -> None:
         """After the launcher's time-limit (or preemption) signal, with the run's checkpoint in the store: the
@@ -209,8 +217,11 @@ class TrackedRun(Recorder):
                 self.logger.flush()
             except Exception:  # noqa: BLE001 - the status below matters more than late metrics
                 pass
-        if self.signal_received is not None and self.signal_received == self._requeue_signum:
-            self._hand_over_to_launcher()
+        if self._warned():
+            if exc is None or (isinstance(exc, SystemExit) and exc.code in (0, None)):
+                self.signal_received = None  # warned after training, and done all the same: nothing to requeue
+            else:
+                self._hand_over_to_launcher()
         if self.signal_received is not None:
             name = signal.Signals(self.signal_received).name
             try:
