@@ -99,18 +99,23 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def store_has(db: Path, query: str) -> bool:
-    """Whether ``query`` finds a row in the SQLite store ``db`` (False while the store is not there yet).
+    """Whether ``query`` finds a row in the SQLite store ``db`` (False while the store is not there yet)."""
+    return store_row(db, query) is not None
+
+
+def store_row(db: Path, query: str) -> tuple | None:
+    """The first row ``query`` finds in the SQLite store ``db`` (None while the store is not there yet).
 
     Read with sqlite3, read-only: an MlflowClient opened while `labbook` is still creating the store
     would run MLflow's table creation a second time, concurrently ("table ... already exists").
     """
     if not db.exists():
-        return False
+        return None
     try:
         with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as con:
-            return con.execute(query).fetchone() is not None
+            return con.execute(query).fetchone()
     except sqlite3.Error:  # tables not created yet, or the writer holds the lock
-        return False
+        return None
 
 
 def training_logged(db: Path) -> bool:
