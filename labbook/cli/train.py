@@ -191,12 +191,7 @@ def _train(cfg: Any, hc: Any, sweep_job: Any) -> dict[str, Any] | None:
         prepare_store(uri)
         mark("store-prepared")
     if not is_rank_zero():  # a rank started by the cluster (SLURM tasks): rank 0 owns the run
-        from labbook.train.fit import run
-        from labbook.train.job import prepare
-
-        freeze_imports()
-        run(prepare(cfg), None)
-        return None
+        return _train_other_rank(cfg, uri)
     reap_own_host(uri)
     mark("reaped")
     from labbook.train.fit import open_run, run
@@ -222,6 +217,23 @@ def _train(cfg: Any, hc: Any, sweep_job: Any) -> dict[str, Any] | None:
     if sweep_job is not None:
         sweep_job.record("FINISHED", result["run_id"])
     return result
+
+
+def _train_other_rank(cfg: Any, uri: str) -> None:
+    """A rank other than 0 that the cluster started: it trains without a store, in a requeued job from the
+    checkpoint rank 0 continues (:func:`labbook.train.requeue.rank_checkpoint`)."""
+    from labbook.train.fit import run
+    from labbook.train.job import prepare
+    from labbook.train.requeue import rank_checkpoint
+
+    checkpoint = rank_checkpoint(uri, cfg.paths.checkpoint_dir)
+    if checkpoint is False:  # rank 0 found the job's run FINISHED: nothing to train
+        return None
+    if checkpoint is not None:
+        cfg.ckpt_path = str(checkpoint)
+    freeze_imports()
+    run(prepare(cfg), None)
+    return None
 
 
 def _skip(cfg: Any, hc: Any, sweep_job: Any, uri: str) -> bool:

@@ -35,3 +35,35 @@ def continue_note(run: Any) -> str:
     mine_job = run.tags.get(names.SLURM_JOB, "?")
     return (f"labbook: Slurm job {mine_job} was requeued; continuing its run {run.run_id} (it ended {run.status}) "
             "from its newest checkpoint")
+
+
+def rank_checkpoint(uri: str, checkpoint_dir: Any) -> Any:
+    """For a rank other than 0 that Slurm started (a job of several tasks), in a requeued job: the checkpoint
+    rank 0 continues from, as a local file (None: the job trains afresh; False: its run had FINISHED, nothing
+    is left to train).
+
+    Every rank decides from the same store before any of them trains (rank 0 stores nothing new before its
+    peers join it): the newest run of this job, which rank 0 either continues (it has a last checkpoint) or
+    replaces with a new one (it has none)."""
+    import os
+    from pathlib import Path
+
+    from labbook.run.owners import scheduler_tags
+    from labbook.store.models import stored_checkpoint
+    from labbook.store.read import open_reader, search_runs
+    from labbook.sweep.job import ENV_PARENT
+    from labbook.train.resume import localise_checkpoint
+
+    mine = scheduler_tags()
+    if not mine or mine[names.SLURM_REQUEUES] == "0":
+        return None
+    found = search_runs(uri, None, parent_run_id=os.environ.get(ENV_PARENT) or None,
+                        tags={names.SLURM_JOB: mine[names.SLURM_JOB]})
+    if not found:
+        return None
+    if found[0].status == "FINISHED":
+        return False
+    checkpoint_dir = Path(checkpoint_dir)
+    own = checkpoint_dir / f".rank{os.environ.get('SLURM_PROCID', '')}"  # beside rank 0's, never over it
+    last = stored_checkpoint(open_reader(uri), found[0], "last", own / ".download")
+    return None if last is None else localise_checkpoint(last, checkpoint_dir, own / Path(names.LAST_CHECKPOINT).name)

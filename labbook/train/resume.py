@@ -248,8 +248,9 @@ def config_value(config: Mapping[str, Any], dotted: str, default: Any) -> Any:
     return node
 
 
-def localise_checkpoint(downloaded: Path, checkpoint_dir: Path) -> Path:
-    """Write ``downloaded`` as ``checkpoint_dir/last.ckpt`` with its checkpoint callbacks' paths moved there.
+def localise_checkpoint(downloaded: Path, checkpoint_dir: Path, target: Path | None = None) -> Path:
+    """Write ``downloaded`` as ``checkpoint_dir/last.ckpt`` (or ``target``: another rank's own copy) with its
+    checkpoint callbacks' paths moved to ``checkpoint_dir``.
 
     Lightning reloads a ModelCheckpoint's best score and paths only when the stored ``dirpath`` is the one it
     writes to; the run wrote to a directory of its own attempt (possibly on another machine), so the stored
@@ -273,7 +274,7 @@ def localise_checkpoint(downloaded: Path, checkpoint_dir: Path) -> Path:
                 cb[field] = move(cb[field])
         if "best_k_models" in cb:
             cb["best_k_models"] = {move(p): v for p, v in cb["best_k_models"].items()}
-    target = checkpoint_dir / Path(names.LAST_CHECKPOINT).name
+    target = target or checkpoint_dir / Path(names.LAST_CHECKPOINT).name
     torch.save(state, target)
     downloaded.unlink(missing_ok=True)
     return target
