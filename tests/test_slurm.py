@@ -233,7 +233,7 @@ def test_a_job_on_a_lost_node_leaves_its_run_to_reap_by_heartbeat_and_resume(slu
     reaped = client.get_run(run.info.run_id)
     assert reaped.info.status == "FAILED" and f"no heartbeat from {lost['node']}" in reaped.data.tags["reaped"]
     # resume= continues it (here, not on Slurm) from its newest checkpoint, to the end.
-    out = labbook("train", *lstm, f"resume={run.info.run_id}", QUIET, cwd=tmp_path)
+    out = labbook("train", f"resume={run.info.run_id}", QUIET, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     resumed = client.get_run(run.info.run_id)
     assert resumed.info.status == "FINISHED" and resumed.data.tags["resumes"] == "1"

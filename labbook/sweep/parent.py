@@ -267,7 +267,10 @@ def _close(sweep: OpenSweep, exc: BaseException | None) -> None:
     _release_workers()
     for variable in (ENV_PARENT, ENV_SWEPT, ENV_EXPERIMENT, ENV_POOL, ENV_PER_JOB):
         os.environ.pop(variable, None)
-    if exc is not None:  # jobs that a launcher killed with the sweep (their process is gone): KILLED too
+    # Jobs that a launcher killed with the interrupted sweep (their process is gone): KILLED too. Not at the end
+    # of a sweep whose jobs all ended (SweepFailed): a run left RUNNING then was lost (its node, a SIGKILL), and
+    # reap fails it, by its pid on this host and by its heartbeat elsewhere.
+    if exc is not None and not isinstance(exc, SweepFailed):
         from labbook.run.owners import owner_gone
         from labbook.run.recorder import Recorder
 
