@@ -240,3 +240,34 @@ def test_a_job_on_a_lost_node_leaves_its_run_to_reap_by_heartbeat_and_resume(slu
     steps = [s for s, _ in histories(store, run.info.run_id, ("val/loss",))["val/loss"]]
     assert sorted(set(steps)) == steps and len(steps) == 160
     assert not slurm.jobs() and not slurm.job_processes(), "no job, and no process of one, is left"
+
+
+def test_a_job_on_a_lost_node_is_requeued_and_continues_its_run(slurm: LocalSlurm, tmp_path: Path,
+                                                                store: str) -> None:
+    lost: dict[str, str] = {}
+
+    def lose_its_node_once_training() -> None:
+        training = training_runs(store) if not lost else []
+        if training:
+            tags = training[0].data.tags
+            lost.update(run=training[0].info.run_id, job=tags["slurm.job_id"], node=tags["slurm.nodelist"])
+            assert slurm.lose_node(lost["node"]), "no job process found on the node"
+
+    try:  # Slurm requeues a job whose node failed (JobRequeue=1, its default); it starts again on the other node
+        out = labbook_on_slurm("train", "-m", "experiment=lstm_sunspots", "datamodule.batch_size=4",
+                               "trainer.max_epochs=160", "hydra/launcher=slurm", "hydra.launcher.partition=debug",
+                               QUIET, slurm=slurm, cwd=tmp_path, during=lose_its_node_once_training)
+    finally:
+        if lost:
+            slurm.restore_node(lost["node"])
+    assert lost, out.stderr[-3000:]
+    assert out.returncode == 0, out.stderr[-3000:]
+    parent, (run,) = parent_and_children(store)
+    tags = run.data.tags
+    # Its next allocation found the run the lost one left RUNNING, failed it (an earlier allocation of the
+    # same job is over) and continued it from its newest checkpoint, elsewhere.
+    assert run.info.run_id == lost["run"] and run.info.status == "FINISHED" and parent.info.status == "FINISHED"
+    assert tags["slurm.requeues"] == "1" == tags["resumes"] and tags["slurm.nodelist"] != lost["node"]
+    steps = [s for s, _ in histories(store, run.info.run_id, ("val/loss",))["val/loss"]]
+    assert sorted(set(steps)) == steps and len(steps) == 160
+    assert not slurm.jobs() and not slurm.job_processes(), "no job, and no process of one, is left"
