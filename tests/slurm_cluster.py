@@ -5,22 +5,33 @@ file through ``%n``). ``srun -N2 -n2`` then runs a task on each in well under a 
 Every Slurm command finds the cluster through ``SLURM_CONF`` (:meth:`LocalSlurm.env`). The node names must resolve
 (Lightning takes ``MASTER_ADDR`` from ``SLURM_NODELIST``): ``127.0.0.1 n1 n2`` is added to ``/etc/hosts`` when
 missing. ``munged`` is started as the ``munge`` user when none runs (it is shared, and left running).
+
+Accounting is real too, as on a cluster (submitit learns how a job ended, cancelled or lost with its node
+included, from ``sacct``): a private MariaDB in the cluster's folder (``mariadb-install-db``, then ``mariadbd``
+on a free port of 127.0.0.1) behind a ``slurmdbd``, and ``sacctmgr`` adds the cluster; ~3 s of the start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 NODES = ("n1", "n2")
 CPUS_PER_NODE = 2  # what each slurmd offers: a job of two tasks fits on one node
 # A job credential's life, which is also how long a requeued job waits before it may start again (Slurm's
 # default: 120 s).
 CRED_EXPIRE_S = 20
+# How long a node may not answer before slurmctld marks it DOWN and fails its jobs (NODE_FAIL); Slurm's
+# default is 300 s. slurmctld pings the nodes every third of it.
+SLURMD_TIMEOUT_S = 10
+DB_USER, DB_PASSWORD = "slurm", "labbook"  # the accounting database's user (in the cluster's own MariaDB)
+TOOLS = ("slurmctld", "slurmd", "sbatch", "munged", "slurmdbd", "sacctmgr", "mariadbd", "mariadb-install-db")
 
 
 def _free_ports(n: int) -> list[int]:
@@ -36,10 +47,9 @@ def _free_ports(n: int) -> list[int]:
 
 def available() -> str | None:
     """Why a cluster cannot start here (None: it can)."""
-    missing = [tool for tool in ("slurmctld", "slurmd", "sbatch", "munged") if shutil.which(tool) is None
-               and not Path(f"/usr/sbin/{tool}").exists()]
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists()]
     if missing:
-        return f"not installed: {', '.join(missing)} (apt-get install slurm-wlm munge)"
+        return f"not installed: {', '.join(missing)} (apt-get install slurm-wlm munge slurmdbd mariadb-server)"
     if os.getuid() != 0:
         return "the daemons run as root here (SlurmUser=root)"
     return None
@@ -67,6 +77,26 @@ def _ensure_hosts() -> None:
             f.write(f"127.0.0.1 {' '.join(NODES)}\n")
 
 
+def _until(done: Callable[[], bool], timeout_s: float, failure: str,
+           detail: Callable[[], str] = lambda: "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, f"{failure} {detail()}".strip()
+        time.sleep(0.1)
+
+
+def _stepd_above(pid: int) -> int | None:
+    """The ``slurmstepd`` that process ``pid`` runs under (None: none)."""
+    while pid > 1:
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"slurmstepd"):
+                return pid
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+    return None
+
+
 class LocalSlurm:
     """The cluster in ``folder`` (its config, state, spools, pid files and logs)."""
 
@@ -77,7 +107,41 @@ class LocalSlurm:
     def env(self) -> dict[str, str]:
         return {**os.environ, "SLURM_CONF": str(self.conf)}
 
-    def _write_conf(self) -> None:
+    def _start_accounting(self, timeout_s: float) -> int:
+        """A private MariaDB and a ``slurmdbd`` over it, both in this folder; returns slurmdbd's port."""
+        d = self.folder
+        db_port, dbd_port = _free_ports(2)
+        subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={d}/db", "--user=root",
+                        "--auth-root-authentication-method=normal", "--skip-test-db"], check=True,
+                       capture_output=True)
+        subprocess.Popen(["mariadbd", "--no-defaults", f"--datadir={d}/db", f"--socket={d}/mariadb.sock",
+                          f"--port={db_port}", "--bind-address=127.0.0.1", "--user=root", f"--pid-file={d}/mariadb.pid",
+                          f"--log-error={d}/mariadb.log", "--skip-name-resolve", "--innodb-lock-wait-timeout=900"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+        sql = (f"CREATE USER '{DB_USER}'@'127.0.0.1' IDENTIFIED BY '{DB_PASSWORD}'; "
+               f"GRANT ALL ON slurm_acct_db.* TO '{DB_USER}'@'127.0.0.1';")
+        _until(lambda: subprocess.run(["mariadb", "--no-defaults", f"--socket={d}/mariadb.sock", "-uroot", "-e", sql],
+                                      capture_output=True).returncode == 0, timeout_s, "mariadbd did not start")
+        dbd_conf = d / "slurmdbd.conf"  # beside slurm.conf: slurmdbd looks for it there
+        dbd_conf.write_text(f"""\
+AuthType=auth/munge
+DbdHost=localhost
+DbdPort={dbd_port}
+SlurmUser=root
+PidFile={d}/slurmdbd.pid
+LogFile={d}/slurmdbd.log
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort={db_port}
+StorageUser={DB_USER}
+StoragePass={DB_PASSWORD}
+StorageLoc=slurm_acct_db
+""")
+        dbd_conf.chmod(0o600)  # slurmdbd refuses a config with the database's password that others can read
+        return dbd_port
+
+    def _write_conf(self, dbd_port: int) -> None:
         ctld, *node_ports = _free_ports(1 + len(NODES))
         d = self.folder
         nodes = "\n".join(f"NodeName={n} NodeAddr=127.0.0.1 Port={p} CPUs={CPUS_PER_NODE} State=UNKNOWN"
@@ -102,7 +166,11 @@ MpiDefault=none
 SlurmctldLogFile={d}/slurmctld.log
 SlurmdLogFile={d}/slurmd-%n.log
 SlurmctldTimeout=30
-SlurmdTimeout=30
+SlurmdTimeout={SLURMD_TIMEOUT_S}
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
+AccountingStoragePort={dbd_port}
+JobAcctGatherType=jobacct_gather/none
 {nodes}
 PartitionName=debug Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE State=UP
 """)
@@ -112,19 +180,33 @@ PartitionName=debug Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE State=U
         _ensure_hosts()
         for sub in ("state", "spool"):
             (self.folder / sub).mkdir(parents=True, exist_ok=True)
-        self._write_conf()
+        dbd_port = self._start_accounting(timeout_s)
+        self._write_conf(dbd_port)
         env = self.env()
+        subprocess.run(["slurmdbd"], env=env, check=True)
+        _until(lambda: subprocess.run(["sacctmgr", "-i", "add", "cluster", "labbook"], env=env,
+                                      capture_output=True).returncode == 0, timeout_s, "slurmdbd did not start")
         subprocess.run(["slurmctld", "-c"], env=env, check=True)
         for node in NODES:
             subprocess.run(["slurmd", "-N", node], env=env, check=True)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            states = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], env=env, capture_output=True,
-                                    text=True).stdout.split()
-            if states.count("idle") == len(NODES):
-                return
-            assert time.monotonic() < deadline, f"the cluster never became idle: {states}"
-            time.sleep(0.2)
+        self.wait_idle(timeout_s)
+
+    def wait_idle(self, timeout_s: float = 60) -> None:
+        """Until every node is idle (a node back after a failure too)."""
+        states: list[str] = []
+
+        def idle() -> bool:
+            states[:] = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], env=self.env(), capture_output=True,
+                                       text=True).stdout.split()
+            return states.count("idle") == len(NODES)
+
+        _until(idle, timeout_s, "the cluster never became idle", lambda: str(states))
+
+    def accounted(self, job: str) -> str:
+        """The state ``sacct`` has for ``job`` ("" when it has none)."""
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job, "-o", "State"], env=self.env(),
+                             capture_output=True, text=True).stdout.split()
+        return out[0] if out else ""
 
     def jobs(self, state: str = "PD,R,CG,S") -> list[tuple[str, str, str]]:
         """``(job id, state, reason)`` of the jobs squeue shows in ``state`` (by default those not ended); an
@@ -148,23 +230,50 @@ PartitionName=debug Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE State=U
         moment to be reaped."""
         deadline = time.monotonic() + wait_s
         while True:
-            found = []
-            for proc in Path("/proc").iterdir():
-                try:
-                    env = (proc / "environ").read_bytes().split(b"\0")
-                    if f"SLURM_CONF={self.conf}".encode() in env and any(v.startswith(b"SLURM_JOB_ID=") for v in env):
-                        found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
-                except OSError:  # not a process, or gone meanwhile
-                    continue
+            found = [cmdline for _, cmdline in self._job_processes()]
             if not found or time.monotonic() > deadline:
                 return found
             time.sleep(0.2)
+
+    def _job_processes(self, node: str | None = None) -> list[tuple[int, str]]:
+        """(pid, command line) of this cluster's job processes (on ``node`` only, if given)."""
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                env = (proc / "environ").read_bytes().split(b"\0")
+                if (f"SLURM_CONF={self.conf}".encode() in env and any(v.startswith(b"SLURM_JOB_ID=") for v in env)
+                        and (node is None or f"SLURMD_NODENAME={node}".encode() in env)):
+                    found.append((int(proc.name),
+                                  (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")))
+            except (OSError, ValueError):  # not a process, or gone meanwhile
+                continue
+        return found
+
+    def lose_node(self, node: str) -> list[str]:
+        """What a lost machine does to its node: its ``slurmd``, its job steps' ``slurmstepd`` (which would
+        otherwise report the job's end) and every job process on it gone at once, by SIGKILL. Returns the
+        command lines of the job processes killed."""
+        os.kill(int((self.folder / f"slurmd-{node}.pid").read_text()), 9)
+        killed = self._job_processes(node)
+        steps = {_stepd_above(pid) for pid, _ in killed} - {None}
+        for pid in [*steps, *(p for p, _ in killed)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)  # type: ignore[arg-type]
+        return [cmdline for _, cmdline in killed]
+
+    def restore_node(self, node: str, timeout_s: float = 60) -> None:
+        """The lost ``node`` back: its slurmd started again, the node resumed, every node idle."""
+        subprocess.run(["slurmd", "-N", node], env=self.env(), check=True)
+        subprocess.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"], env=self.env(),
+                       capture_output=True)
+        self.wait_idle(timeout_s)
 
     def stop(self) -> None:
         """Every daemon of this cluster stopped (and any job step still on it)."""
         env = self.env()
         subprocess.run(["scancel", "--full", "-u", "root"], env=env, capture_output=True)
-        pids = [self.folder / "slurmctld.pid", *(self.folder / f"slurmd-{n}.pid" for n in NODES)]
+        pids = [self.folder / "slurmctld.pid", *(self.folder / f"slurmd-{n}.pid" for n in NODES),
+                self.folder / "slurmdbd.pid", self.folder / "mariadb.pid"]
         for pid_file in pids:
             try:
                 os.kill(int(pid_file.read_text()), 15)

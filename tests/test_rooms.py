@@ -58,7 +58,8 @@ def test_the_contracts_can_fail(tmp_path: Path) -> None:
     import shutil
 
     tree = tmp_path / "tree"
-    for part in ("labbook", "lightning_modules", "datamodules", "hydra_plugins/labbook_optuna_sweeper"):
+    for part in ("labbook", "lightning_modules", "datamodules", "hydra_plugins/labbook_optuna_sweeper",
+                 "hydra_plugins/labbook_slurm"):
         shutil.copytree(REPO / part, tree / part, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "pyproject.toml", tree / "pyproject.toml")
     (tree / "labbook" / "store" / "uri.py").open("a").write("\n\ndef _up() -> None:\n    import labbook.run.recorder\n")

@@ -87,6 +87,11 @@ def _run_hydra(args: Sequence[str], full_error: bool, results: list[dict[str, An
     if failures:
         return fail(failures[0], full_error) if len(failures) == 1 else fail(
             failures[0], full_error, prefix=f"{len(failures)} jobs failed; the first: ")
+    return _not_finished(outcome)
+
+
+def _not_finished(outcome: Any) -> int:
+    """The exit code of a sweep that ended: 1, said in one line, when some of its jobs did not finish."""
     if outcome.failed:  # jobs that ran in other processes (joblib, submitit) reported their own errors
         print(f"labbook: error: {outcome.failed} job(s) of the sweep did not finish", file=sys.stderr)
         return 1
@@ -99,11 +104,13 @@ def _ended_early(exc: BaseException, outcome: Any, full_error: bool) -> int:
     import signal
 
     from labbook.errors import RunKilled
-    from labbook.sweep.parent import SweepNotStarted
+    from labbook.sweep.parent import JobWithoutResult, SweepNotStarted
 
     if isinstance(exc, SweepNotStarted):
         return fail(exc.error, full_error)
     killed = outcome.abort(exc)  # a sweep interrupted (or broken) before its end: its parent run says so
+    if isinstance(exc, JobWithoutResult) and outcome.failed:  # its launcher said which (and how it ended)
+        return _not_finished(outcome)
     if killed is not None:
         name = signal.Signals(killed[1]).name
         print(f"labbook: {name} received; sweep run {killed[0]} and its running jobs marked KILLED", file=sys.stderr)

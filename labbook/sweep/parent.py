@@ -68,6 +68,13 @@ class SweepFailed(Exception):
     """Some jobs of the sweep did not finish (the parent ends FAILED with this as its error)."""
 
 
+class JobWithoutResult(UserError):
+    """A launcher's job ended without a result: cancelled, lost with its node, out of time for good. The
+    launcher (``hydra_plugins.labbook_slurm``) waits for every job and returns this one FAILED with this
+    error, naming the job and how it ended; Hydra's basic sweeper then raises it, and the sweep ends as one
+    whose jobs did not all finish (:meth:`SweepOutcome.abort`)."""
+
+
 _CURRENT: contextvars.ContextVar["SweepOutcome | None"] = contextvars.ContextVar("labbook_sweep", default=None)
 
 
@@ -98,6 +105,10 @@ class SweepOutcome:
         """The launching process is leaving with ``exc`` before the sweep's end: close the parent KILLED when
         a signal stopped it (in a job or while waiting for jobs), else FAILED, with the summary so far.
         Returns (parent run id, signal number) when it was KILLED."""
+        if isinstance(exc, JobWithoutResult) and self.open is not None:
+            self.finish()  # every job has ended: the sweep's normal end, with jobs that did not finish
+            self.failed = max(self.failed, 1)
+            return None
         sweep, self.open = self.open, None
         if sweep is None:
             return None
@@ -113,6 +124,24 @@ class SweepOutcome:
         return (parent.run_id, parent.signal_received) if parent.signal_received is not None else None
 
 
+    def finish(self) -> None:
+        """The sweep's end, every job ended: its summary, and the parent closed FINISHED, or FAILED when any job
+        did not finish (their count in :attr:`failed`)."""
+        sweep, self.open = self.open, None
+        if sweep is None:
+            return
+        try:
+            summary = _summarise(sweep)
+        except Exception as exc:  # noqa: BLE001 - Hydra would only warn; the parent must still be closed
+            print(f"labbook: error: the sweep's summary failed: {exc}", file=sys.stderr)
+            self.failed = max(self.failed, 1)
+            _close(sweep, exc)
+            return
+        self.failed = summary.failed
+        print(summary.table(), flush=True)
+        _close(sweep, None if not summary.failed else SweepFailed(summary.failure_text()))
+
+
 class Sweep(Callback):
     """The parent run of a multirun (see the module doc)."""
 
@@ -123,20 +152,7 @@ class Sweep(Callback):
             raise SweepNotStarted(exc) from exc
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        outcome = SweepOutcome.active()
-        sweep, outcome.open = outcome.open, None
-        if sweep is None:
-            return
-        try:
-            summary = _summarise(sweep)
-        except Exception as exc:  # noqa: BLE001 - Hydra would only warn; the parent must still be closed
-            print(f"labbook: error: the sweep's summary failed: {exc}", file=sys.stderr)
-            outcome.failed = max(outcome.failed, 1)
-            _close(sweep, exc)
-            return
-        outcome.failed = summary.failed
-        print(summary.table(), flush=True)
-        _close(sweep, None if not summary.failed else SweepFailed(summary.failure_text()))
+        SweepOutcome.active().finish()
 
 
 def _open(config: Any) -> OpenSweep:
@@ -251,7 +267,10 @@ def _close(sweep: OpenSweep, exc: BaseException | None) -> None:
     _release_workers()
     for variable in (ENV_PARENT, ENV_SWEPT, ENV_EXPERIMENT, ENV_POOL, ENV_PER_JOB):
         os.environ.pop(variable, None)
-    if exc is not None:  # jobs that a launcher killed with the sweep (their process is gone): KILLED too
+    # Jobs that a launcher killed with the interrupted sweep (their process is gone): KILLED too. Not at the end
+    # of a sweep whose jobs all ended (SweepFailed): a run left RUNNING then was lost (its node, a SIGKILL), and
+    # reap fails it, by its pid on this host and by its heartbeat elsewhere.
+    if exc is not None and not isinstance(exc, SweepFailed):
         from labbook.run.owners import owner_gone
         from labbook.run.recorder import Recorder
 
