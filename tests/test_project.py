@@ -109,7 +109,8 @@ def only_new(uri: str, seen: set[str]) -> list:
 INSTALLED_FILES = """
 import pathlib, labbook, hydra_plugins.labbook_optuna_sweeper as sweeper
 root = pathlib.Path(labbook.__file__).parent
-for path in [*root.rglob("*.py"), *root.rglob("*.yaml"), *pathlib.Path(sweeper.__file__).parent.rglob("*.py")]:
+plugins = pathlib.Path(sweeper.__file__).parent.parent  # the wheel's own hydra_plugins (labbook_*)
+for path in [*root.rglob("*.py"), *root.rglob("*.yaml"), *plugins.glob("labbook_*/**/*.py")]:
     print(path.relative_to(root.parent))
 """
 
