@@ -262,8 +262,9 @@ def _skip(cfg: Any, hc: Any, sweep_job: Any, uri: str) -> bool:
 
 def _continued(cfg: Any, hc: Any, uri: str, sweep_job: Any) -> Any:
     """The plan that continues a stored run (:mod:`labbook.train.resume`): the one ``resume=`` names, or the
-    one an earlier allocation of this requeued Slurm job opened (:mod:`labbook.train.requeue`); None for a new
-    run, False when the requeued job's run had FINISHED already (nothing is left to do)."""
+    one an earlier attempt of this job opened (a requeued Slurm job, a restarted torchrun launch:
+    :mod:`labbook.train.requeue`); None for a new run, False when that run had FINISHED already (nothing is
+    left to do)."""
     from labbook.train.requeue import continue_note, earlier_run
 
     if (run_id := _resume_id(cfg, hc)) is not None:
@@ -272,7 +273,7 @@ def _continued(cfg: Any, hc: Any, uri: str, sweep_job: Any) -> Any:
     if earlier is None:
         return None
     if earlier.status == "FINISHED":
-        print(f"labbook: Slurm job requeued after its run {earlier.run_id} FINISHED; nothing left to train",
+        print(f"labbook: the job came back after its run {earlier.run_id} FINISHED; nothing left to train",
               file=sys.stderr, flush=True)
         if sweep_job is not None:
             sweep_job.record("FINISHED", earlier.run_id, reused=True)
@@ -281,7 +282,7 @@ def _continued(cfg: Any, hc: Any, uri: str, sweep_job: Any) -> Any:
     from labbook.store.read import open_reader
 
     if not has_checkpoint(open_reader(uri), earlier, "last"):
-        print(f"labbook: Slurm job requeued; its run {earlier.run_id} ({earlier.status}) stopped before its first "
+        print(f"labbook: the job came back; its run {earlier.run_id} ({earlier.status}) stopped before its first "
               "checkpoint: training starts over in a new run", file=sys.stderr, flush=True)
         return None
     print(continue_note(earlier), file=sys.stderr, flush=True)

@@ -55,18 +55,55 @@ def owner_tags(pid: int | None = None) -> dict[str, str]:
 
 
 def scheduler_tags(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The Slurm job that runs this process (none outside Slurm), as ``squeue`` shows it: a run is found from
-    its job, and a job from its run."""
+    """The Slurm job (as ``squeue`` shows it) or torchrun launch that runs this process (none outside them): a
+    run is found from its job, and a job from its run."""
     env = os.environ if environ is None else environ
+    tags = _torchrun_tags(env)
     if not env.get("SLURM_JOB_ID"):
-        return {}
+        return tags
     task = env.get("SLURM_ARRAY_TASK_ID")
     job = f"{env['SLURM_ARRAY_JOB_ID']}_{task}" if task is not None and env.get("SLURM_ARRAY_JOB_ID") else env["SLURM_JOB_ID"]
-    tags = {names.SLURM_JOB: job, names.SLURM_NODES: env.get("SLURM_JOB_NODELIST", env.get("SLURM_NODELIST", ""))}
+    tags.update({names.SLURM_JOB: job, names.SLURM_NODES: env.get("SLURM_JOB_NODELIST", env.get("SLURM_NODELIST", ""))})
     if task is not None:
         tags[names.SLURM_ARRAY_TASK] = task
     tags[names.SLURM_REQUEUES] = env.get("SLURM_RESTART_COUNT") or "0"
     return tags
+
+
+def _torchrun_tags(env: Mapping[str, str]) -> dict[str, str]:
+    """A torchrun worker's launch: ``--rdzv-id@--rdzv-endpoint`` (from its agent's command line), the same on
+    every node and in every attempt, and its agent's restart count."""
+    if "TORCHELASTIC_RUN_ID" not in env:
+        return {}
+    return {names.TORCHRUN_JOB: f"{env['TORCHELASTIC_RUN_ID']}@{_agent_option('--rdzv-endpoint')}",
+            names.TORCHRUN_RESTARTS: env.get("TORCHELASTIC_RESTART_COUNT") or "0"}
+
+
+def _agent_option(option: str) -> str:
+    """An option of the torchrun agent that started this worker (its parent), as given; "" when absent."""
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as fh:
+            args = fh.read().decode(errors="replace").split("\0")
+    except OSError:
+        return ""
+    spellings = (option, option.replace("-", "_").replace("__", "--"))
+    for i, arg in enumerate(args):
+        if arg in spellings and i + 1 < len(args):
+            return args[i + 1]
+        if arg.split("=", 1)[0] in spellings and "=" in arg:
+            return arg.split("=", 1)[1]
+    return ""
+
+
+def agent_started() -> float | None:
+    """When this process's parent (a torchrun agent) started, in seconds since the epoch; None if unknown."""
+    ticks = _start_ticks(os.getppid())
+    try:
+        with open("/proc/stat") as fh:
+            boot = next(float(line.split()[1]) for line in fh if line.startswith("btime "))
+    except (OSError, StopIteration):
+        return None
+    return None if ticks is None else boot + int(ticks) / os.sysconf("SC_CLK_TCK")
 
 
 def launcher_signal() -> int:
@@ -75,12 +112,20 @@ def launcher_signal() -> int:
     return int(getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2))
 
 
-def earlier_allocation(tags: Mapping[str, str], environ: Mapping[str, str] | None = None) -> bool:
-    """Whether a run with these tags was opened by an earlier allocation of this very Slurm job (the job was
-    requeued since): that allocation is over, wherever it ran, since Slurm starts a requeued job only then."""
+def earlier_attempt(tags: Mapping[str, str], environ: Mapping[str, str] | None = None) -> bool:
+    """Whether a run (or a claim) with these tags was opened by an earlier attempt of the very job that runs
+    this process, which is over wherever it ran: an earlier allocation of this requeued Slurm job (Slurm starts
+    a requeued job only once the earlier one ended), or an earlier attempt of this torchrun launch (its agents
+    restart the workers only once all of them stopped; the launch's runs beat after its agents started, an
+    earlier launch's before)."""
     mine = scheduler_tags(environ)
-    return bool(mine) and tags.get(names.SLURM_JOB) == mine[names.SLURM_JOB] and (
-        int(tags.get(names.SLURM_REQUEUES) or 0) < int(mine[names.SLURM_REQUEUES]))
+    if names.SLURM_JOB in mine and tags.get(names.SLURM_JOB) == mine[names.SLURM_JOB]:
+        return int(tags.get(names.SLURM_REQUEUES) or 0) < int(mine[names.SLURM_REQUEUES])
+    if names.TORCHRUN_JOB in mine and tags.get(names.TORCHRUN_JOB) == mine[names.TORCHRUN_JOB]:
+        started = agent_started()
+        not_mine = (tags.get(names.OWNER_HOST), tags.get(names.OWNER_PID)) != (socket.gethostname(), str(os.getpid()))
+        return started is not None and not_mine and int(tags.get(names.HEARTBEAT) or 0) >= int(started)
+    return False
 
 
 def device_tags(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -92,8 +137,8 @@ def device_tags(environ: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def owner_gone(tags: Mapping[str, str], now: float, stale_after_s: float) -> str | None:
     """Why the owner of a RUNNING run with these tags is gone, or None while it may still be alive."""
-    if earlier_allocation(tags):
-        return f"its Slurm job {tags[names.SLURM_JOB]} was requeued, and this is its next allocation"
+    if earlier_attempt(tags):
+        return "an earlier attempt of its job (a Slurm requeue, a torchrun restart) is over: this is the next one"
     host = tags.get(names.OWNER_HOST)
     if host == socket.gethostname() and tags.get(names.OWNER_BOOT_ID) == _boot_id():
         pid = int(tags.get(names.OWNER_PID) or 0)
@@ -177,7 +222,7 @@ def reap(uri: str, *, stale_after_s: float = STALE_AFTER_S, this_host_only: bool
     for run in open_reader(uri).search(status="RUNNING"):
         tags = run.tags
         if names.OWNER_HOST not in tags or (this_host_only and tags[names.OWNER_HOST] != me
-                                            and not earlier_allocation(tags)):
+                                            and not earlier_attempt(tags)):
             continue
         why = owner_gone(tags, now, stale_after_s)
         if why is None:

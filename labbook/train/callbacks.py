@@ -58,6 +58,16 @@ class ModelCheckpoint(_LightningModelCheckpoint):
         # Neither the config nor the model names a monitor: one is chosen from the first validation's metrics.
         self.chosen_monitor = self.monitor is None and self.save_top_k != 0
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # A continued run's checkpoint names the folder its writer used (an earlier attempt's, another
+        # machine's; under torchrun each rank localises its own copy, while Lightning gives every rank rank 0's
+        # folder): restored into this one, or the ranks would judge "best" apart and part ways collectively.
+        if state_dict.get("dirpath") and self.dirpath and state_dict["dirpath"] != self.dirpath:
+            from labbook.train.resume import moved_checkpoint_state
+
+            state_dict = moved_checkpoint_state(state_dict, str(self.dirpath))
+        super().load_state_dict(state_dict)
+
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         if self.chosen_monitor and self.monitor is None and not trainer.sanity_checking:
             self._choose_monitor(trainer)

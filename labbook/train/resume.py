@@ -259,25 +259,30 @@ def localise_checkpoint(downloaded: Path, checkpoint_dir: Path, target: Path | N
     import torch
 
     state = torch.load(downloaded, map_location="cpu", weights_only=True)
-    new_dir = str(checkpoint_dir)
     for key, cb in state.get("callbacks", {}).items():
-        if not key.startswith("ModelCheckpoint") or not cb.get("dirpath"):
-            continue
-        old_dir = str(cb["dirpath"])
-
-        def move(path: Any) -> Any:
-            return new_dir + path[len(old_dir):] if isinstance(path, str) and path.startswith(old_dir) else path
-
-        cb["dirpath"] = new_dir
-        for field in ("best_model_path", "last_model_path", "kth_best_model_path"):
-            if field in cb:
-                cb[field] = move(cb[field])
-        if "best_k_models" in cb:
-            cb["best_k_models"] = {move(p): v for p, v in cb["best_k_models"].items()}
+        if key.startswith("ModelCheckpoint") and cb.get("dirpath"):
+            state["callbacks"][key] = moved_checkpoint_state(cb, str(checkpoint_dir))
     target = target or checkpoint_dir / Path(names.LAST_CHECKPOINT).name
     torch.save(state, target)
     downloaded.unlink(missing_ok=True)
     return target
+
+
+def moved_checkpoint_state(state: Mapping[str, Any], new_dir: str) -> dict[str, Any]:
+    """A ModelCheckpoint callback's stored state with its folder (``dirpath``) and the paths in it moved to
+    ``new_dir``: Lightning restores its best score and paths only when the folder is the one it writes to."""
+    old_dir = str(state["dirpath"])
+
+    def move(path: Any) -> Any:
+        return new_dir + path[len(old_dir):] if isinstance(path, str) and path.startswith(old_dir) else path
+
+    state = {**state, "dirpath": new_dir}
+    for field in ("best_model_path", "last_model_path", "kth_best_model_path"):
+        if field in state:
+            state[field] = move(state[field])
+    if "best_k_models" in state:
+        state["best_k_models"] = {move(p): v for p, v in state["best_k_models"].items()}
+    return state
 
 
 def resume_record(plan: ResumePlan) -> str:
