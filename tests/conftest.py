@@ -221,3 +221,18 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         lines = "; ".join(f"{k} -> {v or 'not found'}" for k, v in wrong.items())
         pytest.exit(f"the tests live in {REPO} but would run other code: {lines}. "
                     f"Install this checkout (python3 dev.py setup, or pip install -e {REPO}).", returncode=3)
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """A real two-node Slurm cluster for the module's tests (:class:`tests.slurm_cluster.LocalSlurm`), stopped
+    after them; each module its own, so that two modules' clusters run side by side."""
+    from tests.slurm_cluster import LocalSlurm, available
+
+    why = available()
+    if why:
+        pytest.fail(f"a Slurm cluster cannot start here: {why}")
+    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"))
+    cluster.start()
+    yield cluster
+    cluster.stop()

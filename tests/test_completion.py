@@ -33,8 +33,8 @@ CASES = [
     ("labbook train model=g", ["model=gmm"]),
     ("labbook train model=", ["model=gmm", "model=lstm", "model=polynomial", "model=seq2seq", "model=transformer"]),
     ("labbook train experiment=gmm_", ["experiment=gmm_blobs", "experiment=gmm_iris"]),
-    ("labbook train hydra/launcher=", ["hydra/launcher=basic", "hydra/launcher=joblib", "hydra/launcher=submitit_local",
-                                      "hydra/launcher=submitit_slurm"]),
+    ("labbook train hydra/launcher=", ["hydra/launcher=basic", "hydra/launcher=joblib", "hydra/launcher=slurm",
+                                      "hydra/launcher=submitit_local", "hydra/launcher=submitit_slurm"]),
     ("labbook train model.n_comp", ["model.n_components="]),
     ("labbook train model.cov", ["model.covariance_type="]),
     # the config composed with the overrides before the word: the LSTM's keys after model=lstm
