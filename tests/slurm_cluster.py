@@ -272,20 +272,21 @@ PartitionName=debug Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE State=U
         """Every daemon of this cluster stopped (and any job step still on it)."""
         env = self.env()
         subprocess.run(["scancel", "--full", "-u", "root"], env=env, capture_output=True)
-        pids = [self.folder / "slurmctld.pid", *(self.folder / f"slurmd-{n}.pid" for n in NODES),
-                self.folder / "slurmdbd.pid", self.folder / "mariadb.pid"]
-        for pid_file in pids:
+        pid_files = [self.folder / "slurmctld.pid", *(self.folder / f"slurmd-{n}.pid" for n in NODES),
+                     self.folder / "slurmdbd.pid", self.folder / "mariadb.pid"]
+        pids = []  # read once: a daemon removes its pid file when signalled, possibly before it has exited
+        for pid_file in pid_files:
             try:
-                os.kill(int(pid_file.read_text()), 15)
+                pids.append(int(pid_file.read_text()))
             except (OSError, ValueError):
                 continue
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, 15)
         deadline = time.monotonic() + 20
-        for pid_file in pids:
-            try:
-                pid = int(pid_file.read_text())
-            except (OSError, ValueError):
-                continue
+        for pid in pids:
             while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
                 time.sleep(0.1)
             if Path(f"/proc/{pid}").exists():
-                os.kill(pid, 9)
+                with contextlib.suppress(OSError):
+                    os.kill(pid, 9)
